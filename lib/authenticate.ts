@@ -1,0 +1,105 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import {
+  AlgorithmNotAllowedError, BadRequestError, KeysUnavailableError, MalformedTokenError, NoTokenError,
+  TokenExpiredError, TokenInvalidError, isAuthError, type AuthError
+} from './errors'
+import type { Config } from './options'
+
+/** Where the bearer token of the request being verified is kept for @fastify/jwt's `extractToken`. */
+export const kToken = Symbol('supabaseJwks.token')
+
+/** A compact JWS: three base64url segments, the last one possibly empty (alg "none"). */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+/** An `alg` value safe to repeat in a message. */
+const PRINTABLE_ALG = /^[A-Za-z0-9-]{1,16}$/
+
+/** Takes the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1). */
+export function extractBearer (header: unknown, maxTokenLength: number): string {
+  if (header === undefined || header === '') throw new NoTokenError()
+  if (typeof header !== 'string') throw new BadRequestError()
+  const space = header.indexOf(' ')
+  const scheme = space === -1 ? header : header.slice(0, space)
+  if (scheme.toLowerCase() !== 'bearer') throw new NoTokenError()
+  const token = space === -1 ? '' : header.slice(space + 1).trim()
+  if (token === '' || /\s/.test(token)) throw new BadRequestError()
+  if (token.length > maxTokenLength) throw new MalformedTokenError('it is longer than maxTokenLength')
+  if (!COMPACT_JWS.test(token)) {
+    throw new MalformedTokenError(token.startsWith('sb_')
+      ? 'an sb_publishable_/sb_secret_ API key is not a user access token'
+      : 'not three base64url segments')
+  }
+  return token
+}
+
+export function algorithmNotAllowed (alg: unknown): AuthError {
+  const shown = typeof alg === 'string' && PRINTABLE_ALG.test(alg) ? alg : 'missing or invalid'
+  return new AlgorithmNotAllowedError(shown)
+}
+
+/** Maps whatever verification threw to one of the plugin's answers: never a 500. */
+export function toAuthError (err: unknown): AuthError {
+  if (isAuthError(err)) return err
+  switch ((err as { code?: unknown } | null)?.code) {
+    case 'FST_JWT_AUTHORIZATION_TOKEN_EXPIRED':
+      return new TokenExpiredError()
+    case 'FAST_JWT_INVALID_ALGORITHM':
+      return algorithmNotAllowed(undefined)
+    case 'FST_JWT_AUTHORIZATION_TOKEN_INVALID':
+    case 'FAST_JWT_INVALID_CLAIM_TYPE':
+    case 'FAST_JWT_INVALID_CRIT_HEADER':
+      // fast-jwt's messages name the check that failed, never the token's content
+      return new TokenInvalidError(lowerFirst((err as Error).message))
+    case 'FAST_JWT_INACTIVE':
+      return new TokenInvalidError('the token is not valid yet (nbf)')
+    case 'FAST_JWT_MISSING_SIGNATURE':
+      return new TokenInvalidError('the signature is missing')
+    default:
+      return new TokenInvalidError('the token could not be verified')
+  }
+}
+
+function lowerFirst (message: string): string {
+  const text = message.replace(/\.$/, '')
+  return text.charAt(0).toLowerCase() + text.slice(1)
+}
+
+const DESCRIPTIONS: Record<string, string> = {
+  FST_SUPABASE_JWKS_BAD_REQUEST: 'Malformed Authorization header',
+  FST_SUPABASE_JWKS_MALFORMED_TOKEN: 'The token is malformed',
+  FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED: 'The token algorithm is not allowed',
+  FST_SUPABASE_JWKS_UNKNOWN_KID: 'The token was signed with an unknown key',
+  FST_SUPABASE_JWKS_TOKEN_EXPIRED: 'The token has expired',
+  FST_SUPABASE_JWKS_TOKEN_INVALID: 'The token is invalid'
+}
+
+/** The `WWW-Authenticate` challenge for an answer (RFC 6750 §3); fixed texts only, nothing from the request. */
+export function challenge (realm: string, err: AuthError): string {
+  const base = `Bearer realm="${realm}"`
+  if (err.code === 'FST_SUPABASE_JWKS_NO_TOKEN') return base
+  const error = err.statusCode === 400 ? 'invalid_request' : 'invalid_token'
+  return `${base}, error="${error}", error_description="${DESCRIPTIONS[err.code]}"`
+}
+
+/** Verifies the request's bearer token; decorates `request.user` or throws the answer. */
+export function buildAuthenticate (config: Config, retryAfter: string) {
+  const { maxTokenLength, realm } = config
+  return async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    try {
+      const store = request as unknown as Record<symbol, string>
+      store[kToken] = extractBearer(request.headers.authorization, maxTokenLength)
+      const claims = await request.supabaseJwtVerify<Record<string, unknown>>()
+      if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
+      if (!Number.isFinite(claims.exp)) throw new TokenInvalidError('exp is not a finite number')
+    } catch (error) {
+      (request as { user: unknown }).user = null
+      const err = toAuthError(error)
+      request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
+      if (err instanceof KeysUnavailableError) {
+        reply.header('retry-after', retryAfter)
+      } else {
+        reply.header('www-authenticate', challenge(realm, err))
+      }
+      throw err
+    }
+  }
+}

@@ -1,0 +1,67 @@
+import createError from '@fastify/error'
+
+/*
+ * Every answer the plugin gives, made once. Codes are stable: clients and
+ * logs can switch on them. Messages never carry the token, a stack trace or
+ * anything the JWKS server sent.
+ */
+
+/** No credentials, or a scheme other than Bearer: 401 without an error code (RFC 6750 §3.1). */
+export const NoTokenError = createError(
+  'FST_SUPABASE_JWKS_NO_TOKEN', 'Missing bearer token in the Authorization header', 401)
+
+/** The Authorization header is malformed: 400 `invalid_request`. */
+export const BadRequestError = createError(
+  'FST_SUPABASE_JWKS_BAD_REQUEST', 'Malformed Authorization header: expected "Bearer <token>"', 400)
+
+/** Not a JWS in compact form (three base64url segments), or larger than `maxTokenLength`. */
+export const MalformedTokenError = createError(
+  'FST_SUPABASE_JWKS_MALFORMED_TOKEN', 'The token is malformed: %s', 401)
+
+/** Signed with an algorithm outside the allowlist (`none`, every HS* and every unlisted one). */
+export const AlgorithmNotAllowedError = createError(
+  'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'The token algorithm is not allowed: %s', 401)
+
+/** The token names no `kid`, or one the JWKS does not publish as a usable signing key. */
+export const UnknownKeyError = createError(
+  'FST_SUPABASE_JWKS_UNKNOWN_KID', 'The token was signed with an unknown key', 401)
+
+/** `exp` is in the past (beyond the clock tolerance): the client should refresh its session. */
+export const TokenExpiredError = createError(
+  'FST_SUPABASE_JWKS_TOKEN_EXPIRED', 'The token has expired', 401)
+
+/** Bad signature, or a claim missing, of the wrong type or with a value that is not accepted. */
+export const TokenInvalidError = createError(
+  'FST_SUPABASE_JWKS_TOKEN_INVALID', 'The token is invalid: %s', 401)
+
+/** The signing keys cannot be had (JWKS unreachable and no usable cached key): 503 with Retry-After. */
+export const KeysUnavailableError = createError(
+  'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', 'The signing keys are temporarily unavailable', 503)
+
+/** A bad plugin option: registration fails and `ready()` rejects with it. */
+export const OptionError = createError(
+  'FST_SUPABASE_JWKS_OPTION', 'Invalid fastify-supabase-jwks option: %s', 500)
+
+/** The codes a request can be answered with, and their HTTP statuses. */
+export const errorCodes = {
+  FST_SUPABASE_JWKS_NO_TOKEN: 401,
+  FST_SUPABASE_JWKS_BAD_REQUEST: 400,
+  FST_SUPABASE_JWKS_MALFORMED_TOKEN: 401,
+  FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED: 401,
+  FST_SUPABASE_JWKS_UNKNOWN_KID: 401,
+  FST_SUPABASE_JWKS_TOKEN_EXPIRED: 401,
+  FST_SUPABASE_JWKS_TOKEN_INVALID: 401,
+  FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503
+} as const
+
+export type ErrorCode = keyof typeof errorCodes
+
+/** An error the plugin answers a request with. */
+export interface AuthError extends Error {
+  code: ErrorCode
+  statusCode: number
+}
+
+export function isAuthError (err: unknown): err is AuthError {
+  return err instanceof Error && Object.hasOwn(errorCodes, (err as { code?: unknown }).code as string)
+}

@@ -1,0 +1,111 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import fastifyJwt, { type FastifyJWTOptions, type JwtVerifyFunction } from '@fastify/jwt'
+import { buildAuthenticate, algorithmNotAllowed, kToken } from './authenticate'
+import { UnknownKeyError, errorCodes as codes } from './errors'
+import { createKeyResolver, type KeyStats } from './keys'
+import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
+import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
+
+const MAX_KID_LENGTH = 256
+
+async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options): Promise<void> {
+  const config = normalizeOptions(options)
+  if (config.insecureJwksUrl) {
+    fastify.log.warn({ jwksUrl: config.jwksUrl.href }, 'supabase-jwks: the JWKS is fetched over plain http')
+  }
+  const keys = createKeyResolver(config, fastify.log)
+  fastify.addHook('onClose', async function closeSupabaseJwks () {
+    await keys.close()
+  })
+
+  const algorithms = new Set<string>(config.algorithms)
+  await fastify.register(fastifyJwt, {
+    namespace: 'supabase',
+    secret: function supabaseJwksKey (_request: FastifyRequest, decoded: { header: Record<string, unknown> },
+      callback: (err: Error | null, key?: string) => void) {
+      const { alg, kid } = decoded.header
+      if (typeof alg !== 'string' || !algorithms.has(alg)) return callback(algorithmNotAllowed(alg))
+      if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH) return callback(new UnknownKeyError())
+      let key: string | Promise<string>
+      try {
+        key = keys.getKey(kid, alg)
+      } catch (err) {
+        return callback(err as Error)
+      }
+      if (typeof key === 'string') return callback(null, key)
+      key.then((pem) => callback(null, pem), callback)
+    },
+    decode: { complete: true },
+    verify: {
+      algorithms: config.algorithms,
+      allowedIss: config.issuer,
+      allowedAud: config.audience,
+      requiredClaims: ['exp', 'sub', ...(config.issuer ? ['iss'] : []), ...(config.audience ? ['aud'] : [])],
+      clockTolerance: config.clockToleranceMs,
+      extractToken: (request: FastifyRequest) => (request as unknown as Record<symbol, string>)[kToken]
+    },
+    messages: { authorizationTokenInvalid: (err: Error) => err.message }
+  } as unknown as FastifyJWTOptions)
+
+  const authenticate = buildAuthenticate(config, String(Math.max(1, Math.ceil(config.cooldownMs / 1000))))
+  fastify.decorate('authenticate', authenticate)
+  fastify.decorate('supabaseJwks', { stats: () => keys.stats() })
+
+  if (config.hook) {
+    fastify.addHook(config.hook, function supabaseJwksHook (request: FastifyRequest, reply: FastifyReply) {
+      if ((request.routeOptions.config as { supabaseJwks?: unknown }).supabaseJwks === false) return Promise.resolve()
+      return authenticate(request, reply)
+    })
+  }
+}
+
+fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
+
+declare namespace fastifySupabaseJwks {
+  export type SupabaseJwksOptions = Options
+  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats }
+  /**
+   * Your own claims (for example from a custom access token hook), added by declaration merging:
+   * ```ts
+   * declare module 'fastify-supabase-jwks' {
+   *   interface SupabaseCustomClaims { tenant_id: string }
+   * }
+   * ```
+   */
+  export interface SupabaseCustomClaims {}
+  /** What `request.user` holds after `authenticate` succeeded. */
+  export type SupabaseUser = SupabaseAccessTokenClaims & SupabaseCustomClaims
+  /** The codes a request can be answered with, and their HTTP statuses. */
+  export type ErrorCode = keyof typeof codes
+  /** The plugin's controls, at `fastify.supabaseJwks`. */
+  export interface SupabaseJwksDecorator {
+    /** Key activity so far: fetches, failures, keys held. */
+    stats (): KeyStats
+  }
+  export { fastifySupabaseJwks as default, fastifySupabaseJwks }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Verifies the bearer token: use as a route's `preHandler` (or `onRequest`). */
+    authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void>
+    supabaseJwks: fastifySupabaseJwks.SupabaseJwksDecorator
+  }
+  interface FastifyRequest {
+    supabaseJwtVerify: JwtVerifyFunction
+  }
+  interface FastifyContextConfig {
+    /** `false` exempts the route from the `hook` option's authentication. */
+    supabaseJwks?: boolean
+  }
+}
+
+declare module '@fastify/jwt' {
+  interface FastifyJWT {
+    payload: fastifySupabaseJwks.SupabaseUser
+    user: fastifySupabaseJwks.SupabaseUser
+  }
+}
+
+export = fastifySupabaseJwks

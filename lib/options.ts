@@ -1,0 +1,238 @@
+import { OptionError } from './errors'
+
+/** Asymmetric algorithms the plugin can verify. HS* and `none` are never accepted. */
+export const SUPPORTED_ALGORITHMS = [
+  'RS256', 'RS384', 'RS512',
+  'PS256', 'PS384', 'PS512',
+  'ES256', 'ES384', 'ES512',
+  'EdDSA'
+] as const
+
+export type Algorithm = typeof SUPPORTED_ALGORITHMS[number]
+
+export const DEFAULT_ALGORITHMS: Algorithm[] = ['RS256']
+export const DEFAULT_AUDIENCE = 'authenticated'
+export const DEFAULT_CLOCK_TOLERANCE = 0
+export const DEFAULT_CACHE_TTL = 600
+export const DEFAULT_COOLDOWN = 30
+export const DEFAULT_STALE_IF_ERROR = 3600
+export const DEFAULT_TIMEOUT = 5
+export const DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024
+export const DEFAULT_MAX_TOKEN_LENGTH = 16 * 1024
+export const DEFAULT_REALM = 'api'
+
+/** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
+export interface SupabaseJwksOptions {
+  /**
+   * The Supabase project URL, e.g. `https://<ref>.supabase.co` or `http://127.0.0.1:54321` (CLI).
+   * The JWKS is read from `${supabaseUrl}/auth/v1/.well-known/jwks.json` and the issuer is
+   * `${supabaseUrl}/auth/v1`. One of `supabaseUrl` and `jwksUrl` is required.
+   */
+  supabaseUrl?: string
+  /**
+   * An explicit JWKS URL, e.g. `https://auth.example.com/.well-known/jwks.json` for a self-hosted
+   * GoTrue. Takes precedence over the one derived from `supabaseUrl`. Always from configuration,
+   * never from the token.
+   */
+  jwksUrl?: string
+  /**
+   * Accepted `iss` values; `false` skips the check (a self-hosted GoTrue without
+   * `GOTRUE_JWT_ISSUER` sends no `iss`). Default: `${supabaseUrl}/auth/v1`; required with `jwksUrl` alone.
+   * When set, a token without `iss` is rejected.
+   */
+  issuer?: string | string[] | false
+  /**
+   * Accepted `aud` values; `false` skips the check. Default `'authenticated'` (Supabase user
+   * access tokens). When set, a token without `aud` is rejected: this keeps OIDC ID tokens out.
+   */
+  audience?: string | string[] | false
+  /**
+   * Accepted signing algorithms. Default `['RS256']`. Opt into `ES256` if your project signs with
+   * P-256 keys (the CLI default and Supabase's recommendation). `none` and HS* are refused.
+   */
+  algorithms?: Algorithm[]
+  /** Leeway for `exp` and `nbf`, in seconds. Default `0`. */
+  clockTolerance?: number
+  /** How long fetched keys are trusted before the JWKS is read again, in seconds. Default `600` (Supabase's `max-age`). */
+  cacheTtl?: number
+  /**
+   * Minimum time between JWKS fetches caused by unknown `kid`s or by failed fetches, in seconds.
+   * Default `30`. Bounds the load a flood of forged `kid`s can put on the JWKS endpoint.
+   */
+  cooldown?: number
+  /**
+   * How long a cached key keeps verifying after `cacheTtl` while the JWKS endpoint fails, in seconds.
+   * Default `3600`. `0` disables stale use: an outage then means 503 as soon as the cache expires.
+   * A key that a successful fetch no longer lists is dropped at once, whatever this says.
+   */
+  staleIfError?: number
+  /** Time allowed for one JWKS fetch (connect, headers and body together), in seconds. Default `5`. */
+  timeout?: number
+  /** Largest JWKS response accepted, in bytes. Default `65536`. */
+  maxResponseSize?: number
+  /** Longest token accepted, in characters; longer ones are refused before any parsing. Default `16384`. */
+  maxTokenLength?: number
+  /**
+   * Run `authenticate` as a hook for every route of the registering context instead of
+   * per route. Default: `false` (use `preHandler: fastify.authenticate` on each route).
+   * A route opts out with `config: { supabaseJwks: false }`.
+   */
+  hook?: false | 'onRequest' | 'preHandler'
+  /** The `realm` of `WWW-Authenticate` challenges. Default `'api'`. */
+  realm?: string
+  /**
+   * Allow a JWKS URL with `http://` on a host that is not loopback. Default `false`: keys fetched
+   * over plain HTTP can be swapped by anyone on the path. Loopback (the Supabase CLI) is always allowed.
+   */
+  allowInsecureJwksUrl?: boolean
+}
+
+/** The options after validation, in the units the code uses. */
+export interface Config {
+  jwksUrl: URL
+  issuer: string[] | undefined
+  audience: string[] | undefined
+  algorithms: Algorithm[]
+  clockToleranceMs: number
+  cacheTtlMs: number
+  cooldownMs: number
+  staleIfErrorMs: number
+  timeoutMs: number
+  maxResponseSize: number
+  maxTokenLength: number
+  hook: false | 'onRequest' | 'preHandler'
+  realm: string
+  insecureJwksUrl: boolean
+}
+
+const KNOWN_OPTIONS = new Set<string>([
+  'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
+  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'hook', 'realm',
+  'allowInsecureJwksUrl'
+])
+
+function fail (message: string): never {
+  throw new OptionError(message)
+}
+
+function parseUrl (name: string, value: unknown): URL {
+  if (typeof value !== 'string' || value === '') fail(`${name} must be a non-empty string URL`)
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    fail(`${name} is not a valid URL: ${value}`)
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') fail(`${name} must be an http(s) URL`)
+  return url
+}
+
+function isLoopback (hostname: string): boolean {
+  return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname)
+}
+
+function stringList (name: string, value: unknown, fallback: string | undefined): string[] | undefined {
+  if (value === false) return undefined
+  if (value === undefined) {
+    if (fallback === undefined) fail(`${name} is required with jwksUrl alone (or set it to false to skip the check)`)
+    return [fallback]
+  }
+  const list = Array.isArray(value) ? value : [value]
+  if (list.length === 0 || !list.every((v) => typeof v === 'string' && v !== '')) {
+    fail(`${name} must be a non-empty string, a list of them, or false`)
+  }
+  return list
+}
+
+function seconds (name: string, value: unknown, fallback: number, min = 0): number {
+  if (value === undefined) return fallback * 1000
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
+    fail(`${name} must be a finite number of seconds >= ${min}`)
+  }
+  return value * 1000
+}
+
+function positiveInteger (name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (!Number.isSafeInteger(value) || (value as number) < 1) fail(`${name} must be a positive integer`)
+  return value as number
+}
+
+function algorithmList (value: unknown): Algorithm[] {
+  if (value === undefined) return [...DEFAULT_ALGORITHMS]
+  if (!Array.isArray(value) || value.length === 0) fail('algorithms must be a non-empty array')
+  for (const alg of value) {
+    if (typeof alg === 'string' && (/^HS/i.test(alg) || alg.toLowerCase() === 'none')) {
+      fail(`algorithm ${alg} is refused: this plugin verifies only asymmetric signatures ` +
+        '(HS* needs a shared secret, and "none" is no signature at all)')
+    }
+    if (!(SUPPORTED_ALGORITHMS as readonly unknown[]).includes(alg)) {
+      fail(`unknown algorithm ${String(alg)}; supported: ${SUPPORTED_ALGORITHMS.join(', ')}`)
+    }
+  }
+  return [...new Set(value as Algorithm[])]
+}
+
+/** Validates the options once, at registration, and turns them into a Config. */
+export function normalizeOptions (input: unknown): Config {
+  if (input === null || typeof input !== 'object') fail('options must be an object')
+  const options = input as Record<string, unknown>
+  if ('secret' in options || 'jwtSecret' in options) {
+    fail('a shared secret is never used: this plugin verifies Supabase tokens with the public keys of ' +
+      'the project JWKS. Remove the secret and set supabaseUrl (or jwksUrl)')
+  }
+  for (const name of Object.keys(options)) {
+    if (!KNOWN_OPTIONS.has(name)) fail(`unknown option ${name}`)
+  }
+  const opts = options as SupabaseJwksOptions
+
+  let jwksUrl: URL
+  let derivedIssuer: string | undefined
+  if (opts.supabaseUrl !== undefined) {
+    const base = parseUrl('supabaseUrl', opts.supabaseUrl)
+    const root = base.href.replace(/\/+$/, '')
+    derivedIssuer = `${root}/auth/v1`
+    jwksUrl = new URL(`${derivedIssuer}/.well-known/jwks.json`)
+  }
+  if (opts.jwksUrl !== undefined) {
+    jwksUrl = parseUrl('jwksUrl', opts.jwksUrl)
+  } else if (derivedIssuer === undefined) {
+    fail('supabaseUrl or jwksUrl is required')
+  }
+  jwksUrl = jwksUrl!
+  if (jwksUrl.username || jwksUrl.password) fail('jwksUrl must not carry credentials')
+  if (opts.allowInsecureJwksUrl !== undefined && typeof opts.allowInsecureJwksUrl !== 'boolean') {
+    fail('allowInsecureJwksUrl must be a boolean')
+  }
+  const insecureJwksUrl = jwksUrl.protocol === 'http:' && !isLoopback(jwksUrl.hostname)
+  if (insecureJwksUrl && opts.allowInsecureJwksUrl !== true) {
+    fail(`the JWKS URL ${jwksUrl.href} uses plain http on a non-loopback host; use https, ` +
+      'or set allowInsecureJwksUrl: true if the network path is trusted')
+  }
+
+  const hook = opts.hook ?? false
+  if (hook !== false && hook !== 'onRequest' && hook !== 'preHandler') {
+    fail('hook must be false, "onRequest" or "preHandler"')
+  }
+  const realm = opts.realm ?? DEFAULT_REALM
+  if (typeof realm !== 'string' || !/^[\x20-\x7e]*$/.test(realm) || /["\\]/.test(realm)) {
+    fail('realm must be a printable ASCII string without quotes or backslashes')
+  }
+
+  return {
+    jwksUrl,
+    issuer: stringList('issuer', opts.issuer, derivedIssuer),
+    audience: stringList('audience', opts.audience, DEFAULT_AUDIENCE),
+    algorithms: algorithmList(opts.algorithms),
+    clockToleranceMs: seconds('clockTolerance', opts.clockTolerance, DEFAULT_CLOCK_TOLERANCE),
+    cacheTtlMs: seconds('cacheTtl', opts.cacheTtl, DEFAULT_CACHE_TTL, 0.001),
+    cooldownMs: seconds('cooldown', opts.cooldown, DEFAULT_COOLDOWN),
+    staleIfErrorMs: seconds('staleIfError', opts.staleIfError, DEFAULT_STALE_IF_ERROR),
+    timeoutMs: seconds('timeout', opts.timeout, DEFAULT_TIMEOUT, 0.001),
+    maxResponseSize: positiveInteger('maxResponseSize', opts.maxResponseSize, DEFAULT_MAX_RESPONSE_SIZE),
+    maxTokenLength: positiveInteger('maxTokenLength', opts.maxTokenLength, DEFAULT_MAX_TOKEN_LENGTH),
+    hook,
+    realm,
+    insecureJwksUrl
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * A local Supabase Auth issuer for tests and demos: an HTTP server on 127.0.0.1 that serves
+ * a JWKS the way GoTrue does, holds key pairs, and mints Supabase-shaped access tokens.
+ *
+ * ```ts
+ * import { createTestIssuer } from 'fastify-supabase-jwks/testing'
+ * const issuer = await createTestIssuer()
+ * app.register(supabaseJwks, { supabaseUrl: issuer.url })
+ * const token = issuer.sign({ email: 'ada@example.com' })
+ * ```
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { generateKeyPairSync, randomUUID, sign as cryptoSign, constants, type KeyObject } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
+
+export type TestAlgorithm = 'RS256' | 'RS384' | 'RS512' | 'PS256' | 'PS384' | 'PS512' | 'ES256' | 'ES384' | 'ES512' | 'EdDSA'
+
+/** A key pair of the issuer. */
+export interface TestKey {
+  kid: string
+  alg: TestAlgorithm
+  privateKey: KeyObject
+  publicKey: KeyObject
+  /** The public JWK as the JWKS serves it (with `kid`, `alg`, `use`, `key_ops`). */
+  jwk: Record<string, unknown>
+}
+
+export interface TestIssuerOptions {
+  /** Algorithm of the first key. Default `'RS256'`. */
+  alg?: TestAlgorithm
+  /** Port on 127.0.0.1. Default `0` (any free port). */
+  port?: number
+}
+
+export interface SignOptions {
+  /** Sign with this key (by kid). Default: the current key. */
+  kid?: string
+  /** Header fields to add or override (`undefined` removes one). */
+  header?: Record<string, unknown>
+}
+
+/** Answers a JWKS request instead of the issuer, to simulate outages; return `true` when handled. */
+export type JwksResponder = (request: IncomingMessage, response: ServerResponse) => boolean
+
+export interface TestIssuer {
+  /** The project URL to give the plugin as `supabaseUrl`, e.g. `http://127.0.0.1:54321`. */
+  readonly url: string
+  /** The `iss` of minted tokens: `${url}/auth/v1`. */
+  readonly issuer: string
+  /** `${url}/auth/v1/.well-known/jwks.json` (also served at `${url}/.well-known/jwks.json`, as bare GoTrue). */
+  readonly jwksUrl: string
+  /** JWKS requests served (or answered by a responder) so far. */
+  readonly jwksRequests: number
+  /** The key that signs by default. */
+  readonly currentKey: TestKey
+  /** Every key held, published or not. */
+  readonly keys: readonly TestKey[]
+  /** Mints an access token; `claims` override the defaults (`undefined` removes a claim). */
+  sign (claims?: Record<string, unknown>, options?: SignOptions): string
+  /** Creates a key; published unless `publish: false`; becomes current with `current: true`. */
+  addKey (options?: { alg?: TestAlgorithm, kid?: string, publish?: boolean, current?: boolean }): TestKey
+  /** Adds `kid` to the JWKS. */
+  publish (kid: string): void
+  /** Removes `kid` from the JWKS (revocation); the key can still sign, as an attacker's copy could. */
+  unpublish (kid: string): void
+  /** Supabase-style rotation: a new key becomes current; the previous one stays published. */
+  rotate (alg?: TestAlgorithm): TestKey
+  /** Serves JWKS requests through `responder` (or normally again with `undefined`). */
+  respondWith (responder: JwksResponder | undefined): void
+  /** The JWKS document served now. */
+  jwks (): { keys: Array<Record<string, unknown>> }
+  close (): Promise<void>
+}
+
+const HASHES: Record<string, string> = { 256: 'sha256', 384: 'sha384', 512: 'sha512' }
+const CURVES: Record<string, string> = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521' }
+
+function base64url (input: Buffer | string): string {
+  return Buffer.from(input).toString('base64url')
+}
+
+/** Generates a key pair for `alg` and its public JWK. */
+export function generateTestKey (alg: TestAlgorithm = 'RS256', kid: string = randomUUID()): TestKey {
+  const kind = alg.slice(0, 2)
+  const pair = kind === 'ES'
+    ? generateKeyPairSync('ec', { namedCurve: CURVES[alg]! })
+    : kind === 'Ed'
+      ? generateKeyPairSync('ed25519')
+      : generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const jwk = { ...pair.publicKey.export({ format: 'jwk' }), kid, alg, use: 'sig', key_ops: ['verify'] }
+  return { kid, alg, privateKey: pair.privateKey, publicKey: pair.publicKey, jwk }
+}
+
+/** Signs `header.payload` with `key` the way `alg` says (RFC 7518); returns the base64url signature. */
+export function signInput (alg: string, key: KeyObject, input: string): string {
+  const kind = alg.slice(0, 2)
+  const hash = HASHES[alg.slice(2)]
+  if (kind === 'Ed') return base64url(cryptoSign(null, Buffer.from(input), key))
+  if (kind === 'ES') return base64url(cryptoSign(hash!, Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }))
+  if (kind === 'PS') {
+    return base64url(cryptoSign(hash!, Buffer.from(input), {
+      key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST
+    }))
+  }
+  return base64url(cryptoSign(hash!, Buffer.from(input), key))
+}
+
+/** Encodes and signs a JWT from any header and payload: for crafting tokens in tests. */
+export function signJwt (header: Record<string, unknown>, payload: Record<string, unknown>, key: KeyObject): string {
+  const input = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(payload))}`
+  return `${input}.${signInput(String(header.alg), key, input)}`
+}
+
+function withoutUndefined (input: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(input).filter(([, value]) => value !== undefined))
+}
+
+/** Starts a local issuer on 127.0.0.1. */
+export async function createTestIssuer (options: TestIssuerOptions = {}): Promise<TestIssuer> {
+  const keys: TestKey[] = [generateTestKey(options.alg ?? 'RS256')]
+  const published = new Set<string>([keys[0]!.kid])
+  let current = keys[0]!
+  let jwksRequests = 0
+  let responder: JwksResponder | undefined
+
+  function jwks () {
+    return { keys: keys.filter((key) => published.has(key.kid)).map((key) => key.jwk) }
+  }
+
+  const server = createServer((request, response) => {
+    const path = (request.url ?? '').split('?')[0]
+    if (path !== '/auth/v1/.well-known/jwks.json' && path !== '/.well-known/jwks.json') {
+      response.writeHead(404, { 'content-type': 'application/json' }).end('{"code":404,"msg":"not found"}')
+      return
+    }
+    jwksRequests++
+    if (responder?.(request, response)) return
+    response.writeHead(200, {
+      'content-type': 'application/json',
+      'cache-control': 'public, max-age=600'
+    }).end(JSON.stringify(jwks()))
+  })
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve))
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const issuer = `${url}/auth/v1`
+
+  function findKey (kid: string): TestKey {
+    const key = keys.find((candidate) => candidate.kid === kid)
+    if (key === undefined) throw new Error(`no test key ${kid}`)
+    return key
+  }
+
+  function addKey ({ alg = current.alg, kid, publish = true, current: makeCurrent = false }:
+  { alg?: TestAlgorithm, kid?: string, publish?: boolean, current?: boolean } = {}): TestKey {
+    const key = generateTestKey(alg, kid)
+    keys.push(key)
+    if (publish) published.add(key.kid)
+    if (makeCurrent) current = key
+    return key
+  }
+
+  return {
+    url,
+    issuer,
+    jwksUrl: `${issuer}/.well-known/jwks.json`,
+    get jwksRequests () { return jwksRequests },
+    get currentKey () { return current },
+    get keys () { return [...keys] },
+    sign (claims = {}, signOptions = {}) {
+      const key = signOptions.kid === undefined ? current : findKey(signOptions.kid)
+      const now = Math.floor(Date.now() / 1000)
+      const sub = randomUUID()
+      const payload = withoutUndefined({
+        aud: 'authenticated',
+        exp: now + 3600,
+        iat: now,
+        iss: issuer,
+        sub,
+        email: 'user@example.com',
+        phone: '',
+        app_metadata: { provider: 'email', providers: ['email'] },
+        user_metadata: { email_verified: true },
+        role: 'authenticated',
+        aal: 'aal1',
+        amr: [{ method: 'password', timestamp: now }],
+        session_id: randomUUID(),
+        is_anonymous: false,
+        ...claims
+      })
+      const header = withoutUndefined({ alg: key.alg, kid: key.kid, typ: 'JWT', ...signOptions.header })
+      return signJwt(header, payload, key.privateKey)
+    },
+    addKey,
+    publish (kid) { published.add(findKey(kid).kid) },
+    unpublish (kid) { published.delete(kid) },
+    rotate (alg) { return addKey({ alg, current: true }) },
+    respondWith (next) { responder = next },
+    jwks,
+    close () {
+      server.closeAllConnections()
+      return new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+}

@@ -1,0 +1,47 @@
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import { expectAssignable, expectError, expectType } from 'tsd'
+import supabaseJwks, { type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
+import { createTestIssuer, type TestIssuer } from '../dist/testing'
+
+declare module '..' {
+  interface SupabaseCustomClaims {
+    tenant_id?: string
+  }
+}
+
+const app = Fastify()
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co' })
+app.register(supabaseJwks, { jwksUrl: 'https://auth.example.com/.well-known/jwks.json', issuer: false, algorithms: ['ES256', 'RS256'] })
+app.register(supabaseJwks.fastifySupabaseJwks, { supabaseUrl: 'https://abc.supabase.co', hook: 'onRequest' })
+app.register(supabaseJwks.default, { supabaseUrl: 'https://abc.supabase.co', cacheTtl: 600, cooldown: 30 })
+
+// options are checked: no shared secret, no HS256, durations are numbers
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', algorithms: ['HS256'] }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', secret: 'shh' }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', cacheTtl: '10m' }))
+expectAssignable<SupabaseJwksOptions>({ supabaseUrl: 'x', audience: ['authenticated', 'other'], issuer: ['a', 'b'] })
+
+expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.authenticate)
+expectType<KeyStats>(app.supabaseJwks.stats())
+
+app.get('/me', { preHandler: app.authenticate }, async (request) => {
+  expectType<SupabaseUser>(request.user)
+  expectType<string>(request.user.sub)
+  expectType<number>(request.user.exp)
+  expectType<'aal1' | 'aal2' | undefined>(request.user.aal)
+  expectType<boolean | undefined>(request.user.is_anonymous)
+  expectType<string | undefined>(request.user.tenant_id)
+  expectError(request.user.nope)
+  return request.user
+})
+
+app.get('/public', { config: { supabaseJwks: false } }, async () => 'ok')
+
+async function issuerTypes (): Promise<void> {
+  const issuer = await createTestIssuer({ alg: 'ES256' })
+  expectType<TestIssuer>(issuer)
+  expectType<string>(issuer.sign({ role: 'service_role' }, { header: { typ: 'at+jwt' } }))
+  expectType<number>(issuer.jwksRequests)
+  expectError(createTestIssuer({ alg: 'HS256' }))
+}
+issuerTypes().catch(() => {})
