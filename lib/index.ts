@@ -50,7 +50,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
 
   const authenticate = buildAuthenticate(config, String(Math.max(1, Math.ceil(config.cooldownMs / 1000))))
   fastify.decorate('authenticate', authenticate)
-  fastify.decorate('supabaseJwks', { stats: () => keys.stats() })
+  fastify.decorate('supabaseJwks', {
+    refresh: () => keys.refresh(),
+    stats: () => keys.stats()
+  })
 
   if (config.hook) {
     fastify.addHook(config.hook, function supabaseJwksHook (request: FastifyRequest, reply: FastifyReply) {
@@ -80,6 +83,11 @@ declare namespace fastifySupabaseJwks {
   export type ErrorCode = keyof typeof codes
   /** The plugin's controls, at `fastify.supabaseJwks`. */
   export interface SupabaseJwksDecorator {
+    /**
+     * Fetches the JWKS now, ignoring the cache lifetime and the cooldown (Supabase asks verifiers
+     * to offer a purge). Resolves when the fetch is over, whether or not it succeeded.
+     */
+    refresh (): Promise<void>
     /** Key activity so far: fetches, failures, keys held. */
     stats (): KeyStats
   }

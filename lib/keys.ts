@@ -1,65 +1,70 @@
-import { createPublicKey, type KeyObject } from 'node:crypto'
+import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import buildGetJwks from 'get-jwks'
-import { Agent } from 'undici'
+import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { KeysUnavailableError, TokenInvalidError, UnknownKeyError } from './errors'
 import type { Algorithm, Config } from './options'
 
 /*
- * The key resolver: get-jwks fetches the JWKS and picks the JWK by `kid` (and `alg`);
- * this module decides *when* it may fetch, and keeps each usable key converted once.
+ * The key resolver. get-jwks fetches the JWKS and resolves the token's `kid` (and `alg`);
+ * this module decides when it may fetch, and keeps every usable key of the set converted once.
  *
- * Why a wrapper (see ../shared/FACTS.md): get-jwks has no cooldown for unknown kids,
- * ignores its timeout, rebuilds a PEM on every call, and replays stale or failed
- * lookups from its own caches. So get-jwks' caches are emptied before every call and
- * only ever asked to fetch; the cache policy lives here:
- *   - a key is trusted for `cacheTtl` after the fetch that returned it;
- *   - one fetch at a time; concurrent lookups wait for it instead of fetching again;
- *   - after a fetch that did not find its kid, or that failed, unknown kids are answered
- *     at once (401, or 503 after a failure) until `cooldown` has passed;
- *   - a fetch that fails keeps known keys verifying for `staleIfError` past their TTL;
- *   - a fetch that succeeds without the kid drops it at once (revocation).
+ * Why a wrapper (../shared/FACTS.md): get-jwks has no cooldown for unknown kids, ignores its
+ * timeout, rebuilds a PEM on every call, fetches the whole set again for each new kid, and
+ * replays stale or failed lookups from its own caches. So its caches are emptied before each
+ * call and it is only ever asked to fetch; the policy lives here:
+ *   - the key set from the last good fetch is trusted for `cacheTtl`; a kid it lacks is dropped
+ *     at once (revocation), a kid it has needs no further fetch (a rotation's standby key);
+ *   - one fetch at a time: concurrent lookups wait for it instead of fetching again;
+ *   - a fetch caused by a kid the set does not have, and that does not find it, starts a
+ *     `cooldown` during which other unknown kids are answered 401 at once;
+ *   - a failed fetch is retried at most once per `cooldown`; meanwhile known keys keep verifying
+ *     for `staleIfError` past their TTL, and unknown kids are answered 503;
+ *   - each fetch is bounded: `timeout` (connect, headers, body), `maxResponseSize`, no redirects,
+ *     and only a 200 whose body is a JSON key set counts.
  */
 
 /** A key from the JWKS, fit for verifying, converted once. */
-interface CachedKey {
+export interface CachedKey {
+  kid: string
   pem: string
   key: KeyObject
   algorithms: readonly string[]
-  fetchedAt: number
 }
 
 /** Key activity, for logs or metrics. */
 export interface KeyStats {
   /** JWKS fetches started. */
   fetches: number
-  /** Fetches that failed (network, timeout, status, body). */
+  /** Fetches that failed (network, timeout, status, size, body). */
   failures: number
-  /** Keys held now. */
+  /** Usable keys held now. */
   keys: number
-  /** Time of the last fetch that succeeded, in ms since the epoch, or `null`. */
+  /** Time of the last good fetch, in ms since the epoch, or `null`. */
   lastSuccessAt: number | null
-  /** Time of the last fetch that failed, in ms since the epoch, or `null`. */
+  /** Time of the last failed fetch, in ms since the epoch, or `null`. */
   lastFailureAt: number | null
 }
 
 export interface KeyResolver {
-  /** The PEM of the key `kid`, fit for `alg`: a string when cached, a promise when a fetch is needed. */
+  /** The PEM of key `kid`, fit for `alg`: a string when held, a promise when a fetch is needed. */
   getKey (kid: string, alg: string): string | Promise<string>
-  /** Key activity so far. */
+  /** Fetch the JWKS now, ignoring TTL and cooldown (waits for a fetch already running). */
+  refresh (): Promise<void>
   stats (): KeyStats
   close (): Promise<void>
 }
 
 const MIN_RSA_BITS = 2048
-const MAX_KEYS = 64
+const MAX_KEYS = 100
 const EC_CURVES: Record<string, Algorithm> = { 'P-256': 'ES256', 'P-384': 'ES384', 'P-521': 'ES512' }
 const RSA_ALGORITHMS: readonly Algorithm[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']
 
 class UnusableKeyError extends Error {}
 
-/** Checks a JWK is a public signing key fit for `alg` and converts it once (RFC 7517, RFC 7518). */
-export function toCachedKey (jwk: Record<string, unknown>, now: number): CachedKey {
+/** Checks that a JWK is a public signing key (RFC 7517, RFC 7518) and converts it once. */
+export function toCachedKey (jwk: Record<string, unknown>): CachedKey {
+  if (typeof jwk.kid !== 'string' || jwk.kid === '') throw new UnusableKeyError('no kid')
   if (jwk.use !== undefined && jwk.use !== 'sig') throw new UnusableKeyError('use is not "sig"')
   if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('verify'))) {
     throw new UnusableKeyError('key_ops does not allow "verify"')
@@ -76,14 +81,67 @@ export function toCachedKey (jwk: Record<string, unknown>, now: number): CachedK
   }
   let key: KeyObject
   try {
-    key = createPublicKey({ key: jwk as import('node:crypto').JsonWebKey, format: 'jwk' })
+    key = createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' })
   } catch {
     throw new UnusableKeyError('not a valid public key')
   }
-  if (jwk.kty === 'RSA' && (key.asymmetricKeyDetails?.modulusLength ?? 0) < MIN_RSA_BITS) {
+  if (jwk.kty === 'RSA' && key.asymmetricKeyDetails!.modulusLength! < MIN_RSA_BITS) {
     throw new UnusableKeyError(`RSA modulus under ${MIN_RSA_BITS} bits`)
   }
-  return { pem: key.export({ type: 'spki', format: 'pem' }) as string, key, algorithms, fetchedAt: now }
+  return { kid: jwk.kid, pem: key.export({ type: 'spki', format: 'pem' }) as string, key, algorithms }
+}
+
+/** The usable keys of a JWKS body, or `undefined` when it is not a JSON key set with at least one key. */
+export function parseKeySet (body: Buffer, log: FastifyBaseLogger): Map<string, CachedKey> | undefined {
+  let document: unknown
+  try {
+    document = JSON.parse(body.toString('utf8'))
+  } catch {
+    return undefined
+  }
+  const list = (document as { keys?: unknown } | null)?.keys
+  if (!Array.isArray(list) || list.length === 0) return undefined
+  const keys = new Map<string, CachedKey>()
+  for (const jwk of list.slice(0, MAX_KEYS)) {
+    try {
+      const entry = toCachedKey(jwk)
+      if (!keys.has(entry.kid)) keys.set(entry.kid, entry)
+    } catch (err) {
+      log.debug({ kid: String(jwk?.kid).slice(0, 64), reason: (err as Error).message }, 'supabase-jwks: JWK skipped')
+    }
+  }
+  return keys
+}
+
+/** What the JWKS server answered to the last fetch: status and body (bounded by the agent's size cap). */
+interface Answer { status: number, body: Buffer }
+
+/**
+ * An undici interceptor that hands each response's status and body to `onAnswer`, unchanged for
+ * get-jwks: this is how the wrapper sees the whole key set of the fetch get-jwks makes.
+ */
+function observeAnswers (onAnswer: (answer: Answer) => void): Dispatcher.DispatcherComposeInterceptor {
+  return (dispatch) => function observedDispatch (options, handler) {
+    const chunks: Buffer[] = []
+    let status = 0
+    return dispatch(options, {
+      onRequestStart: (controller, context) => handler.onRequestStart?.(controller, context),
+      onRequestUpgrade: (controller, code, headers, socket) => handler.onRequestUpgrade?.(controller, code, headers, socket),
+      onResponseStart (controller, statusCode, headers, statusMessage) {
+        status = statusCode
+        return handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
+      },
+      onResponseData (controller, chunk) {
+        chunks.push(chunk)
+        return handler.onResponseData?.(controller, chunk)
+      },
+      onResponseEnd (controller, trailers) {
+        onAnswer({ status, body: Buffer.concat(chunks) })
+        return handler.onResponseEnd?.(controller, trailers)
+      },
+      onResponseError: (controller, error) => handler.onResponseError?.(controller, error)
+    })
+  }
 }
 
 function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
@@ -95,121 +153,118 @@ function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
 }
 
 export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyResolver {
-  const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs } = config
-  const jwksUrl = config.jwksUrl
-  const domain = jwksUrl.origin
-  const dispatcher = new Agent({
+  const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs, jwksUrl } = config
+  let answer: Answer | undefined
+  const agent = new Agent({
     connect: { timeout: timeoutMs },
     headersTimeout: timeoutMs,
     bodyTimeout: timeoutMs,
     maxResponseSize: config.maxResponseSize
   })
+  const dispatcher = agent.compose(observeAnswers((observed) => { answer = observed }))
   const jwks = buildGetJwks({
     jwksPath: jwksUrl.pathname + jwksUrl.search,
     ttl: cacheTtlMs,
     fetchOptions: { dispatcher, redirect: 'error', headers: { accept: 'application/json' } } as unknown as RequestInit
   })
-  // get-jwks' caches are LRU caches (lru-cache) under a narrower type
+  // get-jwks' caches are lru-caches behind a narrower type; the stale one last, clearing the other fills it
   const jwksCaches = [jwks.cache, jwks.staleCache] as unknown as Array<{ clear (): void }>
 
-  const keys = new Map<string, CachedKey>()
-  const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null }
-  let inflight: { kid: string, done: Promise<void> } | undefined
+  let keys = new Map<string, CachedKey>()
+  let setAt = Number.NEGATIVE_INFINITY
   let retryAt = 0
   let lastFetchFailed = false
+  let inflight: Promise<void> | undefined
+  const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null }
 
   function usable (entry: CachedKey, alg: string): string {
     if (!entry.algorithms.includes(alg)) throw new TokenInvalidError('the algorithm does not match the key')
     return entry.pem
   }
 
-  function staleOrUnavailable (entry: CachedKey | undefined, alg: string, now: number): string {
-    if (entry !== undefined && now < entry.fetchedAt + cacheTtlMs + staleIfErrorMs) return usable(entry, alg)
+  function failed (reason: string, code?: unknown): void {
+    const now = Date.now()
+    lastFetchFailed = true
+    retryAt = now + cooldownMs
+    stats.failures++
+    stats.lastFailureAt = now
+    // the reason only: a GetJwksError also carries the response, which is not ours to log
+    log.warn({ jwksUrl: jwksUrl.href, code, reason }, 'supabase-jwks: JWKS fetch failed')
+  }
+
+  async function fetchSet (kid: string, alg: string): Promise<void> {
+    stats.fetches++
+    log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
+    for (const cache of jwksCaches) cache.clear()
+    answer = undefined
+    const lookup = jwks.getJwk({ domain: jwksUrl.origin, alg, kid })
+    lookup.catch(() => {}) // settled after the timeout: nothing left to tell
+    let found = true
+    try {
+      await withTimeout(lookup, timeoutMs)
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      // a JSON parse error quotes the body: not ours to log
+      if (code !== 'JWK_NOT_FOUND') return failed(err instanceof SyntaxError ? 'the body is not JSON' : (err as Error).message, code)
+      found = false
+    }
+    const observed = answer as Answer | undefined // set by the interceptor during the fetch
+    const set = observed?.status === 200 ? parseKeySet(observed.body, log) : undefined
+    if (set === undefined) return failed('the answer is not a 200 with a JSON key set')
+    const now = Date.now()
+    keys = set
+    setAt = now
+    lastFetchFailed = false
+    retryAt = found && set.has(kid) ? 0 : now + cooldownMs
+    stats.keys = set.size
+    stats.lastSuccessAt = now
+  }
+
+  function fetchOnce (kid: string, alg: string): Promise<void> {
+    inflight ??= fetchSet(kid, alg).finally(() => { inflight = undefined })
+    return inflight
+  }
+
+  /** After a fetch: the key, a stale key while the JWKS fails, or the reason there is none. */
+  function settle (kid: string, alg: string): string {
+    const now = Date.now()
+    const entry = keys.get(kid)
+    if (!lastFetchFailed || now < setAt + cacheTtlMs) {
+      if (entry !== undefined) return usable(entry, alg)
+      if (!lastFetchFailed) throw new UnknownKeyError()
+    }
+    if (entry !== undefined && now < setAt + cacheTtlMs + staleIfErrorMs) return usable(entry, alg)
     throw new KeysUnavailableError()
   }
 
-  async function fetchKey (kid: string, alg: string): Promise<void> {
-    stats.fetches++
-    log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
-    for (const cache of jwksCaches) cache.clear() // the stale cache last: clearing the other fills it
-    const lookup = jwks.getJwk({ domain, alg, kid })
-    lookup.catch(() => {}) // settled later than the timeout: nothing left to tell
-    try {
-      const entry = toCachedKey(await withTimeout(lookup, timeoutMs), Date.now())
-      if (keys.size >= MAX_KEYS && !keys.has(kid)) keys.delete(keys.keys().next().value!)
-      keys.set(kid, entry)
-      lastFetchFailed = false
-      retryAt = 0
-      stats.lastSuccessAt = entry.fetchedAt
-    } catch (err) {
-      const notFound = err instanceof UnusableKeyError || (err as { code?: string }).code === 'JWK_NOT_FOUND'
-      retryAt = Date.now() + cooldownMs
-      if (notFound) {
-        keys.delete(kid)
-        lastFetchFailed = false
-        stats.lastSuccessAt = Date.now()
-        log.debug({ kid, reason: (err as Error).message }, 'supabase-jwks: no usable key for kid')
-      } else {
-        lastFetchFailed = true
-        stats.failures++
-        stats.lastFailureAt = Date.now()
-        // only the code and message: a GetJwksError also carries the response body
-        log.warn({ jwksUrl: jwksUrl.href, code: (err as { code?: string }).code, reason: (err as Error).message },
-          'supabase-jwks: JWKS fetch failed')
-      }
-    } finally {
-      inflight = undefined
-      stats.keys = keys.size
-    }
-  }
-
-  /** What the last fetch for `kid` left: a key, stale or not, or the reason there is none. */
-  function settle (kid: string, alg: string): string {
-    const entry = keys.get(kid)
-    const now = Date.now()
-    if (entry !== undefined && now < entry.fetchedAt + cacheTtlMs) return usable(entry, alg)
-    if (lastFetchFailed) return staleOrUnavailable(entry, alg, now)
-    throw new UnknownKeyError()
-  }
-
   async function lookup (kid: string, alg: string): Promise<string> {
-    // Bounded: each turn waits for a fetch that is already running, or starts one.
-    for (let turn = 0; turn < 3; turn++) {
-      const running = inflight
-      if (running !== undefined) {
-        await running.done
-        if (running.kid === kid) return settle(kid, alg)
-        const entry = keys.get(kid)
-        if (entry !== undefined && Date.now() < entry.fetchedAt + cacheTtlMs) return usable(entry, alg)
-        continue
-      }
-      const entry = keys.get(kid)
+    if (inflight === undefined) {
       const now = Date.now()
-      if (entry !== undefined && now < entry.fetchedAt + cacheTtlMs) return usable(entry, alg)
-      if (now < retryAt) {
-        if (lastFetchFailed) return staleOrUnavailable(entry, alg, now)
-        // the last fetch missed another kid: a known kid may still refresh, an unknown one waits
-        if (entry === undefined) throw new UnknownKeyError()
-      }
-      const done = fetchKey(kid, alg)
-      inflight = { kid, done }
-      await done
-      return settle(kid, alg)
+      const expired = now >= setAt + cacheTtlMs
+      // within a cooldown: answer from what is held, without a fetch
+      if (now < retryAt && (lastFetchFailed || !expired)) return settle(kid, alg)
+      fetchOnce(kid, alg)
     }
+    await inflight
     return settle(kid, alg)
   }
 
   return {
     getKey (kid, alg) {
-      const entry = keys.get(kid)
-      if (entry !== undefined && Date.now() < entry.fetchedAt + cacheTtlMs) return usable(entry, alg)
+      if (Date.now() < setAt + cacheTtlMs) {
+        const entry = keys.get(kid)
+        if (entry !== undefined) return usable(entry, alg)
+      }
       return lookup(kid, alg)
+    },
+    refresh () {
+      return fetchOnce('', 'RS256')
     },
     stats () {
       return { ...stats }
     },
     async close () {
-      await dispatcher.close()
+      await agent.close()
     }
   }
 }

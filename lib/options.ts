@@ -106,6 +106,8 @@ export interface Config {
 }
 
 const KNOWN_OPTIONS = new Set<string>([
+  // what Fastify itself may pass to a plugin
+  'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
   'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'hook', 'realm',
   'allowInsecureJwksUrl'

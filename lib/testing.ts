@@ -128,7 +128,7 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
   }
 
   const server = createServer((request, response) => {
-    const path = (request.url ?? '').split('?')[0]
+    const path = String(request.url).split('?')[0]
     if (path !== '/auth/v1/.well-known/jwks.json' && path !== '/.well-known/jwks.json') {
       response.writeHead(404, { 'content-type': 'application/json' }).end('{"code":404,"msg":"not found"}')
       return

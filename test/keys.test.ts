@@ -1,0 +1,146 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { generateKeyPairSync } from 'node:crypto'
+import Fastify from 'fastify'
+import supabaseJwks from '../lib/index'
+import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+import { parseKeySet, toCachedKey } from '../lib/keys'
+import { generateTestKey } from '../lib/testing'
+
+t.test('concurrent first requests cause one JWKS fetch', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const token = issuer.sign()
+  const answers = await Promise.all(Array.from({ length: 50 }, () => getMe(app, token)))
+  t.same(answers.map((res) => res.statusCode), Array(50).fill(200))
+  t.equal(issuer.jwksRequests, 1)
+})
+
+t.test('JWKS down at the first request: 503 with Retry-After, nothing leaked, then recovery', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cooldown: 0.2 })
+  issuer.respondWith((_request, response) => {
+    response.writeHead(500, { 'content-type': 'text/html' }).end('<html>internal secret stack</html>')
+    return true
+  })
+  const token = issuer.sign()
+  const down = await getMe(app, token)
+  t.equal(down.statusCode, 503)
+  t.equal(codeOf(down), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE')
+  t.equal(down.headers['retry-after'], '1')
+  t.notOk(down.body.includes('internal secret'), 'nothing the JWKS server sent')
+  t.equal(down.headers['www-authenticate'], undefined)
+  t.equal(issuer.jwksRequests, 1)
+
+  const again = await getMe(app, token)
+  t.equal(again.statusCode, 503, 'still 503 within the cooldown')
+  t.equal(issuer.jwksRequests, 1, 'no refetch within the cooldown')
+  t.equal(app.supabaseJwks.stats().failures, 1)
+
+  issuer.respondWith(undefined)
+  await sleep(250)
+  const back = await getMe(app, token)
+  t.equal(back.statusCode, 200, 'recovered after the cooldown')
+  t.equal(issuer.jwksRequests, 2)
+  t.ok(app.supabaseJwks.stats().lastSuccessAt! >= app.supabaseJwks.stats().lastFailureAt!)
+})
+
+t.test('JWKS unreachable (connection refused): 503, never acceptance', async (t) => {
+  const issuer = await issuerFor(t)
+  const token = issuer.sign()
+  const url = issuer.url
+  await issuer.close()
+  const app = await appFor(t, { supabaseUrl: url })
+  const res = await getMe(app, token)
+  t.equal(res.statusCode, 503)
+  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE')
+  t.equal(res.headers['retry-after'], '30', 'Retry-After follows the default cooldown')
+})
+
+t.test('the Retry-After value is at least one second', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cooldown: 0 })
+  issuer.respondWith((_request, response) => { response.writeHead(502).end(); return true })
+  const res = await getMe(app, issuer.sign())
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '1')
+})
+
+t.test('a failed fetch is logged at warn without the response body', async (t) => {
+  const issuer = await issuerFor(t)
+  const lines: string[] = []
+  const app = Fastify({ logger: { level: 'info', stream: { write: (line: string) => { lines.push(line) } } } })
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
+  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  issuer.respondWith((_request, response) => {
+    response.writeHead(500, { 'content-type': 'application/json' }).end('{"keys":[],"leak":"body-marker"}')
+    return true
+  })
+  await app.inject({ url: '/me', headers: { authorization: `Bearer ${issuer.sign()}` } })
+  const warn = lines.map((line) => JSON.parse(line)).find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')
+  t.equal(warn.level, 40)
+  t.equal(warn.code, 'JWKS_REQUEST_FAILED')
+  t.notOk(lines.some((line) => line.includes('body-marker')), 'the body is not logged')
+})
+
+t.test('key hygiene: only public signing keys that fit their algorithm', async (t) => {
+  const rsa = generateTestKey('RS256').jwk
+  const ec = generateTestKey('ES256').jwk
+  const ed = generateTestKey('EdDSA').jwk
+  t.same(toCachedKey(rsa).algorithms, ['RS256'])
+  t.same(toCachedKey({ ...rsa, alg: undefined }).algorithms, ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'])
+  t.same(toCachedKey({ ...ec, alg: undefined }).algorithms, ['ES256'])
+  t.same(toCachedKey({ ...ed, alg: undefined }).algorithms, ['EdDSA'])
+  t.match(toCachedKey({ ...rsa, use: undefined, key_ops: undefined }), { kid: rsa.kid, pem: /BEGIN PUBLIC KEY/ })
+  const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' })
+  const bad: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['use enc', { ...rsa, use: 'enc' }, /use is not "sig"/],
+    ['key_ops without verify', { ...rsa, key_ops: ['encrypt'] }, /key_ops/],
+    ['key_ops not a list', { ...rsa, key_ops: 'verify' }, /key_ops/],
+    ['a private key', { ...rsa, d: 'AAAA' }, /private key/],
+    ['no kid', { ...rsa, kid: undefined }, /no kid/],
+    ['an oct key', { kty: 'oct', k: 'c2VjcmV0', kid: 'k' }, /unsupported key type/],
+    ['an unknown curve', { ...ec, crv: 'secp256k1' }, /unsupported key type/],
+    ['alg that does not fit', { ...ec, alg: 'RS256' }, /alg does not match/],
+    ['a missing exponent', { ...rsa, e: undefined }, /not a valid public key/],
+    ['an RSA modulus under 2048 bits', { ...small, kid: 'k' }, /under 2048 bits/]
+  ]
+  for (const [name, jwk, message] of bad) {
+    t.throws(() => toCachedKey(jwk), { message }, name)
+  }
+})
+
+t.test('an unusable key in the JWKS is an unknown kid; good keys beside it still verify', async (t) => {
+  const issuer = await issuerFor(t)
+  const bad = issuer.addKey({ kid: 'enc-key' })
+  bad.jwk.use = 'enc'
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { kid: 'enc-key' }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+})
+
+t.test('parseKeySet: only a JSON object with a non-empty keys array is a key set', async (t) => {
+  const log = Fastify().log
+  for (const body of ['<html>', '[]', 'null', '{"keys":{}}', '{"keys":[]}']) {
+    t.equal(parseKeySet(Buffer.from(body), log), undefined, body)
+  }
+  const good = generateTestKey('ES256', 'good').jwk
+  const set = parseKeySet(Buffer.from(JSON.stringify({ keys: [good, { kty: 'oct', kid: 'bad' }, { ...good, x: 'changed' }] })), log)
+  t.same([...set!.keys()], ['good'], 'bad keys are skipped, the first of a duplicate kid wins')
+})
+
+t.test('refresh() fetches now, ignoring the cache lifetime and the cooldown', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const next = issuer.rotate()
+  await app.supabaseJwks.refresh()
+  t.equal(issuer.jwksRequests, 2)
+  t.equal(app.supabaseJwks.stats().keys, 2)
+  issuer.unpublish(next.kid)
+  await Promise.all([app.supabaseJwks.refresh(), app.supabaseJwks.refresh()])
+  t.equal(issuer.jwksRequests, 3, 'concurrent refreshes share one fetch')
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { kid: next.kid }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID', 'purged at once')
+  t.equal(issuer.jwksRequests, 3)
+})

@@ -1,0 +1,148 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import supabaseJwks from '../lib/index'
+import { normalizeOptions } from '../lib/options'
+
+async function registrationError (options: unknown): Promise<Error & { code?: string }> {
+  const app = Fastify()
+  app.register(supabaseJwks, options as supabaseJwks.SupabaseJwksOptions)
+  try {
+    await app.ready()
+  } catch (err) {
+    return err as Error
+  } finally {
+    await app.close()
+  }
+  throw new Error('ready() did not fail')
+}
+
+const URL = 'https://abc.supabase.co'
+
+t.test('a bad option fails ready() with a clear message', async (t) => {
+  const cases: Array<[string, unknown, RegExp]> = [
+    ['neither supabaseUrl nor jwksUrl', {}, /supabaseUrl or jwksUrl is required/],
+    ['a shared secret', { supabaseUrl: URL, secret: 'super-secret' }, /shared secret is never used/],
+    ['jwtSecret', { supabaseUrl: URL, jwtSecret: 'super-secret' }, /shared secret is never used/],
+    ['an unknown option', { supabaseUrl: URL, cacheTTL: 5 }, /unknown option cacheTTL/],
+    ['supabaseUrl not a string', { supabaseUrl: 42 }, /supabaseUrl must be a non-empty string URL/],
+    ['supabaseUrl not a URL', { supabaseUrl: 'abc.supabase.co' }, /supabaseUrl is not a valid URL/],
+    ['supabaseUrl ftp', { supabaseUrl: 'ftp://abc.supabase.co' }, /must be an http\(s\) URL/],
+    ['jwksUrl empty', { jwksUrl: '' }, /jwksUrl must be a non-empty string URL/],
+    ['jwksUrl alone without issuer', { jwksUrl: 'https://auth.example.com/.well-known/jwks.json' }, /issuer is required with jwksUrl alone/],
+    ['jwksUrl with credentials', { jwksUrl: 'https://u:p@auth.example.com/jwks', issuer: false }, /must not carry credentials/],
+    ['plain http off loopback', { supabaseUrl: 'http://abc.supabase.co' }, /plain http on a non-loopback host/],
+    ['allowInsecureJwksUrl not boolean', { supabaseUrl: URL, allowInsecureJwksUrl: 'yes' }, /allowInsecureJwksUrl must be a boolean/],
+    ['issuer empty list', { supabaseUrl: URL, issuer: [] }, /issuer must be a non-empty string/],
+    ['issuer true', { supabaseUrl: URL, issuer: true }, /issuer must be a non-empty string/],
+    ['audience with a number', { supabaseUrl: URL, audience: ['authenticated', 1] }, /audience must be a non-empty string/],
+    ['audience empty string', { supabaseUrl: URL, audience: '' }, /audience must be a non-empty string/],
+    ['algorithms HS256', { supabaseUrl: URL, algorithms: ['HS256'] }, /algorithm HS256 is refused: this plugin verifies only asymmetric signatures/],
+    ['algorithms hs512', { supabaseUrl: URL, algorithms: ['RS256', 'hs512'] }, /algorithm hs512 is refused/],
+    ['algorithms none', { supabaseUrl: URL, algorithms: ['none'] }, /algorithm none is refused/],
+    ['algorithms NONE', { supabaseUrl: URL, algorithms: ['NONE'] }, /algorithm NONE is refused/],
+    ['algorithms unknown', { supabaseUrl: URL, algorithms: ['RS1'] }, /unknown algorithm RS1; supported: RS256/],
+    ['algorithms not a list', { supabaseUrl: URL, algorithms: 'RS256' }, /algorithms must be a non-empty array/],
+    ['algorithms empty', { supabaseUrl: URL, algorithms: [] }, /algorithms must be a non-empty array/],
+    ['clockTolerance negative', { supabaseUrl: URL, clockTolerance: -1 }, /clockTolerance must be a finite number of seconds >= 0/],
+    ['clockTolerance a string', { supabaseUrl: URL, clockTolerance: '5s' }, /clockTolerance must be a finite number/],
+    ['cacheTtl zero', { supabaseUrl: URL, cacheTtl: 0 }, /cacheTtl must be a finite number of seconds >= 0.001/],
+    ['cooldown infinite', { supabaseUrl: URL, cooldown: Infinity }, /cooldown must be a finite number/],
+    ['staleIfError NaN', { supabaseUrl: URL, staleIfError: NaN }, /staleIfError must be a finite number/],
+    ['timeout zero', { supabaseUrl: URL, timeout: 0 }, /timeout must be a finite number of seconds >= 0.001/],
+    ['maxResponseSize fractional', { supabaseUrl: URL, maxResponseSize: 1.5 }, /maxResponseSize must be a positive integer/],
+    ['maxTokenLength zero', { supabaseUrl: URL, maxTokenLength: 0 }, /maxTokenLength must be a positive integer/],
+    ['hook unknown', { supabaseUrl: URL, hook: 'onSend' }, /hook must be false, "onRequest" or "preHandler"/],
+    ['realm with a quote', { supabaseUrl: URL, realm: 'a"b' }, /realm must be a printable ASCII string/],
+    ['realm not a string', { supabaseUrl: URL, realm: 5 }, /realm must be a printable ASCII string/]
+  ]
+  for (const [name, options, message] of cases) {
+    const err = await registrationError(options)
+    t.equal(err.code, 'FST_SUPABASE_JWKS_OPTION', `${name}: code`)
+    t.match(err.message, message, `${name}: message`)
+  }
+})
+
+t.test('options that are not an object are refused', async (t) => {
+  t.throws(() => normalizeOptions(null), { code: 'FST_SUPABASE_JWKS_OPTION', message: /options must be an object/ })
+  t.throws(() => normalizeOptions('https://abc.supabase.co'), { code: 'FST_SUPABASE_JWKS_OPTION' })
+})
+
+t.test('supabaseUrl gives the hosted JWKS URL and issuer, with or without a trailing slash', async (t) => {
+  for (const supabaseUrl of ['https://abc.supabase.co', 'https://abc.supabase.co/']) {
+    const config = normalizeOptions({ supabaseUrl })
+    t.equal(config.jwksUrl.href, 'https://abc.supabase.co/auth/v1/.well-known/jwks.json')
+    t.same(config.issuer, ['https://abc.supabase.co/auth/v1'])
+  }
+})
+
+t.test('defaults', async (t) => {
+  const config = normalizeOptions({ supabaseUrl: 'http://127.0.0.1:54321' })
+  t.same(config.algorithms, ['RS256'])
+  t.same(config.audience, ['authenticated'])
+  t.same(config.issuer, ['http://127.0.0.1:54321/auth/v1'])
+  t.equal(config.clockToleranceMs, 0)
+  t.equal(config.cacheTtlMs, 600_000)
+  t.equal(config.cooldownMs, 30_000)
+  t.equal(config.staleIfErrorMs, 3_600_000)
+  t.equal(config.timeoutMs, 5_000)
+  t.equal(config.maxResponseSize, 65_536)
+  t.equal(config.maxTokenLength, 16_384)
+  t.equal(config.hook, false)
+  t.equal(config.realm, 'api')
+  t.equal(config.insecureJwksUrl, false, 'loopback http is fine')
+})
+
+t.test('explicit values: jwksUrl wins, issuer and audience lists or false, seconds become ms', async (t) => {
+  const config = normalizeOptions({
+    supabaseUrl: 'https://abc.supabase.co',
+    jwksUrl: 'https://auth.example.com/.well-known/jwks.json?v=1',
+    issuer: ['https://a', 'https://b'],
+    audience: false,
+    algorithms: ['ES256', 'RS256', 'ES256'],
+    clockTolerance: 5,
+    cacheTtl: 0.5,
+    cooldown: 0,
+    staleIfError: 0,
+    timeout: 0.25,
+    maxResponseSize: 1000,
+    maxTokenLength: 4096,
+    hook: 'onRequest',
+    realm: 'my api',
+    allowInsecureJwksUrl: false
+  })
+  t.equal(config.jwksUrl.href, 'https://auth.example.com/.well-known/jwks.json?v=1')
+  t.same(config.issuer, ['https://a', 'https://b'])
+  t.equal(config.audience, undefined)
+  t.same(config.algorithms, ['ES256', 'RS256'], 'deduplicated')
+  t.equal(config.clockToleranceMs, 5000)
+  t.equal(config.cacheTtlMs, 500)
+  t.equal(config.cooldownMs, 0)
+  t.equal(config.timeoutMs, 250)
+  t.equal(config.hook, 'onRequest')
+  t.equal(config.realm, 'my api')
+  t.same(normalizeOptions({ jwksUrl: 'http://localhost:9999/.well-known/jwks.json', issuer: false }).issuer, undefined)
+  t.equal(normalizeOptions({ supabaseUrl: URL, audience: 'x' }).audience?.[0], 'x')
+})
+
+t.test('plain http off loopback is allowed only when asked, with a warning in the log', async (t) => {
+  const lines: string[] = []
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { lines.push(line) } } } })
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: 'http://gotrue.internal:9999', allowInsecureJwksUrl: true })
+  await app.ready()
+  const warning = lines.map((line) => JSON.parse(line)).find((entry) => /plain http/.test(entry.msg))
+  t.ok(warning, 'a warning is logged')
+  t.equal(warning.level, 40)
+  t.equal(warning.jwksUrl, 'http://gotrue.internal:9999/auth/v1/.well-known/jwks.json')
+  for (const host of ['127.0.0.1', 'localhost', '[::1]']) {
+    t.equal(normalizeOptions({ supabaseUrl: `http://${host}:54321` }).insecureJwksUrl, false, host)
+  }
+})
+
+t.test('Fastify register options (prefix, logLevel) are not refused', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: URL, logLevel: 'warn', prefix: '/x' } as supabaseJwks.SupabaseJwksOptions)
+  await app.ready()
+  t.type(app.authenticate, 'function')
+})
