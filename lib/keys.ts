@@ -115,10 +115,12 @@ export function parseKeySet (body: Buffer, log: FastifyBaseLogger): Map<string, 
 
 /** What the JWKS server answered to the last fetch: status and body (bounded by the agent's size cap). */
 interface Answer { status: number, body: Buffer }
+const NO_ANSWER: Answer = { status: 0, body: Buffer.alloc(0) }
 
 /**
  * An undici interceptor that hands each response's status and body to `onAnswer`, unchanged for
  * get-jwks: this is how the wrapper sees the whole key set of the fetch get-jwks makes.
+ * (No `onRequestUpgrade`: a GET of a JWKS never upgrades.)
  */
 function observeAnswers (onAnswer: (answer: Answer) => void): Dispatcher.DispatcherComposeInterceptor {
   return (dispatch) => function observedDispatch (options, handler) {
@@ -126,7 +128,6 @@ function observeAnswers (onAnswer: (answer: Answer) => void): Dispatcher.Dispatc
     let status = 0
     return dispatch(options, {
       onRequestStart: (controller, context) => handler.onRequestStart?.(controller, context),
-      onRequestUpgrade: (controller, code, headers, socket) => handler.onRequestUpgrade?.(controller, code, headers, socket),
       onResponseStart (controller, statusCode, headers, statusMessage) {
         status = statusCode
         return handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
@@ -154,7 +155,7 @@ function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
 
 export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyResolver {
   const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs, jwksUrl } = config
-  let answer: Answer | undefined
+  let answer = NO_ANSWER
   const agent = new Agent({
     connect: { timeout: timeoutMs },
     headersTimeout: timeoutMs,
@@ -196,7 +197,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     stats.fetches++
     log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
     for (const cache of jwksCaches) cache.clear()
-    answer = undefined
+    answer = NO_ANSWER
     const lookup = jwks.getJwk({ domain: jwksUrl.origin, alg, kid })
     lookup.catch(() => {}) // settled after the timeout: nothing left to tell
     let found = true
@@ -208,8 +209,8 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
       if (code !== 'JWK_NOT_FOUND') return failed(err instanceof SyntaxError ? 'the body is not JSON' : (err as Error).message, code)
       found = false
     }
-    const observed = answer as Answer | undefined // set by the interceptor during the fetch
-    const set = observed?.status === 200 ? parseKeySet(observed.body, log) : undefined
+    const observed = answer as Answer // set by the interceptor during the fetch
+    const set = observed.status === 200 ? parseKeySet(observed.body, log) : undefined
     if (set === undefined) return failed('the answer is not a 200 with a JSON key set')
     const now = Date.now()
     keys = set

@@ -92,6 +92,8 @@ t.test('key hygiene: only public signing keys that fit their algorithm', async (
   t.same(toCachedKey({ ...rsa, alg: undefined }).algorithms, ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'])
   t.same(toCachedKey({ ...ec, alg: undefined }).algorithms, ['ES256'])
   t.same(toCachedKey({ ...ed, alg: undefined }).algorithms, ['EdDSA'])
+  const ed448 = { ...generateKeyPairSync('ed448').publicKey.export({ format: 'jwk' }), kid: 'ed448' }
+  t.same(toCachedKey(ed448).algorithms, ['EdDSA'])
   t.match(toCachedKey({ ...rsa, use: undefined, key_ops: undefined }), { kid: rsa.kid, pem: /BEGIN PUBLIC KEY/ })
   const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' })
   const bad: Array<[string, Record<string, unknown>, RegExp]> = [

@@ -1,0 +1,134 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { signJwt, type JwksResponder } from '../lib/testing'
+import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+
+const hang: JwksResponder = () => true
+/** A valid key set to serve with a wrong status: filled in by the test that uses it. */
+let issuerKeys: unknown = { keys: [] }
+
+const failures: Array<[string, JwksResponder]> = [
+  ['connection reset', (request) => { request.socket.destroy(); return true }],
+  ['5xx', (_request, response) => { response.writeHead(500, { 'content-type': 'application/json' }).end('{"keys":[]}'); return true }],
+  ['invalid JSON', (_request, response) => { response.writeHead(200, { 'content-type': 'application/json' }).end('{"keys": ['); return true }],
+  ['HTML', (_request, response) => { response.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>Bad gateway</body></html>'); return true }],
+  ['an empty key set', (_request, response) => { response.writeHead(200, { 'content-type': 'application/json' }).end('{"keys":[]}'); return true }],
+  ['a 203 with a key set', (_request, response) => { response.writeHead(203, { 'content-type': 'application/json' }).end(JSON.stringify(issuerKeys)); return true }],
+  ['a timeout', hang]
+]
+
+for (const [name, responder] of failures) {
+  t.test(`stale if error (${name}): known keys keep verifying for a bounded window, unknown kids get 503`, async (t) => {
+    const issuer = await issuerFor(t)
+    const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, cooldown: 0.4, staleIfError: 1, timeout: 0.2 })
+    const token = issuer.sign()
+    issuerKeys = issuer.jwks()
+    t.equal((await getMe(app, token)).statusCode, 200)
+    issuer.respondWith(responder)
+    await sleep(250)
+    t.equal((await getMe(app, token)).statusCode, 200, 'a known key verifies while the JWKS fails')
+    t.equal(issuer.jwksRequests, 2, 'one failed refresh')
+    t.equal(app.supabaseJwks.stats().failures, 1)
+    t.equal((await getMe(app, token)).statusCode, 200)
+    const unknown = await getMe(app, issuer.sign({}, { header: { kid: 'not-cached' } }))
+    t.equal(unknown.statusCode, 503, 'a kid that is not cached cannot be checked')
+    t.equal(unknown.headers['retry-after'], '1')
+    t.equal(issuer.jwksRequests, 2, 'no retry within the cooldown')
+    await sleep(450)
+    t.equal((await getMe(app, token)).statusCode, 200, 'still within staleIfError after a retry')
+    t.equal(issuer.jwksRequests, 3, 'retried once the cooldown passed')
+    await sleep(1000)
+    const late = await getMe(app, token)
+    t.equal(late.statusCode, 503, 'the window ran out')
+    t.equal(codeOf(late), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE')
+    issuer.respondWith(undefined)
+    await app.supabaseJwks.refresh()
+    t.equal((await getMe(app, token)).statusCode, 200, 'recovers with the JWKS')
+  })
+}
+
+t.test('staleIfError: 0 turns stale use off', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, staleIfError: 0 })
+  const token = issuer.sign()
+  t.equal((await getMe(app, token)).statusCode, 200)
+  issuer.respondWith((_request, response) => { response.writeHead(500).end(); return true })
+  await sleep(250)
+  t.equal((await getMe(app, token)).statusCode, 503)
+})
+
+t.test('a hanging JWKS server never holds a request longer than the timeout', async (t) => {
+  const issuer = await issuerFor(t)
+  issuer.respondWith(hang)
+  const app = await appFor(t, { supabaseUrl: issuer.url, timeout: 0.3 })
+  const started = Date.now()
+  const res = await getMe(app, issuer.sign())
+  t.equal(res.statusCode, 503)
+  t.ok(Date.now() - started < 3000, 'answered after the timeout, not when the server gives up')
+})
+
+t.test('a body that drips slower than the timeout is abandoned', async (t) => {
+  const issuer = await issuerFor(t)
+  issuer.respondWith((_request, response) => {
+    response.writeHead(200, { 'content-type': 'application/json' })
+    response.write('{"keys":[')
+    return true
+  })
+  const app = await appFor(t, { supabaseUrl: issuer.url, timeout: 0.3 })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 503)
+})
+
+t.test('a JWKS larger than maxResponseSize is refused', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, maxResponseSize: 10_000 })
+  const padding = 'x'.repeat(2 * 1024 * 1024)
+  issuer.respondWith((_request, response) => {
+    response.writeHead(200, { 'content-type': 'application/json' })
+    response.end(JSON.stringify({ ...issuer.jwks(), padding }))
+    return true
+  })
+  const res = await getMe(app, issuer.sign())
+  t.equal(res.statusCode, 503)
+  t.equal(app.supabaseJwks.stats().failures, 1)
+  issuer.respondWith(undefined)
+  await app.supabaseJwks.refresh()
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'a normal JWKS fits under the same cap')
+})
+
+t.test('redirects are not followed', async (t) => {
+  const issuer = await issuerFor(t)
+  const elsewhere = await issuerFor(t)
+  issuer.respondWith((_request, response) => {
+    response.writeHead(302, { location: elsewhere.jwksUrl }).end()
+    return true
+  })
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const res = await getMe(app, elsewhere.sign({ iss: issuer.issuer }))
+  t.equal(res.statusCode, 503)
+  t.equal(elsewhere.jwksRequests, 0, 'the redirect target was never contacted')
+})
+
+t.test('a JWKS mixing good and bad keys serves the good ones', async (t) => {
+  const issuer = await issuerFor(t)
+  const enc = issuer.addKey({ kid: 'enc' })
+  enc.jwk.use = 'enc'
+  const noVerify = issuer.addKey({ kid: 'no-verify' })
+  noVerify.jwk.key_ops = ['encrypt']
+  const wrongAlg = issuer.addKey({ kid: 'wrong-alg' })
+  wrongAlg.jwk.alg = 'ES256'
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  for (const kid of ['enc', 'no-verify', 'wrong-alg']) {
+    t.equal(codeOf(await getMe(app, issuer.sign({}, { kid }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID', kid)
+  }
+  t.equal(app.supabaseJwks.stats().keys, 1)
+})
+
+t.test('a token whose kid is held, signed with an algorithm the key does not fit', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256', 'EdDSA'] })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const ed = issuer.addKey({ alg: 'EdDSA', publish: false })
+  const token = signJwt({ alg: 'EdDSA', kid: issuer.currentKey.kid }, { sub: 'x' }, ed.privateKey)
+  t.equal(codeOf(await getMe(app, token)), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
+})
