@@ -22,7 +22,18 @@ async function expectStatus ({ url, token }, status, label) {
   console.log(`ok - demo: ${label} -> ${status}`)
 }
 
+async function checkModuleShapes () {
+  const cjs = require('fastify-supabase-jwks')
+  const esm = await import('fastify-supabase-jwks')
+  const testing = await import('fastify-supabase-jwks/testing')
+  if (typeof cjs !== 'function' || cjs.default !== cjs || esm.default !== cjs || typeof testing.createTestIssuer !== 'function') {
+    throw new Error('the package does not load the same from require() and import')
+  }
+  console.log('ok - package: require() and import give the same plugin function')
+}
+
 async function main () {
+  await checkModuleShapes()
   const child = spawn(process.execPath, [path.join(__dirname, 'server.js')], {
     env: { ...process.env, PORT: '0', LOG_LEVEL: 'warn', SUPABASE_URL: '' },
     stdio: ['ignore', 'pipe', 'inherit']
