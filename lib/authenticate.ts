@@ -10,6 +10,7 @@ export const kToken = Symbol('supabaseJwks.token')
 
 /** A compact JWS: three base64url segments, the last one possibly empty (alg "none"). */
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 /** An `alg` value safe to repeat in a message. */
 const PRINTABLE_ALG = /^[A-Za-z0-9-]{1,16}$/
 
@@ -28,7 +29,23 @@ export function extractBearer (header: string | undefined, maxTokenLength: numbe
       ? 'an sb_publishable_/sb_secret_ API key is not a user access token'
       : 'not three base64url segments')
   }
+  if (!canonicalTail(token)) throw new MalformedTokenError('the signature is not canonical base64url')
   return token
+}
+
+/**
+ * Whether the signature segment is canonical base64url (RFC 4648 §3.5): its length is not 1 mod 4
+ * and the unused low bits of its last character are zero. Otherwise several spellings would decode
+ * to the same signature bytes, and a changed token could still verify.
+ */
+function canonicalTail (token: string): boolean {
+  const start = token.lastIndexOf('.') + 1
+  const length = token.length - start
+  const rest = length % 4
+  if (rest === 0) return true
+  if (rest === 1) return false
+  const bits = BASE64URL.indexOf(token.charAt(token.length - 1))
+  return bits % (rest === 2 ? 16 : 4) === 0
 }
 
 export function algorithmNotAllowed (alg: unknown): AuthError {

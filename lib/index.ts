@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions, type JwtVerifyFunction } from '@fastify/jwt'
 import { buildAuthenticate, algorithmNotAllowed, kToken } from './authenticate'
-import { UnknownKeyError, errorCodes as codes } from './errors'
+import { TokenInvalidError, UnknownKeyError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
@@ -27,6 +27,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       const { alg, kid } = decoded.header
       if (typeof alg !== 'string' || !algorithms.has(alg)) return callback(algorithmNotAllowed(alg))
       if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH) return callback(new UnknownKeyError())
+      // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
+      if ('crit' in decoded.header || 'b64' in decoded.header) return callback(new TokenInvalidError('crit and b64 headers are not supported'))
       let key: string | Promise<string>
       try {
         key = keys.getKey(kid, alg)

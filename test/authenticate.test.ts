@@ -293,5 +293,5 @@ t.test('request.user is null when authentication failed', async (t) => {
     return { user: request.user.sub }
   })
   const res = await app.inject({ url: '/soft', headers: { authorization: 'Bearer a.b.c' } })
-  t.same(res.json(), { user: null, code: 'FST_SUPABASE_JWKS_TOKEN_INVALID' })
+  t.same(res.json(), { user: null, code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' })
 })

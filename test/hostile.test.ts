@@ -1,0 +1,372 @@
+import t, { type Test } from 'tap'
+import Fastify from 'fastify'
+import supabaseJwks from '../lib/index'
+import { generateTestKey, signJwt, type TestIssuer } from '../lib/testing'
+import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+import { b64, hmac, parts, signRaw } from './fixtures/craft'
+
+/*
+ * The adversarial suite: every class of crafted token from the threat model in SECURITY.md,
+ * each with the status and error code it must get, and the JWKS fetches it may cause.
+ */
+
+const ALG = 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED'
+const KID = 'FST_SUPABASE_JWKS_UNKNOWN_KID'
+const INVALID = 'FST_SUPABASE_JWKS_TOKEN_INVALID'
+const EXPIRED = 'FST_SUPABASE_JWKS_TOKEN_EXPIRED'
+const MALFORMED = 'FST_SUPABASE_JWKS_MALFORMED_TOKEN'
+const BAD_REQUEST = 'FST_SUPABASE_JWKS_BAD_REQUEST'
+const NO_TOKEN = 'FST_SUPABASE_JWKS_NO_TOKEN'
+
+const now = () => Math.floor(Date.now() / 1000)
+
+type Case = [name: string, token: string, status: number, code: string]
+
+/** A warmed-up app (the key is cached) and its issuer. */
+async function setup (t: Test, algorithms?: supabaseJwks.SupabaseJwksOptions['algorithms']) {
+  const issuer = await issuerFor(t, { alg: algorithms?.[0] === 'ES256' ? 'ES256' : 'RS256' })
+  const app = await appFor(t, { supabaseUrl: issuer.url, ...(algorithms ? { algorithms } : {}) })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'warm-up')
+  t.equal(issuer.jwksRequests, 1)
+  return { issuer, app }
+}
+
+async function expectAll (t: Test, app: Awaited<ReturnType<typeof appFor>>, issuer: TestIssuer, cases: Case[], fetches = 0) {
+  const before = issuer.jwksRequests
+  for (const [name, token, status, code] of cases) {
+    const res = await getMe(app, token)
+    t.equal(res.statusCode, status, `${name}: ${status}`)
+    t.equal(codeOf(res), code, `${name}: ${code}`)
+  }
+  t.equal(issuer.jwksRequests - before, fetches, `JWKS fetches caused: ${fetches}`)
+}
+
+t.test('alg: none in every casing, with and without a signature', async (t) => {
+  const { issuer, app } = await setup(t)
+  const { body, sig } = parts(issuer.sign())
+  const cases: Case[] = []
+  for (const alg of ['none', 'None', 'NONE', 'nOnE', '']) {
+    const head = b64({ alg, kid: issuer.currentKey.kid, typ: 'JWT' })
+    cases.push([`${alg || 'empty'} unsigned`, `${head}.${body}.`, 401, ALG])
+    cases.push([`${alg || 'empty'} signed`, `${head}.${body}.${sig}`, 401, ALG])
+  }
+  cases.push(['no alg', `${b64({ kid: issuer.currentKey.kid })}.${body}.${sig}`, 401, ALG])
+  cases.push(['alg a number', `${b64({ alg: 256, kid: issuer.currentKey.kid })}.${body}.${sig}`, 401, ALG])
+  await expectAll(t, app, issuer, cases)
+})
+
+t.test('alg: HS256/384/512 keyed with the public key in every encoding', async (t) => {
+  const { issuer, app } = await setup(t)
+  const key = issuer.currentKey
+  const { claims } = parts(issuer.sign())
+  const jwk = key.publicKey.export({ format: 'jwk' })
+  const secrets: Record<string, string | Buffer> = {
+    'SPKI PEM': key.publicKey.export({ type: 'spki', format: 'pem' }) as string,
+    'PKCS#1 PEM': key.publicKey.export({ type: 'pkcs1', format: 'pem' }) as string,
+    DER: key.publicKey.export({ type: 'spki', format: 'der' }),
+    'JWK JSON': JSON.stringify(jwk),
+    'JWKS JSON': JSON.stringify(issuer.jwks()),
+    'raw modulus': Buffer.from(jwk.n!, 'base64url'),
+    'modulus base64url': jwk.n!
+  }
+  const cases: Case[] = []
+  for (const alg of ['HS256', 'HS384', 'HS512'] as const) {
+    for (const [encoding, secret] of Object.entries(secrets)) {
+      cases.push([`${alg} with ${encoding}`, hmac(alg, { alg, kid: key.kid, typ: 'JWT' }, claims, secret), 401, ALG])
+    }
+  }
+  await expectAll(t, app, issuer, cases)
+})
+
+t.test('alg: HS* is refused even when several asymmetric algorithms are allowed', async (t) => {
+  const { issuer, app } = await setup(t, ['RS256', 'ES256', 'EdDSA'])
+  const pem = issuer.currentKey.publicKey.export({ type: 'spki', format: 'pem' }) as string
+  const forged = hmac('HS256', { alg: 'HS256', kid: issuer.currentKey.kid }, parts(issuer.sign()).claims, pem)
+  await expectAll(t, app, issuer, [['HS256 with the PEM', forged, 401, ALG]])
+})
+
+t.test('alg: algorithms outside the allowlist, signed with the right key', async (t) => {
+  const { issuer, app } = await setup(t)
+  const key = issuer.currentKey
+  const { claims } = parts(issuer.sign())
+  const cases: Case[] = ['RS384', 'RS512', 'PS256', 'PS384', 'PS512'].map((alg) =>
+    [alg, signJwt({ alg, kid: key.kid, typ: 'JWT' }, claims, key.privateKey), 401, ALG])
+  const es = issuer.addKey({ alg: 'ES256' })
+  cases.push(['ES256 with a published ES256 key', issuer.sign({}, { kid: es.kid }), 401, ALG])
+  await expectAll(t, app, issuer, cases)
+})
+
+t.test('alg: a header with alg twice is read as JSON.parse reads it, the last one wins (RFC 7515 §4)', async (t) => {
+  const { issuer, app } = await setup(t)
+  const key = issuer.currentKey
+  const payload = JSON.stringify(parts(issuer.sign()).claims)
+  const lastNone = signRaw('RS256', `{"alg":"RS256","alg":"none","kid":"${key.kid}"}`, payload, key.privateKey)
+  const lastHs = signRaw('RS256', `{"alg":"RS256","kid":"${key.kid}","alg":"HS256"}`, payload, key.privateKey)
+  await expectAll(t, app, issuer, [
+    ['RS256 then none', lastNone, 401, ALG],
+    ['RS256 then HS256', lastHs, 401, ALG]
+  ])
+  const lastRs = signRaw('RS256', `{"alg":"none","alg":"RS256","kid":"${key.kid}"}`, payload, key.privateKey)
+  t.equal((await getMe(app, lastRs)).statusCode, 200, 'none then RS256 is an RS256 token, checked as one')
+})
+
+t.test('header tricks: jku, x5u, x5c and jwk never bring in an attacker key; the attacker is never contacted', async (t) => {
+  const { issuer, app } = await setup(t)
+  const attacker = await issuerFor(t)
+  const evil = attacker.currentKey
+  const { claims } = parts(issuer.sign())
+  const legitKid = issuer.currentKey.kid
+  const x5c = [evil.publicKey.export({ type: 'spki', format: 'der' }).toString('base64')]
+  const forge = (header: Record<string, unknown>) => signJwt({ alg: 'RS256', typ: 'JWT', ...header }, claims, evil.privateKey)
+  await expectAll(t, app, issuer, [
+    ['jku to the attacker, legit kid', forge({ kid: legitKid, jku: attacker.jwksUrl }), 401, INVALID],
+    ['x5u to the attacker, legit kid', forge({ kid: legitKid, x5u: attacker.jwksUrl }), 401, INVALID],
+    ['x5c with the attacker key, legit kid', forge({ kid: legitKid, x5c }), 401, INVALID],
+    ['embedded jwk, legit kid', forge({ kid: legitKid, jwk: evil.jwk }), 401, INVALID]
+  ])
+  await expectAll(t, app, issuer, [
+    ['jku to the attacker, attacker kid', forge({ kid: evil.kid, jku: attacker.jwksUrl }), 401, KID],
+    ['embedded jwk, attacker kid', forge({ kid: evil.kid, jwk: evil.jwk }), 401, KID],
+    ['x5u, attacker kid', forge({ kid: evil.kid, x5u: attacker.jwksUrl }), 401, KID]
+  ], 1)
+  t.equal(attacker.jwksRequests, 0, 'the attacker server was never contacted')
+})
+
+t.test('header tricks: crit and b64 are refused before any key lookup', async (t) => {
+  const { issuer, app } = await setup(t)
+  const sign = (header: Record<string, unknown>) => issuer.sign({}, { header })
+  await expectAll(t, app, issuer, [
+    ['crit with an unknown extension', sign({ crit: ['x-unknown'], 'x-unknown': 1 }), 401, INVALID],
+    ['crit listing exp', sign({ crit: ['exp'] }), 401, INVALID],
+    ['crit empty', sign({ crit: [] }), 401, INVALID],
+    ['b64 false', sign({ b64: false, crit: ['b64'] }), 401, INVALID],
+    ['b64 false without crit', sign({ b64: false }), 401, INVALID],
+    ['crit with an unknown kid', sign({ crit: ['x'], kid: 'fresh-kid' }), 401, INVALID]
+  ])
+  t.match((await getMe(app, sign({ crit: ['x'] }))).json().message, /crit and b64 headers are not supported/)
+})
+
+t.test('header tricks: odd kids never fetch, hostile-looking ones cost at most one fetch per cooldown', async (t) => {
+  const { issuer, app } = await setup(t)
+  const sign = (kid: unknown) => issuer.sign({}, { header: { kid } })
+  await expectAll(t, app, issuer, [
+    ['kid missing', sign(undefined), 401, KID],
+    ['kid empty', sign(''), 401, KID],
+    ['kid 10 KB', sign('k'.repeat(10 * 1024)), 401, KID],
+    ['kid a number', sign(1), 401, KID],
+    ['kid an object', sign({ $ne: null }), 401, KID],
+    ['kid an array', sign([issuer.currentKey.kid]), 401, KID],
+    ['kid null', sign(null), 401, KID]
+  ])
+  await expectAll(t, app, issuer, [
+    ['kid a path', sign('../../../../etc/passwd'), 401, KID],
+    ['kid SQL', sign("' OR '1'='1' --"), 401, KID],
+    ['kid shell', sign('$(curl http://127.0.0.1:9/x); rm -rf /'), 401, KID],
+    ['kid a URL', sign('http://127.0.0.1:9/jwks.json'), 401, KID],
+    ['kid a prototype key', sign('__proto__'), 401, KID],
+    ['kid toString', sign('toString'), 401, KID]
+  ], 1)
+})
+
+t.test('signatures: empty, truncated, flipped, padded, zeroed, re-encoded', async (t) => {
+  const { issuer, app } = await setup(t)
+  const { head, body, sig, signature } = parts(issuer.sign())
+  const withSig = (bytes: Buffer) => `${head}.${body}.${b64(bytes)}`
+  const flipped = Buffer.from(signature)
+  flipped[100]! ^= 0x01
+  const lastChar = sig.charAt(sig.length - 1)
+  const tail = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  const sibling = tail[tail.indexOf(lastChar) + 1]!
+  await expectAll(t, app, issuer, [
+    ['empty', `${head}.${body}.`, 401, INVALID],
+    ['truncated by 10 bytes', withSig(signature.subarray(0, -10)), 401, INVALID],
+    ['truncated to 1 byte', withSig(signature.subarray(0, 1)), 401, INVALID],
+    ['one bit flipped', withSig(flipped), 401, INVALID],
+    ['a trailing byte', withSig(Buffer.concat([signature, Buffer.from([0])])), 401, INVALID],
+    ['a leading zero byte', withSig(Buffer.concat([Buffer.from([0]), signature])), 401, INVALID],
+    ['all zeros', withSig(Buffer.alloc(signature.length)), 401, INVALID],
+    ['all ones', withSig(Buffer.alloc(signature.length, 0xff)), 401, INVALID],
+    ['standard base64 (+/=)', `${head}.${body}.${signature.toString('base64')}`, 401, MALFORMED],
+    ['padded base64url', `${head}.${body}.${sig}==`, 401, MALFORMED],
+    ['same bytes, non-canonical last character', `${head}.${body}.${sig.slice(0, -1)}${sibling}`, 401, MALFORMED],
+    ['a signature of 1 character', `${head}.${body}.A`, 401, MALFORMED]
+  ])
+  const spaced: Array<[string, string]> = [['whitespace inside', `${head}.${body}. ${sig}`], ['a newline inside', `${head}.\n${body}.${sig}`]]
+  for (const [name, value] of spaced) {
+    const res = await getMe(app, undefined, `Bearer ${value}`)
+    t.equal(res.statusCode, 400, name)
+    t.equal(codeOf(res), BAD_REQUEST, name)
+  }
+})
+
+t.test('signatures (ES256 enabled): DER-encoded, r = 0, s = 0, wrong length', async (t) => {
+  const { issuer, app } = await setup(t, ['ES256'])
+  const { head, body, signature } = parts(issuer.sign())
+  const r = signature.subarray(0, 32)
+  const s = signature.subarray(32)
+  const int = (value: Buffer) => {
+    const bytes = value[0]! & 0x80 ? Buffer.concat([Buffer.from([0]), value]) : value
+    return Buffer.concat([Buffer.from([0x02, bytes.length]), bytes])
+  }
+  const seq = Buffer.concat([int(r), int(s)])
+  const der = Buffer.concat([Buffer.from([0x30, seq.length]), seq])
+  const withSig = (bytes: Buffer) => `${head}.${body}.${b64(bytes)}`
+  await expectAll(t, app, issuer, [
+    ['DER-encoded', withSig(der), 401, INVALID],
+    ['r = 0', withSig(Buffer.concat([Buffer.alloc(32), s])), 401, INVALID],
+    ['s = 0', withSig(Buffer.concat([r, Buffer.alloc(32)])), 401, INVALID],
+    ['r = s = 0', withSig(Buffer.alloc(64)), 401, INVALID],
+    ['63 bytes', withSig(signature.subarray(1)), 401, INVALID],
+    ['65 bytes', withSig(Buffer.concat([signature, Buffer.from([1])])), 401, INVALID]
+  ])
+})
+
+t.test('structure: segments, base64url, JSON, size, bytes', async (t) => {
+  const { issuer, app } = await setup(t)
+  const { head, body, sig, claims } = parts(issuer.sign())
+  const key = issuer.currentKey
+  const signed = (headerJson: string, payloadJson: string) => signRaw('RS256', headerJson, payloadJson, key.privateKey)
+  const header = JSON.stringify({ alg: 'RS256', kid: key.kid, typ: 'JWT' })
+  const payload = JSON.stringify(claims)
+  await expectAll(t, app, issuer, [
+    ['two segments', `${head}.${body}`, 401, MALFORMED],
+    ['four segments', `${head}.${body}.${sig}.${sig}`, 401, MALFORMED],
+    ['five segments (JWE)', `${head}.${body}.${sig}.${sig}.${sig}`, 401, MALFORMED],
+    ['an empty header segment', `.${body}.${sig}`, 401, MALFORMED],
+    ['an empty payload segment', `${head}..${sig}`, 401, MALFORMED],
+    ['invalid base64url (*)', `${head}.${body}*.${sig}`, 401, MALFORMED],
+    ['invalid base64url (%)', `${head}.%41${body}.${sig}`, 401, MALFORMED],
+    ['non-ASCII bytes', `${head}.${body}\u00e9\u4e2d.${sig}`, 401, MALFORMED],
+    ['a 100 KB token', `${head}.${'A'.repeat(100 * 1024)}.${sig}`, 401, MALFORMED],
+    ['a 1 MB token', `${head}.${'A'.repeat(1024 * 1024)}.${sig}`, 401, MALFORMED],
+    ['header an array', signed(`[${header}]`, payload), 401, INVALID],
+    ['header a number', signed('42', payload), 401, INVALID],
+    ['header a string', signed('"RS256"', payload), 401, INVALID],
+    ['header null', signed('null', payload), 401, INVALID],
+    ['header invalid JSON', signed('{"alg":"RS256",', payload), 401, INVALID],
+    ['payload an array', signed(header, `[${payload}]`), 401, INVALID],
+    ['payload a number', signed(header, '42'), 401, INVALID],
+    ['payload a string', signed(header, '"sub"'), 401, INVALID],
+    ['payload null', signed(header, 'null'), 401, INVALID],
+    ['payload invalid JSON', signed(header, '{"sub":'), 401, INVALID]
+  ])
+  const empty = await getMe(app, undefined, 'Bearer ')
+  t.equal(empty.statusCode, 400, 'an empty token')
+  t.equal(codeOf(empty), BAD_REQUEST)
+})
+
+t.test('structure: a huge token is refused before anything else runs', async (t) => {
+  const { issuer } = await setup(t)
+  const lines: string[] = []
+  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { lines.push(line) } } } })
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
+  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  const { head, sig } = parts(issuer.sign({}, { header: { kid: 'never-seen' } }))
+  const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${head}.${'A'.repeat(1024 * 1024)}.${sig}` } })
+  t.equal(res.statusCode, 401)
+  t.equal(codeOf(res), MALFORMED)
+  t.match(res.json().message, /longer than maxTokenLength/)
+  t.equal(issuer.jwksRequests, 1, 'an unknown kid inside it caused no fetch')
+  t.notOk(lines.some((line) => line.includes('fetching JWKS')))
+})
+
+t.test('over real HTTP, a header larger than Node accepts is a 431, not a 500', async (t) => {
+  const { issuer } = await setup(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
+  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  const address = await app.listen({ host: '127.0.0.1', port: 0 })
+  const res = await fetch(`${address}/me`, { headers: { authorization: `Bearer ${'A'.repeat(100 * 1024)}.A.A` } })
+  await res.arrayBuffer()
+  t.equal(res.status, 431)
+  const ok = await fetch(`${address}/me`, { headers: { authorization: `Bearer ${issuer.sign()}` } })
+  t.equal(ok.status, 200, 'the server is unharmed')
+  await ok.arrayBuffer()
+})
+
+t.test('claims: exp, nbf, iss, aud, sub of every wrong shape', async (t) => {
+  const { issuer, app } = await setup(t)
+  const key = issuer.currentKey
+  const header = JSON.stringify({ alg: 'RS256', kid: key.kid, typ: 'JWT' })
+  const base = `"sub":"u","aud":"authenticated","iss":"${issuer.issuer}"`
+  const sign = (claims: Record<string, unknown>) => issuer.sign(claims)
+  await expectAll(t, app, issuer, [
+    ['exp missing', sign({ exp: undefined }), 401, INVALID],
+    ['exp in the past', sign({ exp: now() - 1 }), 401, EXPIRED],
+    ['exp long past', sign({ exp: 0 }), 401, EXPIRED],
+    ['exp a string', sign({ exp: 'tomorrow' }), 401, INVALID],
+    ['exp a numeric string', sign({ exp: String(now() + 3600) }), 401, INVALID],
+    ['exp null', sign({ exp: null }), 401, INVALID],
+    ['exp an array', sign({ exp: [now() + 3600] }), 401, INVALID],
+    ['exp 1e999 (Infinity)', signRaw('RS256', header, `{${base},"exp":1e999}`, key.privateKey), 401, INVALID],
+    ['exp -1e999', signRaw('RS256', header, `{${base},"exp":-1e999}`, key.privateKey), 401, INVALID],
+    ['nbf in the future', sign({ nbf: now() + 3600 }), 401, INVALID],
+    ['nbf a string', sign({ nbf: 'now' }), 401, INVALID],
+    ['iss wrong', sign({ iss: 'https://evil.supabase.co/auth/v1' }), 401, INVALID],
+    ['iss missing', sign({ iss: undefined }), 401, INVALID],
+    ['iss a number', sign({ iss: 1 }), 401, INVALID],
+    ['iss an array holding the right one', sign({ iss: [issuer.issuer] }), 401, INVALID],
+    ['iss an object', sign({ iss: { toString: issuer.issuer } }), 401, INVALID],
+    ['aud wrong', sign({ aud: 'service_role' }), 401, INVALID],
+    ['aud missing', sign({ aud: undefined }), 401, INVALID],
+    ['aud a number', sign({ aud: 1 }), 401, INVALID],
+    ['aud an object', sign({ aud: { authenticated: true } }), 401, INVALID],
+    ['aud an empty list', sign({ aud: [] }), 401, INVALID],
+    ['sub missing', sign({ sub: undefined }), 401, INVALID],
+    ['sub a number', sign({ sub: 7 }), 401, INVALID],
+    ['sub an object', sign({ sub: { id: 'u' } }), 401, INVALID],
+    ['sub null', sign({ sub: null }), 401, INVALID]
+  ])
+})
+
+t.test('legacy anon / service_role keys and opaque sb_ keys sent as the bearer', async (t) => {
+  const { issuer, app } = await setup(t)
+  const legacy = (role: string) => hmac('HS256', { alg: 'HS256', typ: 'JWT' },
+    { iss: 'supabase', ref: 'abcdefghijklmnopqrst', role, iat: now(), exp: now() + 10 * 365 * 86400 }, 'super-secret-jwt-token-with-at-least-32-characters')
+  await expectAll(t, app, issuer, [
+    ['legacy anon key', legacy('anon'), 401, ALG],
+    ['legacy service_role key', legacy('service_role'), 401, ALG],
+    ['sb_publishable_ key', 'sb_publishable_1234567890abcdefghij_ABCDEFGH', 401, MALFORMED],
+    ['sb_secret_ key', 'sb_secret_1234567890abcdefghij_ABCDEFGH', 401, MALFORMED]
+  ])
+  t.match((await getMe(app, 'sb_secret_1234567890')).json().message, /not a user access token/)
+})
+
+t.test('requests: schemes, case, spaces, two tokens, query string', async (t) => {
+  const { issuer, app } = await setup(t)
+  const token = issuer.sign()
+  const cases: Array<[string, string, number, string | null]> = [
+    ['Basic', `Basic ${Buffer.from('user:pass').toString('base64')}`, 401, NO_TOKEN],
+    ['Digest', 'Digest username="a"', 401, NO_TOKEN],
+    ['a bare token', token, 401, NO_TOKEN],
+    ['lowercase bearer', `bearer ${token}`, 200, null],
+    ['mixed case', `BeArEr ${token}`, 200, null],
+    ['extra spaces', `Bearer    ${token}   `, 200, null],
+    ['a tab', `Bearer\t${token}`, 401, NO_TOKEN],
+    ['two tokens', `Bearer ${token} ${token}`, 400, BAD_REQUEST],
+    ['two tokens, comma', `Bearer ${token}, Bearer ${token}`, 400, BAD_REQUEST],
+    ['scheme only', 'Bearer', 400, BAD_REQUEST]
+  ]
+  for (const [name, authorization, status, code] of cases) {
+    const res = await getMe(app, undefined, authorization)
+    t.equal(res.statusCode, status, `${name}: ${status}`)
+    if (code) t.equal(codeOf(res), code, `${name}: ${code}`)
+  }
+  for (const url of [`/me?access_token=${token}`, `/me?token=${token}`]) {
+    const res = await app.inject({ url })
+    t.equal(res.statusCode, 401, `query string ${url.slice(4, 16)}: 401`)
+    t.equal(codeOf(res), NO_TOKEN)
+  }
+  const cookie = await app.inject({ url: '/me', headers: { cookie: `sb-access-token=${token}` } })
+  t.equal(cookie.statusCode, 401, 'a cookie is not a bearer token')
+  t.equal(issuer.jwksRequests, 1)
+})
+
+t.test('a key that signs for one issuer does not verify for another', async (t) => {
+  const { issuer, app } = await setup(t)
+  const other = generateTestKey('RS256', issuer.currentKey.kid)
+  const token = signJwt({ alg: 'RS256', kid: other.kid }, parts(issuer.sign()).claims, other.privateKey)
+  await expectAll(t, app, issuer, [['same kid, another key pair', token, 401, INVALID]])
+})
