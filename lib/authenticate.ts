@@ -1,20 +1,21 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AlgorithmNotAllowedError, BadRequestError, KeysUnavailableError, MalformedTokenError, NoTokenError,
+  BadRequestError, KeysUnavailableError, MalformedTokenError, NoTokenError,
   TokenExpiredError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
+import type { KeyResolver } from './keys'
 import type { Config } from './options'
-
-/** Where the bearer token of the request being verified is kept for @fastify/jwt's `extractToken`. */
-export const kToken = Symbol('supabaseJwks.token')
+import { deepFreeze, type TokenCache } from './token-cache'
+import { kKey, kToken, type VerifyingRequest } from './verify'
 
 /** A compact JWS: three base64url segments, the last one possibly empty (alg "none"). */
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
-/** An `alg` value safe to repeat in a message. */
-const PRINTABLE_ALG = /^[A-Za-z0-9-]{1,16}$/
 
-/** Takes the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1). */
+/**
+ * Takes the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1)
+ * and checks its length: the only checks made before the token cache is asked.
+ */
 export function extractBearer (header: string | undefined, maxTokenLength: number): string {
   // Node keeps only the first of repeated Authorization headers: this is always a string or nothing
   if (header === undefined || header === '') throw new NoTokenError()
@@ -24,13 +25,17 @@ export function extractBearer (header: string | undefined, maxTokenLength: numbe
   const token = space === -1 ? '' : header.slice(space + 1).trim()
   if (token === '' || /\s/.test(token)) throw new BadRequestError()
   if (token.length > maxTokenLength) throw new MalformedTokenError('it is longer than maxTokenLength')
+  return token
+}
+
+/** Checks the token is a compact JWS with a canonical signature; nothing is decoded. */
+export function checkStructure (token: string): void {
   if (!COMPACT_JWS.test(token)) {
     throw new MalformedTokenError(token.startsWith('sb_')
       ? 'an sb_publishable_/sb_secret_ API key is not a user access token'
       : 'not three base64url segments')
   }
   if (!canonicalTail(token)) throw new MalformedTokenError('the signature is not canonical base64url')
-  return token
 }
 
 /**
@@ -46,11 +51,6 @@ function canonicalTail (token: string): boolean {
   if (rest === 1) return false
   const bits = BASE64URL.indexOf(token.charAt(token.length - 1))
   return bits % (rest === 2 ? 16 : 4) === 0
-}
-
-export function algorithmNotAllowed (alg: unknown): AuthError {
-  const shown = typeof alg === 'string' && PRINTABLE_ALG.test(alg) ? alg : 'missing or invalid'
-  return new AlgorithmNotAllowedError(shown)
 }
 
 /** Maps whatever verification threw to one of the plugin's answers: never a 500. */
@@ -96,15 +96,24 @@ export function challenge (realm: string, err: AuthError): string {
 }
 
 /** Verifies the request's bearer token; decorates `request.user` or throws the answer. */
-export function buildAuthenticate (config: Config, retryAfter: string) {
+export function buildAuthenticate (config: Config, keys: KeyResolver, cache: TokenCache) {
   const { maxTokenLength, realm } = config
+  const retryAfter = String(Math.max(1, Math.ceil(config.cooldownMs / 1000)))
   return async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const verifying = request as VerifyingRequest
     try {
-      const store = request as unknown as Record<symbol, string>
-      store[kToken] = extractBearer(request.headers.authorization, maxTokenLength)
+      const token = extractBearer(request.headers.authorization, maxTokenLength)
+      const hit = cache.get(token, keys.held)
+      if (hit !== undefined) {
+        request.user = hit.claims as unknown as FastifyRequest['user']
+        return
+      }
+      checkStructure(token)
+      verifying[kToken] = token
       const claims = await request.supabaseJwtVerify<Record<string, unknown>>()
       if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
       if (!Number.isFinite(claims.exp)) throw new TokenInvalidError('exp is not a finite number')
+      cache.set(token, { claims: deepFreeze(claims), key: verifying[kKey]!, expiresAt: (claims.exp as number) * 1000 })
     } catch (error) {
       (request as { user: unknown }).user = null
       const err = toAuthError(error)

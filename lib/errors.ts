@@ -65,3 +65,12 @@ export interface AuthError extends Error {
 export function isAuthError (err: unknown): err is AuthError {
   return err instanceof Error && Object.hasOwn(errorCodes, (err as { code?: unknown }).code as string)
 }
+
+/** An `alg` value safe to repeat in a message. */
+const PRINTABLE_ALG = /^[A-Za-z0-9-]{1,16}$/
+
+/** The answer to an algorithm outside the allowlist, naming it only if it is short and plain. */
+export function algorithmNotAllowed (alg: unknown): AuthError {
+  const shown = typeof alg === 'string' && PRINTABLE_ALG.test(alg) ? alg : 'missing or invalid'
+  return new AlgorithmNotAllowedError(shown)
+}

@@ -1,13 +1,13 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import fastifyJwt, { type FastifyJWTOptions, type JwtVerifyFunction } from '@fastify/jwt'
-import { buildAuthenticate, algorithmNotAllowed, kToken } from './authenticate'
-import { TokenInvalidError, UnknownKeyError, errorCodes as codes } from './errors'
+import fastifyJwt, { type JwtVerifyFunction } from '@fastify/jwt'
+import { buildAuthenticate } from './authenticate'
+import { errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
-
-const MAX_KID_LENGTH = 256
+import { TokenCache } from './token-cache'
+import { jwtOptions } from './verify'
 
 async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options): Promise<void> {
   const config = normalizeOptions(options)
@@ -19,41 +19,16 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     await keys.close()
   })
 
-  const algorithms = new Set<string>(config.algorithms)
-  await fastify.register(fastifyJwt, {
-    namespace: 'supabase',
-    secret: function supabaseJwksKey (_request: FastifyRequest, decoded: { header: Record<string, unknown> },
-      callback: (err: Error | null, key?: string) => void) {
-      const { alg, kid } = decoded.header
-      if (typeof alg !== 'string' || !algorithms.has(alg)) return callback(algorithmNotAllowed(alg))
-      if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH) return callback(new UnknownKeyError())
-      // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
-      if ('crit' in decoded.header || 'b64' in decoded.header) return callback(new TokenInvalidError('crit and b64 headers are not supported'))
-      let key: string | Promise<string>
-      try {
-        key = keys.getKey(kid, alg)
-      } catch (err) {
-        return callback(err as Error)
-      }
-      if (typeof key === 'string') return callback(null, key)
-      key.then((pem) => callback(null, pem), callback)
-    },
-    decode: { complete: true },
-    verify: {
-      algorithms: config.algorithms,
-      allowedIss: config.issuer,
-      allowedAud: config.audience,
-      requiredClaims: ['exp', 'sub', ...(config.issuer ? ['iss'] : []), ...(config.audience ? ['aud'] : [])],
-      clockTolerance: config.clockToleranceMs,
-      extractToken: (request: FastifyRequest) => (request as unknown as Record<symbol, string>)[kToken]
-    },
-    messages: { authorizationTokenInvalid: (err: Error) => err.message }
-  } as unknown as FastifyJWTOptions)
+  await fastify.register(fastifyJwt, jwtOptions(config, keys))
 
-  const authenticate = buildAuthenticate(config, String(Math.max(1, Math.ceil(config.cooldownMs / 1000))))
+  const tokens = new TokenCache(config.tokenCache)
+  const authenticate = buildAuthenticate(config, keys, tokens)
   fastify.decorate('authenticate', authenticate)
   fastify.decorate('supabaseJwks', {
-    refresh: () => keys.refresh(),
+    refresh: async () => {
+      tokens.clear()
+      await keys.refresh()
+    },
     stats: () => keys.stats()
   })
 

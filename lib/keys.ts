@@ -1,8 +1,9 @@
 import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
 import buildGetJwks from 'get-jwks'
 import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
-import { KeysUnavailableError, TokenInvalidError, UnknownKeyError } from './errors'
+import { KeysUnavailableError, UnknownKeyError } from './errors'
 import type { Algorithm, Config } from './options'
 
 /*
@@ -18,17 +19,19 @@ import type { Algorithm, Config } from './options'
  *   - one fetch at a time: concurrent lookups wait for it instead of fetching again;
  *   - a fetch caused by a kid the set does not have, and that does not find it, starts a
  *     `cooldown` during which other unknown kids are answered 401 at once;
- *   - a failed fetch is retried at most once per `cooldown`; meanwhile known keys keep verifying
- *     for `staleIfError` past their TTL, and unknown kids are answered 503;
- *   - each fetch is bounded: `timeout` (connect, headers, body), `maxResponseSize`, no redirects,
- *     and only a 200 whose body is a JSON key set counts.
+ *   - a failed fetch is retried at most once per `cooldown`, in the background for held keys;
+ *     meanwhile known keys keep verifying for `staleIfError` past their TTL, and unknown kids
+ *     are answered 503;
+ *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
+ *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
+ *     a 200 whose body is a JSON key set counts.
+ * Durations are measured on the monotonic clock: a wall-clock step cannot extend a key's life.
  */
 
-/** A key from the JWKS, fit for verifying, converted once. */
+/** A key from the JWKS, fit for verifying, converted once (to the PEM that @fastify/jwt's verifier takes). */
 export interface CachedKey {
   kid: string
   pem: string
-  key: KeyObject
   algorithms: readonly string[]
 }
 
@@ -47,9 +50,11 @@ export interface KeyStats {
 }
 
 export interface KeyResolver {
-  /** The PEM of key `kid`, fit for `alg`: a string when held, a promise when a fetch is needed. */
-  getKey (kid: string, alg: string): string | Promise<string>
-  /** Fetch the JWKS now, ignoring TTL and cooldown (waits for a fetch already running). */
+  /** Key `kid` if the key set is fresh and has it: the fast path, no promise. */
+  held (kid: string): CachedKey | undefined
+  /** Key `kid` when it is not held: fetches if the policy allows, or throws the answer. */
+  resolve (kid: string): Promise<CachedKey>
+  /** Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. */
   refresh (): Promise<void>
   stats (): KeyStats
   close (): Promise<void>
@@ -88,7 +93,7 @@ export function toCachedKey (jwk: Record<string, unknown>): CachedKey {
   if (jwk.kty === 'RSA' && key.asymmetricKeyDetails!.modulusLength! < MIN_RSA_BITS) {
     throw new UnusableKeyError(`RSA modulus under ${MIN_RSA_BITS} bits`)
   }
-  return { kid: jwk.kid, pem: key.export({ type: 'spki', format: 'pem' }) as string, key, algorithms }
+  return { kid: jwk.kid, pem: key.export({ type: 'spki', format: 'pem' }) as string, algorithms }
 }
 
 /** The usable keys of a JWKS body, or `undefined` when it is not a JSON key set with at least one key. */
@@ -119,17 +124,26 @@ const NO_ANSWER: Answer = { status: 0, body: Buffer.alloc(0) }
 
 /**
  * An undici interceptor that hands each response's status and body to `onAnswer`, unchanged for
- * get-jwks: this is how the wrapper sees the whole key set of the fetch get-jwks makes.
+ * get-jwks: this is how the wrapper sees the whole key set of the fetch get-jwks makes. It also
+ * aborts the request after `timeoutMs` (undici's body timeout only bounds the gap between chunks)
+ * and refuses compressed bodies, which fetch would inflate past `maxResponseSize`.
  * (No `onRequestUpgrade`: a GET of a JWKS never upgrades.)
  */
-function observeAnswers (onAnswer: (answer: Answer) => void): Dispatcher.DispatcherComposeInterceptor {
+function observeAnswers (timeoutMs: number, onAnswer: (answer: Answer) => void): Dispatcher.DispatcherComposeInterceptor {
   return (dispatch) => function observedDispatch (options, handler) {
     const chunks: Buffer[] = []
     let status = 0
+    let timer: NodeJS.Timeout | undefined
     return dispatch(options, {
-      onRequestStart: (controller, context) => handler.onRequestStart?.(controller, context),
+      onRequestStart (controller, context) {
+        timer = setTimeout(() => controller.abort(new Error(`JWKS fetch aborted after ${timeoutMs} ms`)), timeoutMs)
+        timer.unref()
+        return handler.onRequestStart?.(controller, context)
+      },
       onResponseStart (controller, statusCode, headers, statusMessage) {
         status = statusCode
+        const encoding = headers['content-encoding']
+        if (encoding !== undefined && encoding !== 'identity') return controller.abort(new Error('compressed JWKS refused'))
         return handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
       },
       onResponseData (controller, chunk) {
@@ -137,10 +151,14 @@ function observeAnswers (onAnswer: (answer: Answer) => void): Dispatcher.Dispatc
         return handler.onResponseData?.(controller, chunk)
       },
       onResponseEnd (controller, trailers) {
+        clearTimeout(timer)
         onAnswer({ status, body: Buffer.concat(chunks) })
         return handler.onResponseEnd?.(controller, trailers)
       },
-      onResponseError: (controller, error) => handler.onResponseError?.(controller, error)
+      onResponseError (controller, error) {
+        clearTimeout(timer)
+        return handler.onResponseError?.(controller, error)
+      }
     })
   }
 }
@@ -155,6 +173,7 @@ function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
 
 export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyResolver {
   const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs, jwksUrl } = config
+  const clock = () => performance.now()
   let answer = NO_ANSWER
   const agent = new Agent({
     connect: { timeout: timeoutMs },
@@ -162,43 +181,42 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     bodyTimeout: timeoutMs,
     maxResponseSize: config.maxResponseSize
   })
-  const dispatcher = agent.compose(observeAnswers((observed) => { answer = observed }))
+  const dispatcher = agent.compose(observeAnswers(timeoutMs, (observed) => { answer = observed }))
   const jwks = buildGetJwks({
     jwksPath: jwksUrl.pathname + jwksUrl.search,
     ttl: cacheTtlMs,
-    fetchOptions: { dispatcher, redirect: 'error', headers: { accept: 'application/json' } } as unknown as RequestInit
+    fetchOptions: {
+      dispatcher,
+      redirect: 'error',
+      headers: { accept: 'application/json', 'accept-encoding': 'identity' }
+    } as unknown as RequestInit
   })
   // get-jwks' caches are lru-caches behind a narrower type; the stale one last, clearing the other fills it
   const jwksCaches = [jwks.cache, jwks.staleCache] as unknown as Array<{ clear (): void }>
 
   let keys = new Map<string, CachedKey>()
-  let setAt = Number.NEGATIVE_INFINITY
+  let setAt = Number.NEGATIVE_INFINITY // monotonic time of the last good fetch
   let retryAt = 0
   let lastFetchFailed = false
   let inflight: Promise<void> | undefined
   const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null }
 
-  function usable (entry: CachedKey, alg: string): string {
-    if (!entry.algorithms.includes(alg)) throw new TokenInvalidError('the algorithm does not match the key')
-    return entry.pem
-  }
-
   function failed (reason: string, code?: unknown): void {
-    const now = Date.now()
     lastFetchFailed = true
-    retryAt = now + cooldownMs
+    retryAt = clock() + cooldownMs
     stats.failures++
-    stats.lastFailureAt = now
+    stats.lastFailureAt = Date.now()
     // the reason only: a GetJwksError also carries the response, which is not ours to log
     log.warn({ jwksUrl: jwksUrl.href, code, reason }, 'supabase-jwks: JWKS fetch failed')
   }
 
-  async function fetchSet (kid: string, alg: string): Promise<void> {
+  /** One fetch through get-jwks for `kid`; `forced` (a refresh) starts no unknown-kid cooldown. */
+  async function fetchSet (kid: string, forced: boolean): Promise<void> {
     stats.fetches++
     log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
     for (const cache of jwksCaches) cache.clear()
     answer = NO_ANSWER
-    const lookup = jwks.getJwk({ domain: jwksUrl.origin, alg, kid })
+    const lookup = jwks.getJwk({ domain: jwksUrl.origin, alg: undefined as unknown as string, kid })
     lookup.catch(() => {}) // settled after the timeout: nothing left to tell
     let found = true
     try {
@@ -212,60 +230,63 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     const observed = answer as Answer // set by the interceptor during the fetch
     const set = observed.status === 200 ? parseKeySet(observed.body, log) : undefined
     if (set === undefined) return failed('the answer is not a 200 with a JSON key set')
-    const now = Date.now()
     keys = set
-    setAt = now
+    setAt = clock()
     lastFetchFailed = false
-    retryAt = found && set.has(kid) ? 0 : now + cooldownMs
+    retryAt = forced || (found && set.has(kid)) ? 0 : setAt + cooldownMs
     stats.keys = set.size
-    stats.lastSuccessAt = now
+    stats.lastSuccessAt = Date.now()
   }
 
-  function fetchOnce (kid: string, alg: string): Promise<void> {
-    inflight ??= fetchSet(kid, alg).finally(() => { inflight = undefined })
+  function fetchOnce (kid: string, forced = false): Promise<void> {
+    inflight ??= fetchSet(kid, forced).finally(() => { inflight = undefined })
     return inflight
   }
 
   /** After a fetch: the key, a stale key while the JWKS fails, or the reason there is none. */
-  function settle (kid: string, alg: string): string {
-    const now = Date.now()
+  function settle (kid: string): CachedKey {
+    const now = clock()
     const entry = keys.get(kid)
     if (!lastFetchFailed || now < setAt + cacheTtlMs) {
-      if (entry !== undefined) return usable(entry, alg)
+      if (entry !== undefined) return entry
       if (!lastFetchFailed) throw new UnknownKeyError()
     }
-    if (entry !== undefined && now < setAt + cacheTtlMs + staleIfErrorMs) return usable(entry, alg)
+    if (entry !== undefined && now < setAt + cacheTtlMs + staleIfErrorMs) return entry
     throw new KeysUnavailableError()
   }
 
-  async function lookup (kid: string, alg: string): Promise<string> {
+  function held (kid: string): CachedKey | undefined {
+    return clock() < setAt + cacheTtlMs ? keys.get(kid) : undefined
+  }
+
+  async function resolve (kid: string): Promise<CachedKey> {
     if (inflight === undefined) {
-      const now = Date.now()
+      const now = clock()
       const expired = now >= setAt + cacheTtlMs
       // within a cooldown: answer from what is held, without a fetch
-      if (now < retryAt && (lastFetchFailed || !expired)) return settle(kid, alg)
-      fetchOnce(kid, alg)
+      if (now < retryAt && (lastFetchFailed || !expired)) return settle(kid)
+      const retry = fetchOnce(kid)
+      // during an outage a held key is served while the retry runs, instead of waiting for it
+      if (lastFetchFailed && keys.has(kid) && now < setAt + cacheTtlMs + staleIfErrorMs) return keys.get(kid)!
+      await retry
+    } else {
+      await inflight
     }
-    await inflight
-    return settle(kid, alg)
+    return settle(kid)
   }
 
   return {
-    getKey (kid, alg) {
-      if (Date.now() < setAt + cacheTtlMs) {
-        const entry = keys.get(kid)
-        if (entry !== undefined) return usable(entry, alg)
-      }
-      return lookup(kid, alg)
-    },
-    refresh () {
-      return fetchOnce('', 'RS256')
+    held,
+    resolve,
+    async refresh () {
+      if (inflight !== undefined) await inflight
+      await fetchOnce('', true)
     },
     stats () {
       return { ...stats }
     },
     async close () {
-      await agent.close()
+      await agent.destroy()
     }
   }
 }

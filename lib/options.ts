@@ -20,6 +20,7 @@ export const DEFAULT_TIMEOUT = 5
 export const DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024
 export const DEFAULT_MAX_TOKEN_LENGTH = 16 * 1024
 export const DEFAULT_REALM = 'api'
+export const DEFAULT_TOKEN_CACHE = 1000
 
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
 export interface SupabaseJwksOptions {
@@ -73,6 +74,12 @@ export interface SupabaseJwksOptions {
   /** Longest token accepted, in characters; longer ones are refused before any parsing. Default `16384`. */
   maxTokenLength?: number
   /**
+   * How many verified tokens to remember, so a token seen again skips the signature check.
+   * Default `1000`; `0` turns the cache off. An entry is used only until the token's `exp` and
+   * while the key that verified it is still in the current key set; tokens over 4 KiB are not kept.
+   */
+  tokenCache?: number
+  /**
    * Run `authenticate` as a hook for every route of the registering context instead of
    * per route. Default: `false` (use `preHandler: fastify.authenticate` on each route).
    * A route opts out with `config: { supabaseJwks: false }`.
@@ -100,6 +107,7 @@ export interface Config {
   timeoutMs: number
   maxResponseSize: number
   maxTokenLength: number
+  tokenCache: number
   hook: false | 'onRequest' | 'preHandler'
   realm: string
   insecureJwksUrl: boolean
@@ -109,7 +117,7 @@ const KNOWN_OPTIONS = new Set<string>([
   // what Fastify itself may pass to a plugin
   'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
-  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'hook', 'realm',
+  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
   'allowInsecureJwksUrl'
 ])
 
@@ -154,9 +162,9 @@ function seconds (name: string, value: unknown, fallback: number, min = 0): numb
   return value * 1000
 }
 
-function positiveInteger (name: string, value: unknown, fallback: number): number {
+function integer (name: string, value: unknown, fallback: number, min = 1): number {
   if (value === undefined) return fallback
-  if (!Number.isSafeInteger(value) || (value as number) < 1) fail(`${name} must be a positive integer`)
+  if (!Number.isSafeInteger(value) || (value as number) < min) fail(`${name} must be an integer >= ${min}`)
   return value as number
 }
 
@@ -192,6 +200,10 @@ export function normalizeOptions (input: unknown): Config {
   let derivedIssuer: string | undefined
   if (opts.supabaseUrl !== undefined) {
     const base = parseUrl('supabaseUrl', opts.supabaseUrl)
+    if (base.search || base.hash) fail('supabaseUrl must not carry a query string or a fragment')
+    if (/\/auth\/v1\/?$/.test(base.pathname)) {
+      fail(`supabaseUrl is the project URL, without /auth/v1 (e.g. ${base.origin}): the plugin adds it`)
+    }
     const root = base.href.replace(/\/+$/, '')
     derivedIssuer = `${root}/auth/v1`
     jwksUrl = new URL(`${derivedIssuer}/.well-known/jwks.json`)
@@ -203,6 +215,7 @@ export function normalizeOptions (input: unknown): Config {
   }
   jwksUrl = jwksUrl!
   if (jwksUrl.username || jwksUrl.password) fail('jwksUrl must not carry credentials')
+  if (jwksUrl.hash) fail('jwksUrl must not carry a fragment')
   if (opts.allowInsecureJwksUrl !== undefined && typeof opts.allowInsecureJwksUrl !== 'boolean') {
     fail('allowInsecureJwksUrl must be a boolean')
   }
@@ -231,8 +244,9 @@ export function normalizeOptions (input: unknown): Config {
     cooldownMs: seconds('cooldown', opts.cooldown, DEFAULT_COOLDOWN),
     staleIfErrorMs: seconds('staleIfError', opts.staleIfError, DEFAULT_STALE_IF_ERROR),
     timeoutMs: seconds('timeout', opts.timeout, DEFAULT_TIMEOUT, 0.001),
-    maxResponseSize: positiveInteger('maxResponseSize', opts.maxResponseSize, DEFAULT_MAX_RESPONSE_SIZE),
-    maxTokenLength: positiveInteger('maxTokenLength', opts.maxTokenLength, DEFAULT_MAX_TOKEN_LENGTH),
+    maxResponseSize: integer('maxResponseSize', opts.maxResponseSize, DEFAULT_MAX_RESPONSE_SIZE),
+    maxTokenLength: integer('maxTokenLength', opts.maxTokenLength, DEFAULT_MAX_TOKEN_LENGTH),
+    tokenCache: integer('tokenCache', opts.tokenCache, DEFAULT_TOKEN_CACHE, 0),
     hook,
     realm,
     insecureJwksUrl

@@ -279,19 +279,21 @@ t.test('rejections are logged at debug with their reason, never the token', asyn
   t.notOk(lines.some((line) => line.includes(token.split('.')[2]!)), 'the token is never logged')
 })
 
-t.test('request.user is null when authentication failed', async (t) => {
+t.test('request.user is null when authentication failed, even after an earlier success', async (t) => {
   const issuer = await issuerFor(t)
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(supabaseJwks, { supabaseUrl: issuer.url })
   app.get('/soft', async (request, reply) => {
+    await app.authenticate(request, reply)
+    const first = request.user.sub
+    request.headers.authorization = 'Bearer a.b.c'
     try {
       await app.authenticate(request, reply)
     } catch (err) {
-      return { user: request.user, code: (err as { code: string }).code }
+      return { first, user: request.user, code: (err as { code: string }).code }
     }
-    return { user: request.user.sub }
   })
-  const res = await app.inject({ url: '/soft', headers: { authorization: 'Bearer a.b.c' } })
-  t.same(res.json(), { user: null, code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' })
+  const res = await app.inject({ url: '/soft', headers: { authorization: `Bearer ${issuer.sign({ sub: 'u-1' })}` } })
+  t.same(res.json(), { first: 'u-1', user: null, code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' })
 })

@@ -49,8 +49,14 @@ t.test('a bad option fails ready() with a clear message', async (t) => {
     ['cooldown infinite', { supabaseUrl: URL, cooldown: Infinity }, /cooldown must be a finite number/],
     ['staleIfError NaN', { supabaseUrl: URL, staleIfError: NaN }, /staleIfError must be a finite number/],
     ['timeout zero', { supabaseUrl: URL, timeout: 0 }, /timeout must be a finite number of seconds >= 0.001/],
-    ['maxResponseSize fractional', { supabaseUrl: URL, maxResponseSize: 1.5 }, /maxResponseSize must be a positive integer/],
-    ['maxTokenLength zero', { supabaseUrl: URL, maxTokenLength: 0 }, /maxTokenLength must be a positive integer/],
+    ['maxResponseSize fractional', { supabaseUrl: URL, maxResponseSize: 1.5 }, /maxResponseSize must be an integer >= 1/],
+    ['maxTokenLength zero', { supabaseUrl: URL, maxTokenLength: 0 }, /maxTokenLength must be an integer >= 1/],
+    ['tokenCache negative', { supabaseUrl: URL, tokenCache: -1 }, /tokenCache must be an integer >= 0/],
+    ['supabaseUrl with /auth/v1', { supabaseUrl: 'https://abc.supabase.co/auth/v1' }, /without \/auth\/v1 \(e\.g\. https:\/\/abc\.supabase\.co\)/],
+    ['supabaseUrl with /auth/v1/', { supabaseUrl: 'https://abc.supabase.co/auth/v1/' }, /without \/auth\/v1/],
+    ['supabaseUrl with a query', { supabaseUrl: 'https://abc.supabase.co/?apikey=k' }, /must not carry a query string or a fragment/],
+    ['supabaseUrl with a fragment', { supabaseUrl: 'https://abc.supabase.co/#x' }, /must not carry a query string or a fragment/],
+    ['jwksUrl with a fragment', { jwksUrl: 'https://a.example/.well-known/jwks.json#x', issuer: false }, /jwksUrl must not carry a fragment/],
     ['hook unknown', { supabaseUrl: URL, hook: 'onSend' }, /hook must be false, "onRequest" or "preHandler"/],
     ['realm with a quote', { supabaseUrl: URL, realm: 'a"b' }, /realm must be a printable ASCII string/],
     ['realm not a string', { supabaseUrl: URL, realm: 5 }, /realm must be a printable ASCII string/]
@@ -87,6 +93,7 @@ t.test('defaults', async (t) => {
   t.equal(config.timeoutMs, 5_000)
   t.equal(config.maxResponseSize, 65_536)
   t.equal(config.maxTokenLength, 16_384)
+  t.equal(config.tokenCache, 1000)
   t.equal(config.hook, false)
   t.equal(config.realm, 'api')
   t.equal(config.insecureJwksUrl, false, 'loopback http is fine')
@@ -106,6 +113,7 @@ t.test('explicit values: jwksUrl wins, issuer and audience lists or false, secon
     timeout: 0.25,
     maxResponseSize: 1000,
     maxTokenLength: 4096,
+    tokenCache: 0,
     hook: 'onRequest',
     realm: 'my api',
     allowInsecureJwksUrl: false
@@ -119,6 +127,7 @@ t.test('explicit values: jwksUrl wins, issuer and audience lists or false, secon
   t.equal(config.cooldownMs, 0)
   t.equal(config.timeoutMs, 250)
   t.equal(config.hook, 'onRequest')
+  t.equal(config.tokenCache, 0)
   t.equal(config.realm, 'my api')
   t.same(normalizeOptions({ jwksUrl: 'http://localhost:9999/.well-known/jwks.json', issuer: false }).issuer, undefined)
   t.equal(normalizeOptions({ supabaseUrl: URL, audience: 'x' }).audience?.[0], 'x')

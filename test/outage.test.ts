@@ -1,5 +1,8 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { gzipSync } from 'node:zlib'
+import Fastify from 'fastify'
+import supabaseJwks from '../lib/index'
 import { signJwt, type JwksResponder } from '../lib/testing'
 import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
 
@@ -35,8 +38,9 @@ for (const [name, responder] of failures) {
     t.equal(unknown.headers['retry-after'], '1')
     t.equal(issuer.jwksRequests, 2, 'no retry within the cooldown')
     await sleep(450)
-    t.equal((await getMe(app, token)).statusCode, 200, 'still within staleIfError after a retry')
-    t.equal(issuer.jwksRequests, 3, 'retried once the cooldown passed')
+    t.equal((await getMe(app, token)).statusCode, 200, 'still within staleIfError, answered without waiting for the retry')
+    await sleep(100)
+    t.equal(issuer.jwksRequests, 3, 'retried once the cooldown passed, in the background')
     await sleep(1000)
     const late = await getMe(app, token)
     t.equal(late.statusCode, 503, 'the window ran out')
@@ -67,15 +71,47 @@ t.test('a hanging JWKS server never holds a request longer than the timeout', as
   t.ok(Date.now() - started < 3000, 'answered after the timeout, not when the server gives up')
 })
 
-t.test('a body that drips slower than the timeout is abandoned', async (t) => {
+t.test('a body that drips faster than the idle timeout is still cut off at the timeout, and the connection closed', async (t) => {
   const issuer = await issuerFor(t)
+  let open = 0
   issuer.respondWith((_request, response) => {
+    open++
     response.writeHead(200, { 'content-type': 'application/json' })
     response.write('{"keys":[')
+    const drip = setInterval(() => response.write(' '), 50)
+    response.on('close', () => { open--; clearInterval(drip) })
     return true
   })
-  const app = await appFor(t, { supabaseUrl: issuer.url, timeout: 0.3 })
-  t.equal((await getMe(app, issuer.sign())).statusCode, 503)
+  const app = Fastify()
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, timeout: 0.3, cooldown: 0.1 })
+  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  for (let i = 0; i < 3; i++) {
+    t.equal((await getMe(app, issuer.sign())).statusCode, 503)
+    await sleep(150)
+  }
+  for (let wait = 0; wait < 20; wait++) {
+    if (open === 0) break
+    await sleep(50)
+  }
+  t.equal(open, 0, 'every dripping connection was aborted, none piles up')
+  await app.close()
+  t.pass('close() returns')
+})
+
+t.test('a compressed JWKS is refused (the size cap could not hold), and identity is asked for', async (t) => {
+  const issuer = await issuerFor(t)
+  const encodings: Array<string | undefined> = []
+  issuer.respondWith((request, response) => {
+    encodings.push(request.headers['accept-encoding'])
+    response.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' })
+    response.end(gzipSync(JSON.stringify({ ...issuer.jwks(), padding: 'x'.repeat(5_000_000) })))
+    return true
+  })
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const res = await getMe(app, issuer.sign())
+  t.equal(res.statusCode, 503)
+  t.equal(app.supabaseJwks.stats().failures, 1)
+  t.same(encodings, ['identity'])
 })
 
 t.test('a JWKS larger than maxResponseSize is refused', async (t) => {

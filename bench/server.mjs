@@ -1,0 +1,80 @@
+// One benchmark server, in its own process: `node bench/server.mjs <variant>`, configured by the
+// parent over IPC. Answers 'stats' messages with its CPU time, RSS and JWKS fetch count.
+import { createPublicKey } from 'node:crypto'
+import { createRequire } from 'node:module'
+import Fastify from 'fastify'
+
+const require = createRequire(import.meta.url)
+const variant = process.argv[2]
+
+function send (message) {
+  process.send(message)
+}
+
+/** The practical floor: split, one crypto.verify with a prebuilt key object, parse, check exp/iss/aud. */
+function limitVerifier ({ jwk, alg, issuer }) {
+  const { verify } = require('node:crypto')
+  const key = createPublicKey({ key: jwk, format: 'jwk' })
+  const hash = 'sha256'
+  const options = alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key
+  return async function limit (request, reply) {
+    const header = request.headers.authorization
+    if (header === undefined || !header.startsWith('Bearer ')) return reply.code(401).send()
+    const token = header.slice(7)
+    const dot = token.lastIndexOf('.')
+    const ok = verify(hash, Buffer.from(token.slice(0, dot)), options, Buffer.from(token.slice(dot + 1), 'base64url'))
+    if (!ok) return reply.code(401).send()
+    const claims = JSON.parse(Buffer.from(token.slice(token.indexOf('.') + 1, dot), 'base64url').toString())
+    if (!(claims.exp * 1000 > Date.now()) || claims.iss !== issuer || claims.aud !== 'authenticated') return reply.code(401).send()
+    request.user = claims
+  }
+}
+
+async function main (config) {
+  const app = Fastify({ logger: false })
+  let fetches = () => 0
+  let preHandler
+  if (variant === 'public') {
+    preHandler = undefined
+  } else if (variant.startsWith('limit')) {
+    preHandler = limitVerifier(config)
+  } else if (variant.startsWith('plugin')) {
+    const supabaseJwks = require('fastify-supabase-jwks')
+    await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
+    preHandler = app.authenticate
+    fetches = () => app.supabaseJwks.stats().fetches
+  } else if (variant.startsWith('jose')) {
+    const { createRemoteJWKSet, jwtVerify } = await import('jose')
+    const jwks = createRemoteJWKSet(new URL(config.jwksUrl))
+    preHandler = async function joseVerify (request, reply) {
+      const header = request.headers.authorization
+      if (header === undefined || !header.startsWith('Bearer ')) return reply.code(401).send()
+      try {
+        const { payload } = await jwtVerify(header.slice(7), jwks, { issuer: config.issuer, audience: 'authenticated', algorithms: [config.alg] })
+        request.user = payload
+      } catch {
+        return reply.code(401).send()
+      }
+    }
+  } else {
+    throw new Error(`unknown variant ${variant}`)
+  }
+  app.get('/me', preHandler ? { preHandler } : {}, async (request) => ({ sub: request.user?.sub ?? null }))
+  const address = await app.listen({ host: '127.0.0.1', port: 0 })
+  process.on('message', (message) => {
+    if (message.type === 'stats') {
+      const cpu = process.cpuUsage()
+      send({ type: 'stats', cpuMicros: cpu.user + cpu.system, rss: process.memoryUsage().rss, fetches: fetches() })
+    } else if (message.type === 'close') {
+      app.close().then(() => process.exit(0))
+    }
+  })
+  send({ type: 'ready', address })
+}
+
+process.once('message', (message) => {
+  main(message.config).catch((err) => {
+    console.error(err)
+    process.exit(1)
+  })
+})

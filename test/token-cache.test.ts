@@ -1,0 +1,116 @@
+import t, { type Test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify, { type FastifyInstance } from 'fastify'
+import supabaseJwks from '../lib/index'
+import { TokenCache, deepFreeze } from '../lib/token-cache'
+import type { CachedKey } from '../lib/keys'
+import { codeOf, issuerFor } from './fixtures/helpers'
+
+/** An app whose /same route says whether request.user is the very object the previous request got. */
+async function identityApp (t: Test, options: supabaseJwks.SupabaseJwksOptions): Promise<{ app: FastifyInstance, ask: (token: string) => Promise<{ status: number, same: boolean, frozen: boolean, code?: string }> }> {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, options)
+  const last = new Map<string, unknown>()
+  app.get('/same', { preHandler: app.authenticate }, async (request) => {
+    const token = request.headers.authorization!
+    const same = last.get(token) === request.user
+    last.set(token, request.user)
+    return { same, frozen: Object.isFrozen(request.user) && Object.isFrozen(request.user.app_metadata) }
+  })
+  return {
+    app,
+    async ask (token) {
+      const res = await app.inject({ url: '/same', headers: { authorization: `Bearer ${token}` } })
+      return res.statusCode === 200 ? { status: 200, ...res.json() } : { status: res.statusCode, same: false, frozen: false, code: codeOf(res) }
+    }
+  }
+}
+
+t.test('a token seen again is answered from the cache: same frozen claims, no verification', async (t) => {
+  const issuer = await issuerFor(t)
+  const { ask } = await identityApp(t, { supabaseUrl: issuer.url })
+  const token = issuer.sign()
+  t.match(await ask(token), { status: 200, same: false, frozen: true })
+  t.match(await ask(token), { status: 200, same: true, frozen: true }, 'the second answer comes from the cache')
+  t.equal(issuer.jwksRequests, 1)
+})
+
+t.test('tokenCache: 0 turns the cache off', async (t) => {
+  const issuer = await issuerFor(t)
+  const { ask } = await identityApp(t, { supabaseUrl: issuer.url, tokenCache: 0 })
+  const token = issuer.sign()
+  t.match(await ask(token), { status: 200, same: false })
+  t.match(await ask(token), { status: 200, same: false, frozen: true }, 'verified again, claims still frozen')
+})
+
+t.test('the cache is bounded in entries, and tokens over 4 KiB are not kept', async (t) => {
+  const issuer = await issuerFor(t)
+  const { ask } = await identityApp(t, { supabaseUrl: issuer.url, tokenCache: 2 })
+  const [a, b, c] = [issuer.sign(), issuer.sign(), issuer.sign()]
+  for (const token of [a, b, c]) t.equal((await ask(token)).status, 200)
+  t.equal((await ask(a)).same, false, 'the oldest entry was evicted')
+  t.equal((await ask(c)).same, true, 'the newest is kept')
+  const big = issuer.sign({ user_metadata: { bio: 'x'.repeat(4000) } })
+  t.ok(big.length > 4096)
+  await ask(big)
+  t.equal((await ask(big)).same, false, 'a long token is verified each time')
+})
+
+t.test('an entry never outlives the token exp', async (t) => {
+  const issuer = await issuerFor(t)
+  const { ask } = await identityApp(t, { supabaseUrl: issuer.url })
+  const token = issuer.sign({ exp: Math.floor(Date.now() / 1000) + 1 })
+  t.equal((await ask(token)).status, 200)
+  t.equal((await ask(token)).same, true)
+  await sleep(2100 - (Date.now() % 1000))
+  t.match(await ask(token), { status: 401, code: 'FST_SUPABASE_JWKS_TOKEN_EXPIRED' })
+})
+
+t.test('an entry never outlives the key that verified it: a refresh or a revocation purges it', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, ask } = await identityApp(t, { supabaseUrl: issuer.url })
+  const old = issuer.currentKey
+  const token = issuer.sign()
+  t.equal((await ask(token)).status, 200)
+  t.equal((await ask(token)).same, true)
+  issuer.rotate()
+  await app.supabaseJwks.refresh()
+  t.equal((await ask(token)).same, false, 'after a refresh the token is verified again')
+  issuer.unpublish(old.kid)
+  await app.supabaseJwks.refresh()
+  t.match(await ask(token), { status: 401, code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' }, 'the revoked key no longer lets it in')
+})
+
+t.test('a cached token does not skip the JWKS refresh when the key set expires', async (t) => {
+  const issuer = await issuerFor(t)
+  const { ask } = await identityApp(t, { supabaseUrl: issuer.url, cacheTtl: 0.2 })
+  const key = issuer.currentKey
+  const token = issuer.sign()
+  t.equal((await ask(token)).status, 200)
+  t.equal((await ask(token)).same, true)
+  issuer.rotate()
+  issuer.unpublish(key.kid)
+  await sleep(250)
+  t.match(await ask(token), { status: 401, code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' }, 'revoked within the cache lifetime')
+  t.equal(issuer.jwksRequests, 2)
+})
+
+t.test('TokenCache and deepFreeze', async (t) => {
+  const key: CachedKey = { kid: 'k', pem: 'pem', algorithms: ['RS256'] }
+  const held = (kid: string) => (kid === 'k' ? key : undefined)
+  const cache = new TokenCache(1)
+  cache.set('t1', { claims: {}, key, expiresAt: Date.now() + 60_000 })
+  t.equal(cache.size, 1)
+  t.ok(cache.get('t1', held))
+  t.equal(cache.get('t1', () => undefined), undefined, 'a key no longer held retires the entry')
+  t.equal(cache.size, 0)
+  cache.set('t2', { claims: {}, key, expiresAt: Date.now() - 1 })
+  t.equal(cache.get('t2', held), undefined, 'expired')
+  cache.set('t3', { claims: {}, key, expiresAt: Date.now() + 60_000 })
+  cache.clear()
+  t.equal(cache.get('t3', held), undefined)
+  const frozen = deepFreeze({ a: { b: [1, { c: 2 }] }, d: null })
+  t.ok(Object.isFrozen(frozen.a.b[1]))
+  t.equal(deepFreeze(frozen), frozen, 'freezing twice is a no-op')
+})
