@@ -23,7 +23,7 @@ const ready = new Promise((resolve) => child.once('message', resolve))
 child.send({ type: 'config', config: { alg, jwk: issuer.currentKey.jwk, issuer: issuer.issuer, jwksUrl: issuer.jwksUrl } })
 const { address } = await ready
 let next = 0
-await autocannon({
+const result = await autocannon({
   url: `${address}/me`,
   connections: 50,
   duration: 8,
@@ -45,7 +45,9 @@ for (const [id, count] of counts) {
   self.set(name, (self.get(name) ?? 0) + count)
   total += count
 }
-console.log(`${file}: top self time (${variant}, ${scenario})`)
+const requests = result.requests.total
+const micros = (profile.endTime - profile.startTime) / total // µs per sample
+console.log(`${file}: ${requests} requests; top self time (${variant}, ${scenario}), in % and µs per request`)
 for (const [name, count] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30)) {
-  console.log(`${(100 * count / total).toFixed(1).padStart(5)}%  ${name}`)
+  console.log(`${(100 * count / total).toFixed(1).padStart(5)}% ${(count * micros / requests).toFixed(1).padStart(7)} µs  ${name}`)
 }

@@ -1,4 +1,9 @@
-// The benchmark: `npm run bench` (full) or `npm run bench -- --quick`.
+// The benchmark: `npm run bench` (full) or `npm run bench -- --quick`; `-- --only=public,plugin-rs256`
+// runs some variants (add plugin-nocache-rs256 / -es256 to see the plugin without its token cache).
+// Variants: public (no authentication: the ceiling), limit (a hand-written minimal verifier: split,
+// crypto.verify with a prebuilt key object, parse, check exp/iss/aud: the floor of the work),
+// plugin, jose (createRemoteJWKSet + jwtVerify), fastjwt (fast-jwt alone, one verifier per key:
+// what verification costs without @fastify/jwt's request path).
 // Servers run in child processes on 127.0.0.1; load comes from autocannon in this process; rounds
 // are interleaved (A B C A B C ...) and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
@@ -25,10 +30,14 @@ const VARIANTS = [
   { name: 'limit-rs256', alg: 'RS256' },
   { name: 'plugin-rs256', alg: 'RS256' },
   { name: 'jose-rs256', alg: 'RS256' },
+  { name: 'fastjwt-rs256', alg: 'RS256' },
   { name: 'limit-es256', alg: 'ES256' },
   { name: 'plugin-es256', alg: 'ES256' },
-  { name: 'jose-es256', alg: 'ES256' }
-].filter((variant) => !only || only.includes(variant.name))
+  { name: 'jose-es256', alg: 'ES256' },
+  { name: 'fastjwt-es256', alg: 'ES256' },
+  { name: 'plugin-nocache-rs256', alg: 'RS256', extra: true, pluginOptions: { tokenCache: 0 } },
+  { name: 'plugin-nocache-es256', alg: 'ES256', extra: true, pluginOptions: { tokenCache: 0 } }
+].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
 const SCENARIOS = ['unique', 'hot']
 
 const median = (values) => {
@@ -95,7 +104,7 @@ async function main () {
   const servers = []
   for (const variant of VARIANTS) {
     const key = variant.alg === 'ES256' ? es : rs
-    const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}` }
+    const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}`, pluginOptions: variant.pluginOptions }
     servers.push({ variant, ...(await startServer(variant, config)) })
   }
 
@@ -151,6 +160,8 @@ async function main () {
   const targets = {
     'plugin-rs256 / limit-rs256 (unique, >= 0.9)': ratio('plugin-rs256', 'limit-rs256', 'unique'),
     'plugin-es256 / limit-es256 (unique, >= 0.9)': ratio('plugin-es256', 'limit-es256', 'unique'),
+    'fastjwt-rs256 / limit-rs256 (unique, reference: fast-jwt alone)': ratio('fastjwt-rs256', 'limit-rs256', 'unique'),
+    'fastjwt-es256 / limit-es256 (unique, reference: fast-jwt alone)': ratio('fastjwt-es256', 'limit-es256', 'unique'),
     'plugin-rs256 / public (hot, >= 0.85)': ratio('plugin-rs256', 'public', 'hot'),
     'plugin-es256 / public (hot, >= 0.85)': ratio('plugin-es256', 'public', 'hot')
   }

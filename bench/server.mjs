@@ -43,6 +43,19 @@ async function main (config) {
     await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
     preHandler = app.authenticate
     fetches = () => app.supabaseJwks.stats().fetches
+  } else if (variant.startsWith('fastjwt')) {
+    const { createVerifier } = require('fast-jwt')
+    const pem = createPublicKey({ key: config.jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' })
+    const verify = createVerifier({ key: pem, algorithms: [config.alg], allowedIss: [config.issuer], allowedAud: ['authenticated'], requiredClaims: ['exp', 'sub', 'iss', 'aud'] })
+    preHandler = async function fastJwt (request, reply) {
+      const header = request.headers.authorization
+      if (header === undefined || !header.startsWith('Bearer ')) return reply.code(401).send()
+      try {
+        request.user = verify(header.slice(7))
+      } catch {
+        return reply.code(401).send()
+      }
+    }
   } else if (variant.startsWith('jose')) {
     const { createRemoteJWKSet, jwtVerify } = await import('jose')
     const jwks = createRemoteJWKSet(new URL(config.jwksUrl))
@@ -64,7 +77,8 @@ async function main (config) {
   process.on('message', (message) => {
     if (message.type === 'stats') {
       const cpu = process.cpuUsage()
-      send({ type: 'stats', cpuMicros: cpu.user + cpu.system, rss: process.memoryUsage().rss, fetches: fetches() })
+      const memory = process.memoryUsage()
+      send({ type: 'stats', cpuMicros: cpu.user + cpu.system, rss: memory.rss, heapUsed: memory.heapUsed, heapTotal: memory.heapTotal, fetches: fetches() })
     } else if (message.type === 'close') {
       app.close().then(() => process.exit(0))
     }

@@ -50,10 +50,11 @@ export class TokenCache {
 }
 
 /** Freezes the claims and everything in them: one object may serve many requests. */
-export function deepFreeze<T> (value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value)
-    for (const item of Object.values(value)) deepFreeze(item)
+export function deepFreeze<T extends object> (value: T): T {
+  Object.freeze(value)
+  for (const key in value) {
+    const item = value[key]
+    if (typeof item === 'object' && item !== null && !Object.isFrozen(item)) deepFreeze(item)
   }
   return value
 }
