@@ -19,8 +19,8 @@ const { createTestIssuer } = require('fastify-supabase-jwks/testing')
 const here = dirname(fileURLToPath(import.meta.url))
 
 const quick = process.argv.includes('--quick')
-const ROUNDS = quick ? 1 : 3
-const DURATION = quick ? 2 : 5 // seconds per measurement
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3))
+const DURATION = Number(process.env.BENCH_DURATION ?? (quick ? 2 : 5)) // seconds per measurement
 const CONNECTIONS = 50
 const POOL = quick ? 2_000 : 20_000
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')

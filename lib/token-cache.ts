@@ -10,16 +10,24 @@ export interface VerifiedToken {
 
 /** Tokens longer than this are verified every time, never cached: they would cost more memory than they save. */
 export const MAX_CACHED_TOKEN_LENGTH = 4096
+/** How many characters of the signature's end identify a token seen once (the signature is random-looking). */
+const SEEN_HASH_CHARS = 16
 
 /**
  * Verified tokens, keyed by the whole token, bounded in entries (and so in memory: at most
  * `max` x (4 KiB of token + its claims)). When full, the oldest entry goes. An entry is used only
  * while the token has not expired and the key set still holds the very key that verified it, so
  * a refresh, a revocation or a new key set retires entries without a sweep.
+ *
+ * A token is admitted on its second verification, not its first: under a stream of distinct
+ * tokens (each seen once) the cache would only churn, holding every token and its claims long
+ * enough to reach the old generation of the heap, and cost memory and GC time for nothing.
+ * What is remembered of a token seen once is a small number (a hash of its signature's end).
  */
 export class TokenCache {
   readonly #max: number
   readonly #entries = new Map<string, VerifiedToken>()
+  readonly #seen = new Set<number>()
 
   constructor (max: number) {
     this.#max = max
@@ -39,13 +47,24 @@ export class TokenCache {
   }
 
   set (token: string, entry: VerifiedToken): void {
-    if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH) return
+    if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH || !this.#admit(token)) return
     if (this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
     this.#entries.set(token, entry)
   }
 
   clear (): void {
     this.#entries.clear()
+    this.#seen.clear()
+  }
+
+  /** Whether `token` was verified before; remembers it if not (in at most 4 x max small numbers). */
+  #admit (token: string): boolean {
+    let hash = 0
+    for (let i = token.length - SEEN_HASH_CHARS; i < token.length; i++) hash = (hash * 31 + token.charCodeAt(i)) & 0x3fffffff
+    if (this.#seen.has(hash)) return true
+    if (this.#seen.size >= 4 * this.#max) this.#seen.clear()
+    this.#seen.add(hash)
+    return false
   }
 }
 
