@@ -3,7 +3,7 @@ import { createHmac } from 'node:crypto'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { signJwt, generateTestKey, signInput } from '../lib/testing'
-import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
 
 const now = () => Math.floor(Date.now() / 1000)
 const b64 = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
@@ -263,18 +263,13 @@ t.test('a legacy anon / service_role key (HS256, iss "supabase") gets a clear 40
 
 t.test('rejections are logged at debug with their reason, never the token', async (t) => {
   const issuer = await issuerFor(t)
-  const lines: string[] = []
-  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { lines.push(line) } } } })
-  t.teardown(() => app.close())
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
-  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  const { app, lines, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url }, 'debug')
   const token = issuer.sign({ exp: now() - 100 })
   await app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } })
-  const entries = lines.map((line) => JSON.parse(line))
-  const rejection = entries.find((entry) => entry.msg === 'supabase-jwks: token rejected')
+  const rejection = entries().find((entry) => entry.msg === 'supabase-jwks: token rejected')!
   t.equal(rejection.level, 20)
   t.equal(rejection.code, 'FST_SUPABASE_JWKS_TOKEN_EXPIRED')
-  const fetch = entries.find((entry) => entry.msg === 'supabase-jwks: fetching JWKS')
+  const fetch = entries().find((entry) => entry.msg === 'supabase-jwks: fetching JWKS')!
   t.equal(fetch.level, 30, 'each key fetch at info')
   t.notOk(lines.some((line) => line.includes(token.split('.')[2]!)), 'the token is never logged')
 })

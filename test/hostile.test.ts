@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { generateTestKey, signJwt, type TestIssuer } from '../lib/testing'
-import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
 import { b64, hmac, parts, signRaw } from './fixtures/craft'
 
 /*
@@ -257,11 +257,7 @@ t.test('structure: segments, base64url, JSON, size, bytes', async (t) => {
 
 t.test('structure: a huge token is refused before anything else runs', async (t) => {
   const { issuer } = await setup(t)
-  const lines: string[] = []
-  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { lines.push(line) } } } })
-  t.teardown(() => app.close())
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
-  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  const { app, lines } = await loggedAppFor(t, { supabaseUrl: issuer.url }, 'debug')
   const { head, sig } = parts(issuer.sign({}, { header: { kid: 'never-seen' } }))
   const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${head}.${'A'.repeat(1024 * 1024)}.${sig}` } })
   t.equal(res.statusCode, 401)

@@ -2,8 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPairSync } from 'node:crypto'
 import Fastify from 'fastify'
-import supabaseJwks from '../lib/index'
-import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
 import { parseKeySet, toCachedKey } from '../lib/keys'
 import { generateTestKey } from '../lib/testing'
 
@@ -68,17 +67,13 @@ t.test('the Retry-After value is at least one second', async (t) => {
 
 t.test('a failed fetch is logged at warn without the response body', async (t) => {
   const issuer = await issuerFor(t)
-  const lines: string[] = []
-  const app = Fastify({ logger: { level: 'info', stream: { write: (line: string) => { lines.push(line) } } } })
-  t.teardown(() => app.close())
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
-  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  const { app, lines, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url }, 'info')
   issuer.respondWith((_request, response) => {
     response.writeHead(500, { 'content-type': 'application/json' }).end('{"keys":[],"leak":"body-marker"}')
     return true
   })
   await app.inject({ url: '/me', headers: { authorization: `Bearer ${issuer.sign()}` } })
-  const warn = lines.map((line) => JSON.parse(line)).find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')
+  const warn = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
   t.equal(warn.level, 40)
   t.equal(warn.code, 'JWKS_REQUEST_FAILED')
   t.notOk(lines.some((line) => line.includes('body-marker')), 'the body is not logged')
