@@ -74,9 +74,10 @@ export interface SupabaseJwksOptions {
   /** Longest token accepted, in characters; longer ones are refused before any parsing. Default `16384`. */
   maxTokenLength?: number
   /**
-   * How many verified tokens to remember, so a token seen again skips the signature check.
-   * Default `1000`; `0` turns the cache off. An entry is used only until the token's `exp` and
-   * while the key that verified it is still in the current key set; tokens over 4 KiB are not kept.
+   * How many verified tokens to remember, so that a token seen again skips the signature check
+   * (a token is admitted on its second verification). Default `1000`; `0` turns the cache off.
+   * An entry is used only until the token's `exp` and while the key that verified it is still in
+   * the current, fresh key set; tokens over 4 KiB are not kept.
    */
   tokenCache?: number
   /**
