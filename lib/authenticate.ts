@@ -61,16 +61,23 @@ export function toAuthError (err: unknown): AuthError {
       return new TokenExpiredError()
     case 'FST_JWT_AUTHORIZATION_TOKEN_INVALID':
     case 'FAST_JWT_INVALID_CLAIM_TYPE':
-    case 'FAST_JWT_INVALID_CRIT_HEADER':
       // fast-jwt's messages name the check that failed, never the token's content
       return new TokenInvalidError(lowerFirst((err as Error).message))
     case 'FAST_JWT_INACTIVE':
       return new TokenInvalidError('the token is not valid yet (nbf)')
-    case 'FAST_JWT_MISSING_SIGNATURE':
-      return new TokenInvalidError('the signature is missing')
     default:
       return new TokenInvalidError('the token could not be verified')
   }
+}
+
+/**
+ * Logs at warn an error that verification is not made to give (not the plugin's own, @fastify/jwt's
+ * or fast-jwt's): a guard, since no input is known to cause one. The client still gets a 401.
+ */
+export function warnIfUnexpected (log: { warn (object: object, message: string): void }, err: unknown): void {
+  const code = (err as { code?: unknown } | null)?.code
+  if (typeof code === 'string' && /^(FST_SUPABASE_JWKS_|FST_JWT_|FAST_JWT_)/.test(code)) return
+  log.warn({ err }, 'supabase-jwks: unexpected error while verifying a token')
 }
 
 function lowerFirst (message: string): string {
@@ -113,10 +120,12 @@ export function buildAuthenticate (config: Config, keys: KeyResolver, cache: Tok
       const claims = await request.supabaseJwtVerify<Record<string, unknown>>()
       if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
       if (!Number.isFinite(claims.exp)) throw new TokenInvalidError('exp is not a finite number')
-      cache.set(token, { claims: deepFreeze(claims), key: verifying[kKey]!, expiresAt: (claims.exp as number) * 1000 })
+      const objects = deepFreeze(claims)
+      cache.set(token, { claims, key: verifying[kKey]!, expiresAt: (claims.exp as number) * 1000 }, objects)
     } catch (error) {
       (request as { user: unknown }).user = null
       const err = toAuthError(error)
+      warnIfUnexpected(request.log, error)
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
       if (err instanceof KeysUnavailableError) {
         reply.header('retry-after', retryAfter)

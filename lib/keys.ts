@@ -216,7 +216,8 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
     for (const cache of jwksCaches) cache.clear()
     answer = NO_ANSWER
-    const lookup = jwks.getJwk({ domain: jwksUrl.origin, alg: undefined as unknown as string, kid })
+    // get-jwks may throw before it returns a promise (it URI-encodes the kid): keep that inside the promise
+    const lookup = (async () => await jwks.getJwk({ domain: jwksUrl.origin, alg: undefined as unknown as string, kid }))()
     lookup.catch(() => {}) // settled after the timeout: nothing left to tell
     let found = true
     try {

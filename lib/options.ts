@@ -21,6 +21,7 @@ export const DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024
 export const DEFAULT_MAX_TOKEN_LENGTH = 16 * 1024
 export const DEFAULT_REALM = 'api'
 export const DEFAULT_TOKEN_CACHE = 1000
+export const MAX_TOKEN_CACHE = 100_000
 
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
 export interface SupabaseJwksOptions {
@@ -163,9 +164,11 @@ function seconds (name: string, value: unknown, fallback: number, min = 0): numb
   return value * 1000
 }
 
-function integer (name: string, value: unknown, fallback: number, min = 1): number {
+function integer (name: string, value: unknown, fallback: number, min = 1, max = Number.MAX_SAFE_INTEGER): number {
   if (value === undefined) return fallback
-  if (!Number.isSafeInteger(value) || (value as number) < min) fail(`${name} must be an integer >= ${min}`)
+  if (!Number.isSafeInteger(value) || (value as number) < min || (value as number) > max) {
+    fail(`${name} must be an integer from ${min} to ${max}`)
+  }
   return value as number
 }
 
@@ -247,7 +250,7 @@ export function normalizeOptions (input: unknown): Config {
     timeoutMs: seconds('timeout', opts.timeout, DEFAULT_TIMEOUT, 0.001),
     maxResponseSize: integer('maxResponseSize', opts.maxResponseSize, DEFAULT_MAX_RESPONSE_SIZE),
     maxTokenLength: integer('maxTokenLength', opts.maxTokenLength, DEFAULT_MAX_TOKEN_LENGTH),
-    tokenCache: integer('tokenCache', opts.tokenCache, DEFAULT_TOKEN_CACHE, 0),
+    tokenCache: integer('tokenCache', opts.tokenCache, DEFAULT_TOKEN_CACHE, 0, MAX_TOKEN_CACHE),
     hook,
     realm,
     insecureJwksUrl

@@ -10,6 +10,11 @@ export interface VerifiedToken {
 
 /** Tokens longer than this are verified every time, never cached: they would cost more memory than they save. */
 export const MAX_CACHED_TOKEN_LENGTH = 4096
+/**
+ * Claims with more objects and arrays than this are not cached either: a user can fill
+ * `user_metadata` with thousands of tiny objects that take far more heap than the token's length.
+ */
+export const MAX_CACHED_CLAIM_OBJECTS = 64
 /** How many characters of the signature's end identify a token seen once (the signature is random-looking). */
 const SEEN_HASH_CHARS = 16
 
@@ -46,9 +51,10 @@ export class TokenCache {
     return undefined
   }
 
-  set (token: string, entry: VerifiedToken): void {
-    if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH || !this.#admit(token)) return
-    if (this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
+  /** Remembers a verified token; `objects` is how many objects its claims hold (from `deepFreeze`). */
+  set (token: string, entry: VerifiedToken, objects: number): void {
+    if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH || objects > MAX_CACHED_CLAIM_OBJECTS || !this.#admit(token)) return
+    if (!this.#entries.has(token) && this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
     this.#entries.set(token, entry)
   }
 
@@ -68,12 +74,13 @@ export class TokenCache {
   }
 }
 
-/** Freezes the claims and everything in them: one object may serve many requests. */
-export function deepFreeze<T extends object> (value: T): T {
+/** Freezes the claims and everything in them (one object may serve many requests); returns how many objects that was. */
+export function deepFreeze (value: object): number {
   Object.freeze(value)
+  let objects = 1
   for (const key in value) {
-    const item = value[key]
-    if (typeof item === 'object' && item !== null && !Object.isFrozen(item)) deepFreeze(item)
+    const item = (value as Record<string, unknown>)[key]
+    if (typeof item === 'object' && item !== null && !Object.isFrozen(item)) objects += deepFreeze(item)
   }
-  return value
+  return objects
 }

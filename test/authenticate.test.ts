@@ -4,6 +4,7 @@ import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { signJwt, generateTestKey, signInput } from '../lib/testing'
 import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
+import { toAuthError, warnIfUnexpected } from '../lib/authenticate'
 
 const now = () => Math.floor(Date.now() / 1000)
 const b64 = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
@@ -291,4 +292,17 @@ t.test('request.user is null when authentication failed, even after an earlier s
   })
   const res = await app.inject({ url: '/soft', headers: { authorization: `Bearer ${issuer.sign({ sub: 'u-1' })}` } })
   t.same(res.json(), { first: 'u-1', user: null, code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' })
+})
+
+t.test('an error verification is not made to give is logged at warn, and still answered 401', async (t) => {
+  const logged: string[] = []
+  const log = { warn: (_object: object, message: string) => { logged.push(message) } }
+  warnIfUnexpected(log, new TypeError('boom'))
+  warnIfUnexpected(log, null)
+  for (const code of ['FST_SUPABASE_JWKS_UNKNOWN_KID', 'FST_JWT_AUTHORIZATION_TOKEN_INVALID', 'FAST_JWT_MALFORMED']) {
+    warnIfUnexpected(log, Object.assign(new Error('expected'), { code }))
+  }
+  t.same(logged, ['supabase-jwks: unexpected error while verifying a token', 'supabase-jwks: unexpected error while verifying a token'])
+  t.equal(toAuthError(new TypeError('boom')).statusCode, 401)
+  t.equal(toAuthError(new TypeError('boom')).code, 'FST_SUPABASE_JWKS_TOKEN_INVALID')
 })

@@ -127,7 +127,8 @@ t.test('header tricks: jku, x5u, x5c and jwk never bring in an attacker key; the
   await expectAll(t, app, issuer, [
     ['jku to the attacker, attacker kid', forge({ kid: evil.kid, jku: attacker.jwksUrl }), 401, KID],
     ['embedded jwk, attacker kid', forge({ kid: evil.kid, jwk: evil.jwk }), 401, KID],
-    ['x5u, attacker kid', forge({ kid: evil.kid, x5u: attacker.jwksUrl }), 401, KID]
+    ['x5u, attacker kid', forge({ kid: evil.kid, x5u: attacker.jwksUrl }), 401, KID],
+    ['x5c, attacker kid', forge({ kid: evil.kid, x5c }), 401, KID]
   ], 1)
   t.equal(attacker.jwksRequests, 0, 'the attacker server was never contacted')
 })
@@ -197,6 +198,24 @@ t.test('signatures: empty, truncated, flipped, padded, zeroed, re-encoded', asyn
     t.equal(res.statusCode, 400, name)
     t.equal(codeOf(res), BAD_REQUEST, name)
   }
+})
+
+t.test('signatures of the wrong length, and kids that are not well-formed strings, never reach the key lookup', async (t) => {
+  const { issuer, app } = await setup(t, ['ES256', 'RS256'])
+  const es = parts(issuer.sign({}, { header: { kid: 'not-held-1' } }))
+  const rs = parts(signJwt({ alg: 'RS256', kid: 'not-held-2' }, es.claims, generateTestKey('RS256').privateKey))
+  const der = Buffer.concat([Buffer.from([0x30, 0x44, 0x02, 0x20]), es.signature.subarray(0, 32), Buffer.from([0x02, 0x20]), es.signature.subarray(32)])
+  const key = issuer.currentKey
+  const payload = JSON.stringify(es.claims)
+  await expectAll(t, app, issuer, [
+    ['ES256, empty signature, unknown kid', `${es.head}.${es.body}.`, 401, INVALID],
+    ['ES256, 2-byte signature, unknown kid', `${es.head}.${es.body}.${b64(Buffer.from([1, 2]))}`, 401, INVALID],
+    ['ES256, DER signature, unknown kid', `${es.head}.${es.body}.${b64(der)}`, 401, INVALID],
+    ['RS256, 128-byte signature, unknown kid', `${rs.head}.${rs.body}.${b64(rs.signature.subarray(0, 128))}`, 401, INVALID],
+    ['kid with a lone surrogate', signRaw('ES256', '{"alg":"ES256","kid":"\\ud800"}', payload, key.privateKey), 401, KID],
+    ['kid with a lone low surrogate', signRaw('ES256', '{"alg":"ES256","kid":"a\\udc00b"}', payload, key.privateKey), 401, KID]
+  ])
+  t.match((await getMe(app, `${es.head}.${es.body}.`)).json().message, /signature is missing or has the wrong length/)
 })
 
 t.test('signatures (ES256 enabled): DER-encoded, r = 0, s = 0, wrong length', async (t) => {
