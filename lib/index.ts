@@ -40,6 +40,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   }
 }
 
+// fastify-plugin marks the function in place and sets `.default` and `.fastifySupabaseJwks` on it:
+// with `export =` below, require() and import both get the plugin itself
 fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
 
 declare namespace fastifySupabaseJwks {
