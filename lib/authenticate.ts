@@ -8,7 +8,11 @@ import type { Config } from './options'
 import { deepFreeze, type TokenCache } from './token-cache'
 import { kKey, kToken, type VerifyingRequest } from './verify'
 
-/** A compact JWS: three base64url segments, the last one possibly empty (alg "none"). */
+/**
+ * A compact JWS: three base64url segments. The signature may be empty here so that an `alg: none`
+ * token gets the clearer ALGORITHM_NOT_ALLOWED; the key callback refuses an empty signature for
+ * every allowed algorithm before any key lookup.
+ */
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 

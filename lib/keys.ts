@@ -244,16 +244,21 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     return inflight
   }
 
+  /** Key `kid` if held and still within the stale window (`cacheTtl + staleIfError` after the last good fetch). */
+  function staleKey (kid: string, now: number): CachedKey | undefined {
+    return now < setAt + cacheTtlMs + staleIfErrorMs ? keys.get(kid) : undefined
+  }
+
   /** After a fetch: the key, a stale key while the JWKS fails, or the reason there is none. */
   function settle (kid: string): CachedKey {
-    const now = clock()
-    const entry = keys.get(kid)
-    if (!lastFetchFailed || now < setAt + cacheTtlMs) {
-      if (entry !== undefined) return entry
-      if (!lastFetchFailed) throw new UnknownKeyError()
+    if (!lastFetchFailed) {
+      const entry = keys.get(kid)
+      if (entry === undefined) throw new UnknownKeyError()
+      return entry
     }
-    if (entry !== undefined && now < setAt + cacheTtlMs + staleIfErrorMs) return entry
-    throw new KeysUnavailableError()
+    const stale = staleKey(kid, clock())
+    if (stale === undefined) throw new KeysUnavailableError()
+    return stale
   }
 
   function held (kid: string): CachedKey | undefined {
@@ -268,7 +273,8 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
       if (now < retryAt && (lastFetchFailed || !expired)) return settle(kid)
       const retry = fetchOnce(kid)
       // during an outage a held key is served while the retry runs, instead of waiting for it
-      if (lastFetchFailed && keys.has(kid) && now < setAt + cacheTtlMs + staleIfErrorMs) return keys.get(kid)!
+      const stale = lastFetchFailed ? staleKey(kid, now) : undefined
+      if (stale !== undefined) return stale
       await retry
     } else {
       await inflight
