@@ -42,6 +42,14 @@ export const KeysUnavailableError = createError(
 export const OptionError = createError(
   'FST_SUPABASE_JWKS_OPTION', 'Invalid fastify-supabase-jwks option: %s', 500)
 
+/**
+ * A part of @fastify/jwt's API under the plugin's namespace (`request.supabaseJwtVerify`,
+ * `fastify.jwt.supabase.verify`) was called: the plugin verifies through its own path only.
+ */
+export const NotSupportedError = createError(
+  'FST_SUPABASE_JWKS_NOT_SUPPORTED',
+  '%s is not part of fastify-supabase-jwks: verify with fastify.authenticate or fastify.supabaseJwks.verify(token)', 500)
+
 /** The codes a request can be answered with, and their HTTP statuses. */
 export const errorCodes = {
   FST_SUPABASE_JWKS_NO_TOKEN: 401,

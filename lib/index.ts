@@ -1,13 +1,13 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import fastifyJwt, { type JwtVerifyFunction } from '@fastify/jwt'
-import { buildAuthenticate } from './authenticate'
-import { errorCodes as codes } from './errors'
+import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
+import { bounded, buildAuthenticate } from './authenticate'
+import { NotSupportedError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
-import { jwtOptions } from './verify'
+import { createTokenVerifier } from './verify'
 
 async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options): Promise<void> {
   const config = normalizeOptions(options)
@@ -19,12 +19,22 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     await keys.close()
   })
 
-  await fastify.register(fastifyJwt, jwtOptions(config, keys))
+  // @fastify/jwt is the Fastify face: it owns `request.user` (its decorator and its FastifyJWT typing),
+  // under a namespace of its own so that an app's own @fastify/jwt keeps working beside it.
+  // Verification never goes through it: its verify functions under the namespace refuse.
+  await fastify.register(fastifyJwt, {
+    namespace: 'supabase',
+    secret: function supabaseJwksNoSecret (_request: unknown, _decoded: unknown, callback: (err: Error) => void) {
+      callback(new NotSupportedError('request.supabaseJwtVerify()'))
+    }
+  } as unknown as FastifyJWTOptions)
 
   const tokens = new TokenCache(config.tokenCache)
-  const authenticate = buildAuthenticate(config, keys, tokens)
+  const verifyToken = createTokenVerifier(config, keys, tokens)
+  const authenticate = buildAuthenticate(config, verifyToken)
   fastify.decorate('authenticate', authenticate)
   fastify.decorate('supabaseJwks', {
+    verify: async (token: string) => await verifyToken(bounded(token, config.maxTokenLength)) as unknown as fastifySupabaseJwks.SupabaseUser,
     refresh: async () => {
       tokens.clear()
       await keys.refresh()
@@ -63,6 +73,12 @@ declare namespace fastifySupabaseJwks {
   /** The plugin's controls, at `fastify.supabaseJwks`. */
   export interface SupabaseJwksDecorator {
     /**
+     * Verifies a token outside a request's `Authorization` header (a WebSocket's first message, a
+     * job): the same checks and token cache as `authenticate`. Resolves to the frozen claims, or
+     * rejects with the coded error a request would get (`code`, `statusCode`).
+     */
+    verify (token: string): Promise<SupabaseUser>
+    /**
      * Fetches the JWKS now, ignoring the cache lifetime and the cooldown (Supabase asks verifiers
      * to offer a purge). Resolves when the fetch is over, whether or not it succeeded.
      */
@@ -78,9 +94,6 @@ declare module 'fastify' {
     /** Verifies the bearer token: use as a route's `preHandler` (or `onRequest`). */
     authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void>
     supabaseJwks: fastifySupabaseJwks.SupabaseJwksDecorator
-  }
-  interface FastifyRequest {
-    supabaseJwtVerify: JwtVerifyFunction
   }
   interface FastifyContextConfig {
     /** `false` exempts the route from the `hook` option's authentication. */

@@ -5,6 +5,7 @@ import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { KeysUnavailableError, UnknownKeyError } from './errors'
 import type { Algorithm, Config } from './options'
+import { signatureCheck, type SignatureCheck } from './signature'
 
 /*
  * The key resolver. get-jwks fetches the JWKS and resolves the token's `kid` (and `alg`);
@@ -28,11 +29,16 @@ import type { Algorithm, Config } from './options'
  * Durations are measured on the monotonic clock: a wall-clock step cannot extend a key's life.
  */
 
-/** A key from the JWKS, fit for verifying, converted once (to the PEM that @fastify/jwt's verifier takes). */
+/**
+ * A key from the JWKS, fit for verifying: converted once to a KeyObject, with one signature check
+ * for each algorithm that both the key and the `algorithms` option allow, built when the set is fetched.
+ */
 export interface CachedKey {
   kid: string
-  pem: string
+  /** The algorithms the key may verify (from its `alg`, or its type and curve). */
   algorithms: readonly string[]
+  /** A signature check per algorithm the key and the allowlist both accept. */
+  checks: ReadonlyMap<string, SignatureCheck>
 }
 
 /** Key activity, for logs or metrics. */
@@ -67,8 +73,8 @@ const RSA_ALGORITHMS: readonly Algorithm[] = ['RS256', 'RS384', 'RS512', 'PS256'
 
 class UnusableKeyError extends Error {}
 
-/** Checks that a JWK is a public signing key (RFC 7517, RFC 7518) and converts it once. */
-export function toCachedKey (jwk: Record<string, unknown>): CachedKey {
+/** Checks that a JWK is a public signing key (RFC 7517, RFC 7518) and builds its checks for the `allowed` algorithms. */
+export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly string[]): CachedKey {
   if (typeof jwk.kid !== 'string' || jwk.kid === '') throw new UnusableKeyError('no kid')
   if (jwk.use !== undefined && jwk.use !== 'sig') throw new UnusableKeyError('use is not "sig"')
   if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('verify'))) {
@@ -93,11 +99,13 @@ export function toCachedKey (jwk: Record<string, unknown>): CachedKey {
   if (jwk.kty === 'RSA' && key.asymmetricKeyDetails!.modulusLength! < MIN_RSA_BITS) {
     throw new UnusableKeyError(`RSA modulus under ${MIN_RSA_BITS} bits`)
   }
-  return { kid: jwk.kid, pem: key.export({ type: 'spki', format: 'pem' }) as string, algorithms }
+  const checks = new Map<string, SignatureCheck>()
+  for (const alg of algorithms) if (allowed.includes(alg)) checks.set(alg, signatureCheck(alg, key))
+  return { kid: jwk.kid, algorithms, checks }
 }
 
 /** The usable keys of a JWKS body, or `undefined` when it is not a JSON key set with at least one key. */
-export function parseKeySet (body: Buffer, log: FastifyBaseLogger): Map<string, CachedKey> | undefined {
+export function parseKeySet (body: Buffer, allowed: readonly string[], log: FastifyBaseLogger): Map<string, CachedKey> | undefined {
   let document: unknown
   try {
     document = JSON.parse(body.toString('utf8'))
@@ -109,7 +117,7 @@ export function parseKeySet (body: Buffer, log: FastifyBaseLogger): Map<string, 
   const keys = new Map<string, CachedKey>()
   for (const jwk of list.slice(0, MAX_KEYS)) {
     try {
-      const entry = toCachedKey(jwk)
+      const entry = toCachedKey(jwk, allowed)
       if (!keys.has(entry.kid)) keys.set(entry.kid, entry)
     } catch (err) {
       log.debug({ kid: String(jwk?.kid).slice(0, 64), reason: (err as Error).message }, 'supabase-jwks: JWK skipped')
@@ -229,7 +237,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
       found = false
     }
     const observed = answer as Answer // set by the interceptor during the fetch
-    const set = observed.status === 200 ? parseKeySet(observed.body, log) : undefined
+    const set = observed.status === 200 ? parseKeySet(observed.body, config.algorithms, log) : undefined
     if (set === undefined) return failed('the answer is not a 200 with a JSON key set')
     keys = set
     setAt = clock()

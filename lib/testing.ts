@@ -10,8 +10,9 @@
  * ```
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { generateKeyPairSync, randomUUID, sign as cryptoSign, constants, type KeyObject } from 'node:crypto'
+import { generateKeyPairSync, randomUUID, sign as cryptoSign, type KeyObject } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
+import { hashOf, keyInput } from './signature'
 
 export type TestAlgorithm = 'RS256' | 'RS384' | 'RS512' | 'PS256' | 'PS384' | 'PS512' | 'ES256' | 'ES384' | 'ES512' | 'EdDSA'
 
@@ -72,7 +73,6 @@ export interface TestIssuer {
   close (): Promise<void>
 }
 
-const HASHES: Record<string, string> = { 256: 'sha256', 384: 'sha384', 512: 'sha512' }
 const CURVES: Record<string, string> = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521' }
 
 function base64url (input: Buffer | string): string {
@@ -93,16 +93,7 @@ export function generateTestKey (alg: TestAlgorithm = 'RS256', kid: string = ran
 
 /** Signs `header.payload` with `key` the way `alg` says (RFC 7518); returns the base64url signature. */
 export function signInput (alg: string, key: KeyObject, input: string): string {
-  const kind = alg.slice(0, 2)
-  const hash = HASHES[alg.slice(2)]
-  if (kind === 'Ed') return base64url(cryptoSign(null, Buffer.from(input), key))
-  if (kind === 'ES') return base64url(cryptoSign(hash!, Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }))
-  if (kind === 'PS') {
-    return base64url(cryptoSign(hash!, Buffer.from(input), {
-      key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST
-    }))
-  }
-  return base64url(cryptoSign(hash!, Buffer.from(input), key))
+  return base64url(cryptoSign(hashOf(alg), Buffer.from(input), keyInput(alg, key)))
 }
 
 /** Encodes and signs a JWT from any header and payload: for crafting tokens in tests. */

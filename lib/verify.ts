@@ -1,22 +1,34 @@
-import type { FastifyRequest } from 'fastify'
-import type { FastifyJWTOptions } from '@fastify/jwt'
-import { TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
+import { MalformedTokenError, TokenExpiredError, TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
 import type { CachedKey, KeyResolver } from './keys'
 import type { Config } from './options'
+import { deepFreeze, type TokenCache } from './token-cache'
 
 /*
- * The glue to @fastify/jwt: its options, and the key callback it calls with the decoded token.
- * The callback runs the checks that must come before any key lookup (algorithm allowlist, kid,
- * unsupported extensions), then takes the key from the resolver: synchronously when held.
+ * The one verification path: a token in, its claims out (or a coded error thrown). `authenticate`
+ * and `fastify.supabaseJwks.verify` both call it. In order:
+ *   1. the token cache: a token verified before, by a key still held, is answered at once;
+ *   2. structure: three base64url segments, a canonical signature, a JSON header and payload;
+ *   3. cheap header checks, before any key lookup: algorithm allowlist, kid, no extensions,
+ *      a signature of the algorithm's length;
+ *   4. the held key's signature check, built once when the key set was fetched (synchronous when
+ *      the key is held; a key not held is resolved first, which may fetch the JWKS);
+ *   5. the claims: exp, nbf, iss, aud, sub;
+ *   6. the claims are frozen and offered to the token cache.
  */
 
-/** The bearer token of the request being verified, for @fastify/jwt's `extractToken`. */
-export const kToken = Symbol('supabaseJwks.token')
-/** The key that verified the request's token, for the token cache. */
-export const kKey = Symbol('supabaseJwks.key')
+/** Claims of a verified token, frozen: one object may serve many requests. */
+export type Claims = Readonly<Record<string, unknown>>
 
-export type VerifyingRequest = FastifyRequest & { [kToken]?: string, [kKey]?: CachedKey }
+/** Verifies a token: synchronously when its key is held, else once the key is resolved. */
+export type TokenVerifier = (token: string) => Claims | Promise<Claims>
 
+/**
+ * A compact JWS: three base64url segments. The signature may be empty here so that an `alg: none`
+ * token gets the clearer ALGORITHM_NOT_ALLOWED; the length check refuses an empty signature for
+ * every allowed algorithm before any key lookup.
+ */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 const MAX_KID_LENGTH = 256
 /** Base64url length of a signature for each algorithm (RSA: at least 2048 bits, the minimum key size). */
 const SIGNATURE_LENGTH: Record<string, [min: number, max: number]> = {
@@ -28,45 +40,129 @@ const SIGNATURE_LENGTH: Record<string, [min: number, max: number]> = {
   PS: [342, 1366]
 }
 
-function plausibleSignature (alg: string, signature: unknown): boolean {
-  const [min, max] = SIGNATURE_LENGTH[alg] ?? SIGNATURE_LENGTH[alg.slice(0, 2)]!
-  return typeof signature === 'string' && signature.length >= min && signature.length <= max
+/** A token split and decoded, not yet verified. */
+interface Decoded {
+  header: Record<string, unknown>
+  payload: Record<string, unknown>
+  /** `header.payload`, the signing input. */
+  input: string
+  signature: string
 }
 
-type KeyCallback = (err: Error | null, key?: string) => void
-
-function fit (request: VerifyingRequest, entry: CachedKey, alg: string, callback: KeyCallback): void {
-  if (!entry.algorithms.includes(alg)) return callback(new TokenInvalidError('the algorithm does not match the key'))
-  request[kKey] = entry
-  callback(null, entry.pem)
-}
-
-/** The options @fastify/jwt is registered with: verification only, keys from the resolver. */
-export function jwtOptions (config: Config, keys: KeyResolver): FastifyJWTOptions {
-  const algorithms = new Set<string>(config.algorithms)
-  function supabaseJwksKey (request: VerifyingRequest, decoded: { header: Record<string, unknown>, signature: unknown }, callback: KeyCallback): void {
-    const { alg, kid } = decoded.header
-    if (typeof alg !== 'string' || !algorithms.has(alg)) return callback(algorithmNotAllowed(alg))
-    if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed()) return callback(new UnknownKeyError())
-    // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
-    if ('crit' in decoded.header || 'b64' in decoded.header) return callback(new TokenInvalidError('crit and b64 headers are not supported'))
-    if (!plausibleSignature(alg, decoded.signature)) return callback(new TokenInvalidError('the signature is missing or has the wrong length'))
-    const entry = keys.held(kid)
-    if (entry !== undefined) return fit(request, entry, alg, callback)
-    keys.resolve(kid).then((resolved) => fit(request, resolved, alg, callback), callback)
+/** Checks the token is a compact JWS with a canonical signature; nothing is decoded. */
+export function checkStructure (token: string): void {
+  if (!COMPACT_JWS.test(token)) {
+    throw new MalformedTokenError(token.startsWith('sb_')
+      ? 'an sb_publishable_/sb_secret_ API key is not a user access token'
+      : 'not three base64url segments')
   }
+  if (!canonicalTail(token)) throw new MalformedTokenError('the signature is not canonical base64url')
+}
+
+/**
+ * Whether the signature segment is canonical base64url (RFC 4648 §3.5): its length is not 1 mod 4
+ * and the unused low bits of its last character are zero. Otherwise several spellings would decode
+ * to the same signature bytes, and a changed token could still verify.
+ */
+function canonicalTail (token: string): boolean {
+  const start = token.lastIndexOf('.') + 1
+  const length = token.length - start
+  const rest = length % 4
+  if (rest === 0) return true
+  if (rest === 1) return false
+  const bits = BASE64URL.indexOf(token.charAt(token.length - 1))
+  return bits % (rest === 2 ? 16 : 4) === 0
+}
+
+/** A base64url segment that must be a JSON object (RFC 7515 §5.2, RFC 7519 §7.2). */
+function jsonObject (segment: string, name: string): Record<string, unknown> {
+  let value: unknown
+  try {
+    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'))
+  } catch {
+    throw new TokenInvalidError(`the ${name} is not base64url-encoded JSON`)
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TokenInvalidError(`the ${name} is not a JSON object`)
+  return value as Record<string, unknown>
+}
+
+/** Splits and decodes a token whose structure was checked. */
+function decode (token: string): Decoded {
+  const first = token.indexOf('.')
+  const last = token.lastIndexOf('.')
   return {
-    namespace: 'supabase',
-    secret: supabaseJwksKey,
-    decode: { complete: true },
-    verify: {
-      algorithms: config.algorithms,
-      allowedIss: config.issuer,
-      allowedAud: config.audience,
-      requiredClaims: ['exp', 'sub', ...(config.issuer ? ['iss'] : []), ...(config.audience ? ['aud'] : [])],
-      clockTolerance: config.clockToleranceMs,
-      extractToken: (request: VerifyingRequest) => request[kToken]
-    },
-    messages: { authorizationTokenInvalid: (err: Error) => err.message }
-  } as unknown as FastifyJWTOptions
+    header: jsonObject(token.slice(0, first), 'header'),
+    payload: jsonObject(token.slice(first + 1, last), 'payload'),
+    input: token.slice(0, last),
+    signature: token.slice(last + 1)
+  }
+}
+
+function plausibleSignature (alg: string, signature: string): boolean {
+  const [min, max] = SIGNATURE_LENGTH[alg] ?? SIGNATURE_LENGTH[alg.slice(0, 2)]!
+  return signature.length >= min && signature.length <= max
+}
+
+/** A claim that must be one of `allowed`: a string, or for `aud` also a list of strings holding one. */
+function checkAllowed (claim: string, value: unknown, allowed: ReadonlySet<string>, list: boolean): void {
+  const values: unknown[] = list && Array.isArray(value) ? value : [value]
+  if (!values.every((item) => typeof item === 'string')) {
+    throw new TokenInvalidError(`the ${claim} claim must be a string${list ? ' or an array of strings' : ''}`)
+  }
+  if (!values.some((item) => allowed.has(item as string))) throw new TokenInvalidError(`the ${claim} claim value is not allowed`)
+}
+
+/** Builds the verification path for one registration. */
+export function createTokenVerifier (config: Config, keys: KeyResolver, cache: TokenCache): TokenVerifier {
+  const algorithms = new Set<string>(config.algorithms)
+  const issuers = config.issuer && new Set(config.issuer)
+  const audiences = config.audience && new Set(config.audience)
+  const required = ['exp', 'sub', ...(issuers ? ['iss'] : []), ...(audiences ? ['aud'] : [])]
+  const tolerance = config.clockToleranceMs
+
+  /** Step 5: the claims of a token whose signature verified (RFC 7519 §4.1, RFC 8725 §3.8-3.9). */
+  function checkClaims (claims: Record<string, unknown>): void {
+    for (const claim of required) if (!(claim in claims)) throw new TokenInvalidError(`the ${claim} claim is required`)
+    const now = Date.now()
+    if ('nbf' in claims) {
+      if (typeof claims.nbf !== 'number') throw new TokenInvalidError('the nbf claim must be a number')
+      if (now < claims.nbf * 1000 - tolerance) throw new TokenInvalidError('the token is not valid yet (nbf)')
+    }
+    if (typeof claims.exp !== 'number') throw new TokenInvalidError('the exp claim must be a number')
+    if (!Number.isFinite(claims.exp)) throw new TokenInvalidError('exp is not a finite number')
+    if (now > claims.exp * 1000 + tolerance) throw new TokenExpiredError()
+    if (audiences) checkAllowed('aud', claims.aud, audiences, true)
+    if (issuers) checkAllowed('iss', claims.iss, issuers, false)
+    if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
+  }
+
+  /** Steps 4 to 6, once the key named by the token is at hand. */
+  function finish (token: string, decoded: Decoded, alg: string, key: CachedKey): Claims {
+    const check = key.checks.get(alg)
+    if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
+    if (!check(Buffer.from(decoded.input), Buffer.from(decoded.signature, 'base64url'))) {
+      throw new TokenInvalidError('the token signature is invalid')
+    }
+    const claims = decoded.payload
+    checkClaims(claims)
+    const objects = deepFreeze(claims)
+    cache.set(token, { claims, key, expiresAt: (claims.exp as number) * 1000 }, objects)
+    return claims
+  }
+
+  return function verifyToken (token: string): Claims | Promise<Claims> {
+    const hit = cache.get(token, keys.held)
+    if (hit !== undefined) return hit.claims
+    checkStructure(token)
+    const decoded = decode(token)
+    const { alg, kid } = decoded.header
+    if (typeof alg !== 'string' || !algorithms.has(alg)) throw algorithmNotAllowed(alg)
+    if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed()) throw new UnknownKeyError()
+    // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
+    if ('crit' in decoded.header || 'b64' in decoded.header) throw new TokenInvalidError('crit and b64 headers are not supported')
+    if (!plausibleSignature(alg, decoded.signature)) throw new TokenInvalidError('the signature is missing or has the wrong length')
+    const key = keys.held(kid)
+    if (key !== undefined) return finish(token, decoded, alg, key)
+    return keys.resolve(kid).then((resolved) => finish(token, decoded, alg, resolved))
+  }
 }

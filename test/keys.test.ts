@@ -4,6 +4,7 @@ import { generateKeyPairSync } from 'node:crypto'
 import Fastify from 'fastify'
 import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
 import { parseKeySet, toCachedKey } from '../lib/keys'
+import { SUPPORTED_ALGORITHMS as ALL } from '../lib/options'
 import { generateTestKey } from '../lib/testing'
 
 t.test('concurrent first requests cause one JWKS fetch', async (t) => {
@@ -83,13 +84,16 @@ t.test('key hygiene: only public signing keys that fit their algorithm', async (
   const rsa = generateTestKey('RS256').jwk
   const ec = generateTestKey('ES256').jwk
   const ed = generateTestKey('EdDSA').jwk
-  t.same(toCachedKey(rsa).algorithms, ['RS256'])
-  t.same(toCachedKey({ ...rsa, alg: undefined }).algorithms, ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'])
-  t.same(toCachedKey({ ...ec, alg: undefined }).algorithms, ['ES256'])
-  t.same(toCachedKey({ ...ed, alg: undefined }).algorithms, ['EdDSA'])
+  t.same(toCachedKey(rsa, ALL).algorithms, ['RS256'])
+  t.same(toCachedKey({ ...rsa, alg: undefined }, ALL).algorithms, ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'])
+  t.same(toCachedKey({ ...ec, alg: undefined }, ALL).algorithms, ['ES256'])
+  t.same(toCachedKey({ ...ed, alg: undefined }, ALL).algorithms, ['EdDSA'])
   const ed448 = { ...generateKeyPairSync('ed448').publicKey.export({ format: 'jwk' }), kid: 'ed448' }
-  t.same(toCachedKey(ed448).algorithms, ['EdDSA'])
-  t.match(toCachedKey({ ...rsa, use: undefined, key_ops: undefined }), { kid: rsa.kid, pem: /BEGIN PUBLIC KEY/ })
+  t.same(toCachedKey(ed448, ALL).algorithms, ['EdDSA'])
+  t.match(toCachedKey({ ...rsa, use: undefined, key_ops: undefined }, ALL), { kid: rsa.kid })
+  t.same([...toCachedKey({ ...rsa, alg: undefined }, ['RS256', 'PS256', 'ES256']).checks.keys()], ['RS256', 'PS256'],
+    'a signature check is built for each algorithm both the key and the allowlist accept')
+  t.same([...toCachedKey(ec, ['RS256']).checks.keys()], [], 'none when the allowlist takes none of its algorithms')
   const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' })
   const bad: Array<[string, Record<string, unknown>, RegExp]> = [
     ['use enc', { ...rsa, use: 'enc' }, /use is not "sig"/],
@@ -104,7 +108,7 @@ t.test('key hygiene: only public signing keys that fit their algorithm', async (
     ['an RSA modulus under 2048 bits', { ...small, kid: 'k' }, /under 2048 bits/]
   ]
   for (const [name, jwk, message] of bad) {
-    t.throws(() => toCachedKey(jwk), { message }, name)
+    t.throws(() => toCachedKey(jwk, ALL), { message }, name)
   }
 })
 
@@ -120,10 +124,10 @@ t.test('an unusable key in the JWKS is an unknown kid; good keys beside it still
 t.test('parseKeySet: only a JSON object with a non-empty keys array is a key set', async (t) => {
   const log = Fastify().log
   for (const body of ['<html>', '[]', 'null', '{"keys":{}}', '{"keys":[]}']) {
-    t.equal(parseKeySet(Buffer.from(body), log), undefined, body)
+    t.equal(parseKeySet(Buffer.from(body), ALL, log), undefined, body)
   }
   const good = generateTestKey('ES256', 'good').jwk
-  const set = parseKeySet(Buffer.from(JSON.stringify({ keys: [good, { kty: 'oct', kid: 'bad' }, { ...good, x: 'changed' }] })), log)
+  const set = parseKeySet(Buffer.from(JSON.stringify({ keys: [good, { kty: 'oct', kid: 'bad' }, { ...good, x: 'changed' }] })), ALL, log)
   t.same([...set!.keys()], ['good'], 'bad keys are skipped, the first of a duplicate kid wins')
 })
 

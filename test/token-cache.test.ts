@@ -110,7 +110,7 @@ t.test('a cached token does not skip the JWKS refresh when the key set expires',
 })
 
 t.test('TokenCache and deepFreeze', async (t) => {
-  const key: CachedKey = { kid: 'k', pem: 'pem', algorithms: ['RS256'] }
+  const key: CachedKey = { kid: 'k', algorithms: ['RS256'], checks: new Map() }
   const held = (kid: string) => (kid === 'k' ? key : undefined)
   const entry = (expiresIn = 60_000) => ({ claims: {}, key, expiresAt: Date.now() + expiresIn })
   const cache = new TokenCache(1)
