@@ -4,6 +4,10 @@
 // crypto.verify with a prebuilt key object, parse, check exp/iss/aud: the floor of the work),
 // plugin, jose (createRemoteJWKSet + jwtVerify), fastjwt (fast-jwt alone, one verifier per key:
 // what verification costs without @fastify/jwt's request path).
+// Scenarios: unique (every request a token not seen recently: the signature check every time),
+// hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
+// Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
+// and 10,000, and the heap each cached entry costs).
 // Servers run in child processes on 127.0.0.1; load comes from autocannon in this process; rounds
 // are interleaved (A B C A B C ...) and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
@@ -23,22 +27,55 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3))
 const DURATION = Number(process.env.BENCH_DURATION ?? (quick ? 2 : 4)) // seconds per measurement
 const CONNECTIONS = 50
 const POOL = 20_000 // distinct tokens for `unique`: far more than the token cache holds
+const ZIPF_USERS = 10_000
+const ZIPF_S = 1
+const ZIPF_SEQUENCE = 500_000 // requests drawn in advance, then cycled
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')
 
+const UNIQUE_HOT = ['unique', 'hot']
+const ALL = ['unique', 'hot', 'zipf']
 const VARIANTS = [
-  { name: 'public', alg: 'RS256' },
-  { name: 'limit-rs256', alg: 'RS256' },
-  { name: 'plugin-rs256', alg: 'RS256' },
-  { name: 'jose-rs256', alg: 'RS256' },
-  { name: 'fastjwt-rs256', alg: 'RS256' },
-  { name: 'limit-es256', alg: 'ES256' },
-  { name: 'plugin-es256', alg: 'ES256' },
-  { name: 'jose-es256', alg: 'ES256' },
-  { name: 'fastjwt-es256', alg: 'ES256' },
-  { name: 'plugin-nocache-rs256', alg: 'RS256', extra: true, pluginOptions: { tokenCache: 0 } },
-  { name: 'plugin-nocache-es256', alg: 'ES256', extra: true, pluginOptions: { tokenCache: 0 } }
+  { name: 'public', alg: 'RS256', scenarios: ALL },
+  { name: 'limit-rs256', alg: 'RS256', scenarios: ALL },
+  { name: 'plugin-rs256', alg: 'RS256', scenarios: ALL },
+  { name: 'jose-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
+  { name: 'fastjwt-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
+  { name: 'limit-es256', alg: 'ES256', scenarios: ALL },
+  { name: 'plugin-es256', alg: 'ES256', scenarios: ALL },
+  { name: 'jose-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
+  { name: 'fastjwt-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
+  { name: 'plugin-tc0-rs256', alg: 'RS256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
+  { name: 'plugin-tc10k-rs256', alg: 'RS256', scenarios: ['zipf'], pluginOptions: { tokenCache: 10_000 } },
+  { name: 'plugin-tc0-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
+  { name: 'plugin-tc10k-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 10_000 } },
+  { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } }
 ].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
-const SCENARIOS = ['unique', 'hot']
+const SCENARIOS = ['unique', 'hot', 'zipf'].filter((scenario) => VARIANTS.some((variant) => variant.scenarios.includes(scenario)))
+
+/** A deterministic sequence of user indexes with Zipf popularity: P(rank k) ~ 1 / k^s. */
+function zipfSequence (users, s, length) {
+  const cdf = new Float64Array(users)
+  let total = 0
+  for (let k = 0; k < users; k++) cdf[k] = total += 1 / (k + 1) ** s
+  let seed = 0x2545f491
+  const random = () => {
+    seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5
+    return (seed >>> 0) / 2 ** 32
+  }
+  const sequence = new Uint32Array(length)
+  for (let i = 0; i < length; i++) {
+    const target = random() * total
+    let low = 0
+    let high = users - 1
+    while (low < high) {
+      const mid = (low + high) >> 1
+      if (cdf[mid] < target) low = mid + 1
+      else high = mid
+    }
+    sequence[i] = low
+  }
+  return sequence
+}
 
 const median = (values) => {
   const sorted = [...values].sort((a, b) => a - b)
@@ -48,7 +85,7 @@ const median = (values) => {
 
 function startServer (variant, config) {
   return new Promise((resolve, reject) => {
-    const child = fork(join(here, 'server.mjs'), [variant.name], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const child = fork(join(here, 'server.mjs'), [variant.name], { execArgv: ['--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     child.once('error', reject)
     child.once('exit', (code) => reject(new Error(`${variant.name} exited with ${code}`)))
     child.once('message', (message) => {
@@ -59,10 +96,11 @@ function startServer (variant, config) {
   })
 }
 
-function ask (child) {
+/** The server's stats; with `gc`, it also collects garbage (after reading its CPU time) to report the live heap. */
+function ask (child, gc = false) {
   return new Promise((resolve) => {
     child.once('message', resolve)
-    child.send({ type: 'stats' })
+    child.send({ type: 'stats', gc })
   })
 }
 
@@ -100,6 +138,9 @@ async function main () {
     pools.RS256.push(issuer.sign({ sub: `user-${i}` }, { kid: rs.kid }))
     pools.ES256.push(issuer.sign({ sub: `user-${i}` }, { kid: es.kid }))
   }
+  // zipf: the first ZIPF_USERS tokens of each pool are the users (one token each), requested in this order
+  const zipf = zipfSequence(ZIPF_USERS, ZIPF_S, ZIPF_SEQUENCE)
+  const zipfTokens = (pool) => Array.from(zipf, (user) => pool[user])
 
   const servers = []
   for (const variant of VARIANTS) {
@@ -113,14 +154,15 @@ async function main () {
   // warm-up: every server once, short
   for (const server of servers) await load(server.address, pools[server.variant.alg].slice(0, 100), 1)
 
+  const tokensFor = { unique: (pool) => pool, hot: (pool) => [pool[0]], zipf: zipfTokens }
   for (let round = 1; round <= ROUNDS; round++) {
     for (const scenario of SCENARIOS) {
       for (const server of servers) {
-        const pool = pools[server.variant.alg]
-        const tokens = scenario === 'hot' ? [pool[0]] : pool
+        if (!server.variant.scenarios.includes(scenario)) continue
+        const tokens = tokensFor[scenario](pools[server.variant.alg])
         const before = await ask(server.child)
         const result = await load(server.address, tokens, DURATION)
-        const after = await ask(server.child)
+        const after = await ask(server.child, true)
         const requests = result.requests.total
         const key = `${server.variant.name}|${scenario}`
         record(`${key}|rps`, result.requests.average)
@@ -128,6 +170,12 @@ async function main () {
         record(`${key}|cpu`, (after.cpuMicros - before.cpuMicros) / requests)
         record(`${key}|rss`, after.rss / 2 ** 20)
         record(`${key}|errors`, result.non2xx + result.errors)
+        if (after.tokenCacheHits !== undefined) {
+          const lookups = after.tokenCacheHits + after.tokenCacheMisses - before.tokenCacheHits - before.tokenCacheMisses
+          record(`${key}|hitRate`, (after.tokenCacheHits - before.tokenCacheHits) / lookups)
+          record(`${key}|entries`, after.cachedTokens)
+          record(`${key}|heap`, after.heapAfterGc / 2 ** 20)
+        }
         process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s\n`)
       }
     }
@@ -137,8 +185,10 @@ async function main () {
   for (const scenario of SCENARIOS) {
     const base = median(samples.get(`public|${scenario}|rps`) ?? [NaN])
     for (const server of servers) {
+      if (!server.variant.scenarios.includes(scenario)) continue
       const key = `${server.variant.name}|${scenario}`
       const rps = median(samples.get(`${key}|rps`))
+      const cached = samples.has(`${key}|hitRate`)
       rows.push({
         scenario,
         variant: server.variant.name,
@@ -148,7 +198,10 @@ async function main () {
         cpuMicrosPerRequest: +median(samples.get(`${key}|cpu`)).toFixed(1),
         rssMB: +median(samples.get(`${key}|rss`)).toFixed(1),
         non2xx: Math.max(...samples.get(`${key}|errors`)),
-        jwksFetches: fetchesBy.get(server.variant.name) ?? 0 // counted by the JWKS server itself
+        jwksFetches: fetchesBy.get(server.variant.name) ?? 0, // counted by the JWKS server itself
+        tokenCacheHitRate: cached ? +median(samples.get(`${key}|hitRate`)).toFixed(3) : null,
+        cachedTokens: cached ? median(samples.get(`${key}|entries`)) : null,
+        heapAfterGcMB: cached ? +median(samples.get(`${key}|heap`)).toFixed(1) : null
       })
     }
   }
@@ -156,27 +209,50 @@ async function main () {
     const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.rps
     return +(get(a) / get(b)).toFixed(3)
   }
+  const cpu = (a, b, scenario) => {
+    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.cpuMicrosPerRequest
+    return +(get(a) / get(b)).toFixed(3)
+  }
+  const rss = (a, b, scenario) => {
+    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.rssMB
+    return +(get(a) - get(b)).toFixed(1)
+  }
+  /** Heap per cached entry: the heap after GC above the same algorithm's tokenCache: 0 server, per entry held. */
+  const perEntry = (name, alg) => {
+    const row = rows.find((candidate) => candidate.variant === name && candidate.scenario === 'zipf')
+    const none = rows.find((candidate) => candidate.variant === `plugin-tc0-${alg}` && candidate.scenario === 'zipf')
+    return row && none && row.cachedTokens ? Math.round((row.heapAfterGcMB - none.heapAfterGcMB) * 2 ** 20 / row.cachedTokens) : null
+  }
   const targets = {
     'plugin-rs256 / limit-rs256 (unique, >= 0.9)': ratio('plugin-rs256', 'limit-rs256', 'unique'),
     'plugin-es256 / limit-es256 (unique, >= 0.9)': ratio('plugin-es256', 'limit-es256', 'unique'),
+    'CPU plugin-rs256 / limit-rs256 (unique, <= 1.1)': cpu('plugin-rs256', 'limit-rs256', 'unique'),
+    'CPU plugin-es256 / limit-es256 (unique, <= 1.1)': cpu('plugin-es256', 'limit-es256', 'unique'),
+    'RSS MB plugin-rs256 - public (unique, <= 25)': rss('plugin-rs256', 'public', 'unique'),
+    'RSS MB plugin-es256 - public (unique, <= 25)': rss('plugin-es256', 'public', 'unique'),
     'fastjwt-rs256 / limit-rs256 (unique, reference: fast-jwt alone)': ratio('fastjwt-rs256', 'limit-rs256', 'unique'),
     'fastjwt-es256 / limit-es256 (unique, reference: fast-jwt alone)': ratio('fastjwt-es256', 'limit-es256', 'unique'),
     'plugin-rs256 / public (hot, >= 0.85)': ratio('plugin-rs256', 'public', 'hot'),
-    'plugin-es256 / public (hot, >= 0.85)': ratio('plugin-es256', 'public', 'hot')
+    'plugin-es256 / public (hot, >= 0.85)': ratio('plugin-es256', 'public', 'hot'),
+    'zipf x public, tokenCache 0 / 1,000 / 10,000 (RS256)': ['plugin-tc0-rs256', 'plugin-rs256', 'plugin-tc10k-rs256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
+    'zipf x public, tokenCache 0 / 1,000 / 10,000 (ES256)': ['plugin-tc0-es256', 'plugin-es256', 'plugin-tc10k-es256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
+    'heap bytes per cached token (1,000 / 10,000, RS256)': `${perEntry('plugin-rs256', 'rs256')} / ${perEntry('plugin-tc10k-rs256', 'rs256')}`,
+    'heap bytes per cached token (1,000 / 10,000, ES256)': `${perEntry('plugin-es256', 'es256')} / ${perEntry('plugin-tc10k-es256', 'es256')}`
   }
 
-  console.log(`\n${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, node ${process.version}\n`)
-  console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | RSS MB | non-2xx | JWKS fetches |')
-  console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  console.log(`\n${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}\n`)
+  console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | RSS MB | non-2xx | JWKS fetches | cache hit rate | cached tokens | heap after GC MB |')
+  console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  const dash = (value) => value ?? '-'
   for (const row of rows) {
-    console.log(`| ${row.scenario} | ${row.variant} | ${row.rps} | ${row.ratioToPublic} | ${row.p99ms} | ${row.cpuMicrosPerRequest} | ${row.rssMB} | ${row.non2xx} | ${row.jwksFetches} |`)
+    console.log(`| ${row.scenario} | ${row.variant} | ${row.rps} | ${row.ratioToPublic} | ${row.p99ms} | ${row.cpuMicrosPerRequest} | ${row.rssMB} | ${row.non2xx} | ${row.jwksFetches} | ${dash(row.tokenCacheHitRate)} | ${dash(row.cachedTokens)} | ${dash(row.heapAfterGcMB)} |`)
   }
   console.log('\nTargets:')
   for (const [name, value] of Object.entries(targets)) console.log(`- ${name}: ${value}`)
 
   mkdirSync(join(here, 'results'), { recursive: true })
   const file = join(here, 'results', quick ? 'quick.json' : 'latest.json')
-  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, rows, targets }, null, 2) + '\n')
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, rows, targets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
   for (const server of servers) server.child.send({ type: 'close' })

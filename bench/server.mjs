@@ -1,5 +1,5 @@
 // One benchmark server, in its own process: `node bench/server.mjs <variant>`, configured by the
-// parent over IPC. Answers 'stats' messages with its CPU time, RSS and JWKS fetch count.
+// parent over IPC. Answers 'stats' messages with its CPU time, RSS, heap after GC and (plugin) its stats().
 import { createPublicKey } from 'node:crypto'
 import { createRequire } from 'node:module'
 import Fastify from 'fastify'
@@ -32,7 +32,7 @@ function limitVerifier ({ jwk, alg, issuer }) {
 
 async function main (config) {
   const app = Fastify({ logger: false })
-  let fetches = () => 0
+  let cacheStats = () => ({})
   let preHandler
   if (variant === 'public') {
     preHandler = undefined
@@ -42,7 +42,10 @@ async function main (config) {
     const supabaseJwks = require('fastify-supabase-jwks')
     await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
     preHandler = app.authenticate
-    fetches = () => app.supabaseJwks.stats().fetches
+    cacheStats = () => {
+      const { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses } = app.supabaseJwks.stats()
+      return { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses }
+    }
   } else if (variant.startsWith('fastjwt')) {
     const { createVerifier } = require('fast-jwt')
     const pem = createPublicKey({ key: config.jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' })
@@ -78,7 +81,9 @@ async function main (config) {
     if (message.type === 'stats') {
       const cpu = process.cpuUsage()
       const memory = process.memoryUsage()
-      send({ type: 'stats', cpuMicros: cpu.user + cpu.system, rss: memory.rss, heapUsed: memory.heapUsed, heapTotal: memory.heapTotal, fetches: fetches() })
+      // the heap after a full GC (started with --expose-gc), measured after the CPU time so that it is not counted
+      if (message.gc) globalThis.gc?.()
+      send({ type: 'stats', cpuMicros: cpu.user + cpu.system, rss: memory.rss, heapUsed: memory.heapUsed, heapTotal: memory.heapTotal, heapAfterGc: process.memoryUsage().heapUsed, ...cacheStats() })
     } else if (message.type === 'close') {
       app.close().then(() => process.exit(0))
     }

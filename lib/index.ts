@@ -1,3 +1,5 @@
+// request.user comes from @fastify/jwt's types: consumers of the declarations need them loaded
+/// <reference types="@fastify/jwt" preserve="true" />
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
@@ -39,7 +41,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       tokens.clear()
       await keys.refresh()
     },
-    stats: () => keys.stats()
+    stats: () => ({ ...keys.stats(), cachedTokens: tokens.size, tokenCacheHits: tokens.hits, tokenCacheMisses: tokens.misses })
   })
 
   if (config.hook) {
@@ -57,6 +59,15 @@ fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
   export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats }
+  /** What `fastify.supabaseJwks.stats()` returns. */
+  export interface Stats extends KeyStats {
+    /** Verified tokens held by the token cache now. */
+    cachedTokens: number
+    /** Verifications answered from the token cache. */
+    tokenCacheHits: number
+    /** Verifications the token cache could not answer (the token was then verified in full, or refused). */
+    tokenCacheMisses: number
+  }
   /**
    * Your own claims (for example from a custom access token hook), added by declaration merging:
    * ```ts
@@ -66,6 +77,8 @@ declare namespace fastifySupabaseJwks {
    * ```
    */
   export interface SupabaseCustomClaims {}
+  /** `fastify.authenticate`: verifies the request's bearer token and sets `request.user`, or throws the answer. */
+  export type Authenticate = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   /** What `request.user` holds after `authenticate` succeeded. */
   export type SupabaseUser = SupabaseAccessTokenClaims & SupabaseCustomClaims
   /** The codes a request can be answered with, and their HTTP statuses. */
@@ -83,8 +96,8 @@ declare namespace fastifySupabaseJwks {
      * to offer a purge). Resolves when the fetch is over, whether or not it succeeded.
      */
     refresh (): Promise<void>
-    /** Key activity so far: fetches, failures, keys held. */
-    stats (): KeyStats
+    /** Activity so far: JWKS fetches, failures, keys held, and the token cache's size and hits. */
+    stats (): Stats
   }
   export { fastifySupabaseJwks as default, fastifySupabaseJwks }
 }
@@ -92,7 +105,7 @@ declare namespace fastifySupabaseJwks {
 declare module 'fastify' {
   interface FastifyInstance {
     /** Verifies the bearer token: use as a route's `preHandler` (or `onRequest`). */
-    authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void>
+    authenticate: fastifySupabaseJwks.Authenticate
     supabaseJwks: fastifySupabaseJwks.SupabaseJwksDecorator
   }
   interface FastifyContextConfig {

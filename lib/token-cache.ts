@@ -15,24 +15,38 @@ export const MAX_CACHED_TOKEN_LENGTH = 4096
  * `user_metadata` with thousands of tiny objects that take far more heap than the token's length.
  */
 export const MAX_CACHED_CLAIM_OBJECTS = 64
-/** How many characters of the signature's end identify a token seen once (the signature is random-looking). */
-const SEEN_HASH_CHARS = 16
+/** How many characters of the signature's end identify a token (the signature is random-looking). */
+const ID_CHARS = 16
+
+/** A 30-bit number from the end of a token: its signature's last characters. */
+function tokenId (token: string): number {
+  let id = 0
+  for (let i = Math.max(0, token.length - ID_CHARS); i < token.length; i++) id = (id * 31 + token.charCodeAt(i)) & 0x3fffffff
+  return id
+}
 
 /**
- * Verified tokens, keyed by the whole token, bounded in entries (and so in memory: at most
- * `max` x (4 KiB of token + its claims)). When full, the oldest entry goes. An entry is used only
- * while the token has not expired and the key set still holds the very key that verified it, so
- * a refresh, a revocation or a new key set retires entries without a sweep.
+ * Verified tokens, bounded in entries (and so in memory: at most `max` x (4 KiB of token + at
+ * most 64 claim objects)). When full, the oldest entry goes. An entry is used only while the
+ * token has not expired and the key set still holds the very key that verified it, so a refresh,
+ * a revocation or a new key set retires entries without a sweep.
+ *
+ * Entries are found by a number taken from the end of the signature and then compared with the
+ * whole token: a lookup costs no hash of a long string. Two tokens with the same number take
+ * turns in one entry; a token is never answered with another's claims.
  *
  * A token is admitted on its second verification, not its first: under a stream of distinct
  * tokens (each seen once) the cache would only churn, holding every token and its claims long
  * enough to reach the old generation of the heap, and cost memory and GC time for nothing.
- * What is remembered of a token seen once is a small number (a hash of its signature's end).
+ * What is remembered of a token seen once is that number.
  */
 export class TokenCache {
   readonly #max: number
-  readonly #entries = new Map<string, VerifiedToken>()
+  readonly #entries = new Map<number, VerifiedToken & { token: string }>()
   readonly #seen = new Set<number>()
+  /** Lookups answered from the cache, and lookups that found nothing usable. */
+  hits = 0
+  misses = 0
 
   constructor (max: number) {
     this.#max = max
@@ -44,18 +58,28 @@ export class TokenCache {
 
   /** The entry for `token` if it may still be used, given the key now held for its kid. */
   get (token: string, held: (kid: string) => CachedKey | undefined): VerifiedToken | undefined {
-    const entry = this.#entries.get(token)
-    if (entry === undefined) return undefined
-    if (Date.now() < entry.expiresAt && held(entry.key.kid) === entry.key) return entry
-    this.#entries.delete(token)
+    if (this.#entries.size !== 0) {
+      const id = tokenId(token)
+      const entry = this.#entries.get(id)
+      if (entry !== undefined && entry.token === token) {
+        if (Date.now() < entry.expiresAt && held(entry.key.kid) === entry.key) {
+          this.hits++
+          return entry
+        }
+        this.#entries.delete(id)
+      }
+    }
+    this.misses++
     return undefined
   }
 
   /** Remembers a verified token; `objects` is how many objects its claims hold (from `deepFreeze`). */
   set (token: string, entry: VerifiedToken, objects: number): void {
-    if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH || objects > MAX_CACHED_CLAIM_OBJECTS || !this.#admit(token)) return
-    if (!this.#entries.has(token) && this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
-    this.#entries.set(token, entry)
+    if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH || objects > MAX_CACHED_CLAIM_OBJECTS) return
+    const id = tokenId(token)
+    if (!this.#admit(id)) return
+    if (!this.#entries.has(id) && this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
+    this.#entries.set(id, { ...entry, token })
   }
 
   clear (): void {
@@ -63,13 +87,11 @@ export class TokenCache {
     this.#seen.clear()
   }
 
-  /** Whether `token` was verified before; remembers it if not (in at most 4 x max small numbers). */
-  #admit (token: string): boolean {
-    let hash = 0
-    for (let i = token.length - SEEN_HASH_CHARS; i < token.length; i++) hash = (hash * 31 + token.charCodeAt(i)) & 0x3fffffff
-    if (this.#seen.has(hash)) return true
+  /** Whether the token numbered `id` was verified before; remembers it if not (in at most 4 x max numbers). */
+  #admit (id: number): boolean {
+    if (this.#seen.has(id)) return true
     if (this.#seen.size >= 4 * this.#max) this.#seen.clear()
-    this.#seen.add(hash)
+    this.#seen.add(id)
     return false
   }
 }

@@ -7,7 +7,8 @@ import { deepFreeze, type TokenCache } from './token-cache'
  * The one verification path: a token in, its claims out (or a coded error thrown). `authenticate`
  * and `fastify.supabaseJwks.verify` both call it. In order:
  *   1. the token cache: a token verified before, by a key still held, is answered at once;
- *   2. structure: three base64url segments, a canonical signature, a JSON header and payload;
+ *   2. structure: three base64url segments, a canonical signature, a JSON header (decoded once per
+ *      distinct verified header) and payload;
  *   3. cheap header checks, before any key lookup: algorithm allowlist, kid, no extensions,
  *      a signature of the algorithm's length;
  *   4. the held key's signature check, built once when the key set was fetched (synchronous when
@@ -40,14 +41,8 @@ const SIGNATURE_LENGTH: Record<string, [min: number, max: number]> = {
   PS: [342, 1366]
 }
 
-/** A token split and decoded, not yet verified. */
-interface Decoded {
-  header: Record<string, unknown>
-  payload: Record<string, unknown>
-  /** `header.payload`, the signing input. */
-  input: string
-  signature: string
-}
+/** How many distinct verified headers are remembered decoded (an issuer has one per key and algorithm). */
+const MAX_KNOWN_HEADERS = 16
 
 /** Checks the token is a compact JWS with a canonical signature; nothing is decoded. */
 export function checkStructure (token: string): void {
@@ -86,21 +81,9 @@ function jsonObject (segment: string, name: string): Record<string, unknown> {
   return value as Record<string, unknown>
 }
 
-/** Splits and decodes a token whose structure was checked. */
-function decode (token: string): Decoded {
-  const first = token.indexOf('.')
-  const last = token.lastIndexOf('.')
-  return {
-    header: jsonObject(token.slice(0, first), 'header'),
-    payload: jsonObject(token.slice(first + 1, last), 'payload'),
-    input: token.slice(0, last),
-    signature: token.slice(last + 1)
-  }
-}
-
-function plausibleSignature (alg: string, signature: string): boolean {
+function plausibleSignature (alg: string, length: number): boolean {
   const [min, max] = SIGNATURE_LENGTH[alg] ?? SIGNATURE_LENGTH[alg.slice(0, 2)]!
-  return signature.length >= min && signature.length <= max
+  return length >= min && length <= max
 }
 
 /** A claim that must be one of `allowed`: a string, or for `aud` also a list of strings holding one. */
@@ -136,33 +119,49 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
   }
 
+  /*
+   * The header segment of an issuer's tokens is the same for every token of a key: decoded once,
+   * the first time a token with it verifies, and kept (a few of them) frozen. Only verified headers
+   * are kept, so a stream of forged headers cannot fill or churn the map.
+   */
+  const knownHeaders = new Map<string, Readonly<Record<string, unknown>>>()
+
   /** Steps 4 to 6, once the key named by the token is at hand. */
-  function finish (token: string, decoded: Decoded, alg: string, key: CachedKey): Claims {
+  function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims {
     const check = key.checks.get(alg)
     if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
-    if (!check(Buffer.from(decoded.input), Buffer.from(decoded.signature, 'base64url'))) {
+    const dot = token.lastIndexOf('.')
+    if (!check(Buffer.from(token.slice(0, dot)), Buffer.from(token.slice(dot + 1), 'base64url'))) {
       throw new TokenInvalidError('the token signature is invalid')
     }
-    const claims = decoded.payload
-    checkClaims(claims)
-    const objects = deepFreeze(claims)
-    cache.set(token, { claims, key, expiresAt: (claims.exp as number) * 1000 }, objects)
-    return claims
+    checkClaims(payload)
+    const objects = deepFreeze(payload)
+    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, objects)
+    if (!knownHeaders.has(head)) {
+      if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
+      knownHeaders.set(head, Object.freeze(header))
+    }
+    return payload
   }
 
   return function verifyToken (token: string): Claims | Promise<Claims> {
     const hit = cache.get(token, keys.held)
     if (hit !== undefined) return hit.claims
     checkStructure(token)
-    const decoded = decode(token)
-    const { alg, kid } = decoded.header
+    const first = token.indexOf('.')
+    const head = token.slice(0, first)
+    const header = knownHeaders.get(head) ?? jsonObject(head, 'header')
+    const payload = jsonObject(token.slice(first + 1, token.lastIndexOf('.')), 'payload')
+    const { alg, kid } = header
     if (typeof alg !== 'string' || !algorithms.has(alg)) throw algorithmNotAllowed(alg)
     if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed()) throw new UnknownKeyError()
     // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
-    if ('crit' in decoded.header || 'b64' in decoded.header) throw new TokenInvalidError('crit and b64 headers are not supported')
-    if (!plausibleSignature(alg, decoded.signature)) throw new TokenInvalidError('the signature is missing or has the wrong length')
+    if ('crit' in header || 'b64' in header) throw new TokenInvalidError('crit and b64 headers are not supported')
+    if (!plausibleSignature(alg, token.length - token.lastIndexOf('.') - 1)) {
+      throw new TokenInvalidError('the signature is missing or has the wrong length')
+    }
     const key = keys.held(kid)
-    if (key !== undefined) return finish(token, decoded, alg, key)
-    return keys.resolve(kid).then((resolved) => finish(token, decoded, alg, resolved))
+    if (key !== undefined) return finish(token, head, header, payload, alg, key)
+    return keys.resolve(kid).then((resolved) => finish(token, head, header, payload, alg, resolved))
   }
 }

@@ -35,6 +35,7 @@ t.test('authenticate and verify() share one path and one token cache', async (t)
   t.equal((await getMe(app, token)).statusCode, 200, 'admitted to the token cache on its second verification')
   const first = await app.supabaseJwks.verify(token)
   t.equal(await app.supabaseJwks.verify(token), first, 'verify() is answered from the entry the requests made')
+  t.match(app.supabaseJwks.stats(), { cachedTokens: 1, tokenCacheHits: 2, tokenCacheMisses: 2, fetches: 1 })
 
   const uncached = await appFor(t, { supabaseUrl: issuer.url, tokenCache: 0 })
   for (let i = 0; i < 2; i++) await getMe(uncached, token)
@@ -77,7 +78,8 @@ t.test('beside an app\'s own @fastify/jwt: both kinds of token, both request.use
   app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
   await app.ready()
 
-  const own = app.jwt.sign({ session: 'app-session-1' })
+  // @fastify/jwt has one FastifyJWT interface: the plugin types it for Supabase claims, so the app's own payload is cast
+  const own = app.jwt.sign({ session: 'app-session-1' } as never)
   const supabase = issuer.sign({ sub: 'u-1' })
   const ownAnswer = await app.inject({ url: '/own', headers: { authorization: `Bearer ${own}` } })
   t.equal(ownAnswer.statusCode, 200)
@@ -117,4 +119,18 @@ t.test('a key whose JWK says RS256 verifies no PS256 token, even with PS256 allo
   const res = await getMe(app, pss)
   t.equal(codeOf(res), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
   t.match(res.json().message, /algorithm does not match the key/)
+})
+
+t.test('many distinct verified headers: each still verifies, and a forged token under a known header still fails', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, tokenCache: 0 })
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 20; i++) {
+      t.equal((await getMe(app, issuer.sign({ sub: `u-${i}` }, { header: { n: i } }))).statusCode, 200, `header ${i}, round ${round}`)
+    }
+  }
+  const token = issuer.sign({}, { header: { n: 3 } })
+  const forged = token.slice(0, -10) + (token.at(-10) === 'A' ? 'B' : 'A') + token.slice(-9)
+  t.equal(codeOf(await getMe(app, forged)), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
+  t.equal(issuer.jwksRequests, 1)
 })

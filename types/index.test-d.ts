@@ -22,7 +22,9 @@ expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co',
 expectAssignable<SupabaseJwksOptions>({ supabaseUrl: 'x', audience: ['authenticated', 'other'], issuer: ['a', 'b'] })
 
 expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.authenticate)
-expectType<KeyStats>(app.supabaseJwks.stats())
+expectAssignable<KeyStats>(app.supabaseJwks.stats())
+expectType<number>(app.supabaseJwks.stats().tokenCacheHits)
+expectType<Promise<SupabaseUser>>(app.supabaseJwks.verify('token'))
 
 app.get('/me', { preHandler: app.authenticate }, async (request) => {
   expectType<SupabaseUser>(request.user)
