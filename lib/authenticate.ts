@@ -62,7 +62,7 @@ export function challenge (realm: string, err: AuthError): string {
 export function buildAuthenticate (config: Config, verifyToken: TokenVerifier) {
   const { maxTokenLength, realm } = config
   const retryAfter = String(Math.max(1, Math.ceil(config.cooldownMs / 1000)))
-  return async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
       const claims = verifyToken(extractBearer(request.headers.authorization, maxTokenLength))
       request.user = (claims instanceof Promise ? await claims : claims) as unknown as FastifyRequest['user']
@@ -71,6 +71,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier) {
       const err = toAuthError(error)
       warnIfUnexpected(request.log, error)
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
+      // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
+      if (reply === undefined) throw err
       if (err instanceof KeysUnavailableError) {
         reply.header('retry-after', retryAfter)
       } else {

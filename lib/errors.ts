@@ -50,6 +50,10 @@ export const NotSupportedError = createError(
   'FST_SUPABASE_JWKS_NOT_SUPPORTED',
   '%s is not part of fastify-supabase-jwks: verify with fastify.authenticate or fastify.supabaseJwks.verify(token)', 500)
 
+/** The plugin cannot be registered here (for example twice in one context): `ready()` rejects with it. */
+export const RegistrationError = createError(
+  'FST_SUPABASE_JWKS_REGISTRATION', 'fastify-supabase-jwks cannot be registered: %s', 500)
+
 /** The codes a request can be answered with, and their HTTP statuses. */
 export const errorCodes = {
   FST_SUPABASE_JWKS_NO_TOKEN: 401,
@@ -77,8 +81,20 @@ export function isAuthError (err: unknown): err is AuthError {
 /** An `alg` value safe to repeat in a message. */
 const PRINTABLE_ALG = /^[A-Za-z0-9-]{1,16}$/
 
-/** The answer to an algorithm outside the allowlist, naming it only if it is short and plain. */
-export function algorithmNotAllowed (alg: unknown): AuthError {
-  const shown = typeof alg === 'string' && PRINTABLE_ALG.test(alg) ? alg : 'missing or invalid'
-  return new AlgorithmNotAllowedError(shown)
+const ASYMMETRIC = /^(RS|PS|ES)(256|384|512)$|^EdDSA$/
+
+/**
+ * The answer to an algorithm outside the allowlist, naming it only if it is short and plain, and
+ * saying why: an asymmetric one is not in the `algorithms` option; an HS* one is a legacy token
+ * (a legacy `anon`/`service_role` API key when its `iss` is "supabase").
+ */
+export function algorithmNotAllowed (alg: unknown, claims: Record<string, unknown>): AuthError {
+  if (typeof alg !== 'string' || !PRINTABLE_ALG.test(alg)) return new AlgorithmNotAllowedError('missing or invalid')
+  if (/^HS/i.test(alg)) {
+    return new AlgorithmNotAllowedError(claims.iss === 'supabase'
+      ? `${alg} (a legacy anon or service_role API key is not a user access token)`
+      : `${alg} (tokens signed with the legacy JWT secret are not accepted)`)
+  }
+  if (ASYMMETRIC.test(alg)) return new AlgorithmNotAllowedError(`${alg} (not in the plugin's algorithms option)`)
+  return new AlgorithmNotAllowedError(alg)
 }

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { bounded, buildAuthenticate } from './authenticate'
-import { NotSupportedError, errorCodes as codes } from './errors'
+import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
@@ -12,6 +12,10 @@ import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
 
 async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options): Promise<void> {
+  if (fastify.hasDecorator('supabaseJwks')) {
+    throw new RegistrationError('it is already registered in this context (or an enclosing one); register it once, ' +
+      'or in separate encapsulated contexts (for example one per issuer)')
+  }
   const config = normalizeOptions(options)
   if (config.insecureJwksUrl) {
     fastify.log.warn({ jwksUrl: config.jwksUrl.href }, 'supabase-jwks: the JWKS is fetched over plain http')
@@ -30,9 +34,13 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       callback(new NotSupportedError('request.supabaseJwtVerify()'))
     }
   } as unknown as FastifyJWTOptions)
+  // its instance-level verify and sign under the namespace are not the plugin's API either: they refuse too
+  const face = (fastify as unknown as { jwt: Record<string, Record<string, unknown>> }).jwt.supabase!
+  face.verify = function supabaseJwksNoVerify () { throw new NotSupportedError('fastify.jwt.supabase.verify()') }
+  face.sign = function supabaseJwksNoSign () { throw new NotSupportedError('fastify.jwt.supabase.sign()') }
 
   const tokens = new TokenCache(config.tokenCache)
-  const verifyToken = createTokenVerifier(config, keys, tokens)
+  const verifyToken = createTokenVerifier(config, keys, tokens, fastify.log)
   const authenticate = buildAuthenticate(config, verifyToken)
   fastify.decorate('authenticate', authenticate)
   fastify.decorate('supabaseJwks', {

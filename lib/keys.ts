@@ -11,18 +11,18 @@ import { signatureCheck, type SignatureCheck } from './signature'
  * The key resolver. get-jwks fetches the JWKS and resolves the token's `kid` (and `alg`);
  * this module decides when it may fetch, and keeps every usable key of the set converted once.
  *
- * Why a wrapper (../shared/FACTS.md): get-jwks has no cooldown for unknown kids, ignores its
- * timeout, rebuilds a PEM on every call, fetches the whole set again for each new kid, and
- * replays stale or failed lookups from its own caches. So its caches are emptied before each
- * call and it is only ever asked to fetch; the policy lives here:
+ * Why a wrapper (get-jwks 11, read in its src/get-jwks.js): it has no cooldown for unknown kids,
+ * passes a `timeout` that global fetch ignores, rebuilds a PEM on every call, fetches the whole set
+ * again for each new kid, and replays stale or failed lookups from its own caches. So its caches
+ * are emptied before each call and it is only ever asked to fetch; the policy lives here:
  *   - the key set from the last good fetch is trusted for `cacheTtl`; a kid it lacks is dropped
  *     at once (revocation), a kid it has needs no further fetch (a rotation's standby key);
  *   - one fetch at a time: concurrent lookups wait for it instead of fetching again;
- *   - a fetch caused by a kid the set does not have, and that does not find it, starts a
- *     `cooldown` during which other unknown kids are answered 401 at once;
- *   - a failed fetch is retried at most once per `cooldown`, in the background for held keys;
- *     meanwhile known keys keep verifying for `staleIfError` past their TTL, and unknown kids
- *     are answered 503;
+ *   - a fetch that does not find the kid it was made for starts a `cooldown` during which other
+ *     unknown kids are answered 401 at once; only its own clock (or `refresh()`) ends it;
+ *   - a failed fetch is retried at most once per `cooldown`, in the background: held keys keep
+ *     verifying for `staleIfError` past their TTL without waiting for it, and unknown kids are
+ *     answered 503;
  *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
  *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
  *     a 200 whose body is a JSON key set counts.
@@ -71,6 +71,9 @@ const MAX_KEYS = 100
 const EC_CURVES: Record<string, Algorithm> = { 'P-256': 'ES256', 'P-384': 'ES384', 'P-521': 'ES512' }
 const RSA_ALGORITHMS: readonly Algorithm[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']
 
+/** JWK members that only private or symmetric keys have (RFC 7518 §6.2.2, §6.3.2, §6.4.1): any one of them refuses the key. */
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
+
 class UnusableKeyError extends Error {}
 
 /** Checks that a JWK is a public signing key (RFC 7517, RFC 7518) and builds its checks for the `allowed` algorithms. */
@@ -80,7 +83,8 @@ export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly str
   if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('verify'))) {
     throw new UnusableKeyError('key_ops does not allow "verify"')
   }
-  if ('d' in jwk) throw new UnusableKeyError('a private key is published')
+  const secret = PRIVATE_MEMBERS.find((member) => member in jwk)
+  if (secret !== undefined) throw new UnusableKeyError(`a private key is published (${secret})`)
   let algorithms: readonly string[]
   if (jwk.kty === 'RSA') algorithms = RSA_ALGORITHMS
   else if (jwk.kty === 'EC' && typeof jwk.crv === 'string' && Object.hasOwn(EC_CURVES, jwk.crv)) algorithms = [EC_CURVES[jwk.crv]!]
@@ -115,15 +119,28 @@ export function parseKeySet (body: Buffer, allowed: readonly string[], log: Fast
   const list = (document as { keys?: unknown } | null)?.keys
   if (!Array.isArray(list) || list.length === 0) return undefined
   const keys = new Map<string, CachedKey>()
-  for (const jwk of list.slice(0, MAX_KEYS)) {
+  for (const jwk of list.slice(0, MAX_KEYS) as unknown[]) {
     try {
-      const entry = toCachedKey(jwk, allowed)
+      if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new UnusableKeyError('not a JSON object')
+      const entry = toCachedKey(jwk as Record<string, unknown>, allowed)
       if (!keys.has(entry.kid)) keys.set(entry.kid, entry)
     } catch (err) {
-      log.debug({ kid: String(jwk?.kid).slice(0, 64), reason: (err as Error).message }, 'supabase-jwks: JWK skipped')
+      // safe values only: whatever the JWKS sent may not even turn into a string
+      const kid = (jwk as { kid?: unknown } | null)?.kid
+      log.debug({ kid: typeof kid === 'string' ? kid.slice(0, 64) : typeof kid, reason: (err as Error).message }, 'supabase-jwks: JWK skipped')
     }
   }
   return keys
+}
+
+/** Whether a body is a JSON object whose `keys` is an empty list: what a project on the legacy secret serves. */
+function emptyKeySet (body: Buffer): boolean {
+  try {
+    const keys = (JSON.parse(body.toString('utf8')) as { keys?: unknown } | null)?.keys
+    return Array.isArray(keys) && keys.length === 0
+  } catch {
+    return false
+  }
 }
 
 /** What the JWKS server answered to the last fetch: status and body (bounded by the agent's size cap). */
@@ -204,21 +221,38 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
 
   let keys = new Map<string, CachedKey>()
   let setAt = Number.NEGATIVE_INFINITY // monotonic time of the last good fetch
-  let retryAt = 0
+  let retryAt = 0 // after a failed fetch: no retry before this
+  let unknownUntil = 0 // the unknown-kid cooldown: ended by its own clock only (or by refresh())
   let lastFetchFailed = false
   let inflight: Promise<void> | undefined
   const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null }
 
-  function failed (reason: string, code?: unknown): void {
+  function failed (reason: string, extra: Record<string, unknown> = {}): void {
     lastFetchFailed = true
     retryAt = clock() + cooldownMs
     stats.failures++
     stats.lastFailureAt = Date.now()
     // the reason only: a GetJwksError also carries the response, which is not ours to log
-    log.warn({ jwksUrl: jwksUrl.href, code, reason }, 'supabase-jwks: JWKS fetch failed')
+    log.warn({ jwksUrl: jwksUrl.href, ...extra, reason }, 'supabase-jwks: JWKS fetch failed')
   }
 
-  /** One fetch through get-jwks for `kid`; `forced` (a refresh) starts no unknown-kid cooldown. */
+  /** After a good fetch: says at warn when the set holds no key that `algorithms` lets verify anything. */
+  function warnIfUnusable (set: Map<string, CachedKey>): void {
+    if ([...set.values()].some((key) => key.checks.size > 0)) return
+    const offered = [...new Set([...set.values()].flatMap((key) => key.algorithms))]
+    log.warn({ jwksUrl: jwksUrl.href, algorithms: config.algorithms, offered },
+      offered.length === 0
+        ? 'supabase-jwks: the JWKS holds no usable signing key: every token will be refused'
+        : `supabase-jwks: the JWKS holds no key for the algorithms option (${config.algorithms.join(', ')}); ` +
+          `its keys sign with ${offered.join(', ')}: add those to algorithms`)
+  }
+
+  /**
+   * One fetch for `kid`. Its outcome is judged by what the server answered, seen by the
+   * interceptor, never by get-jwks' own lookup (which throws on odd entries and depends on the
+   * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
+   * unknown-kid cooldown; any other fetch that does not find its kid starts one.
+   */
   async function fetchSet (kid: string, forced: boolean): Promise<void> {
     stats.fetches++
     log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
@@ -227,28 +261,40 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     // get-jwks may throw before it returns a promise (it URI-encodes the kid): keep that inside the promise
     const lookup = (async () => await jwks.getJwk({ domain: jwksUrl.origin, alg: undefined as unknown as string, kid }))()
     lookup.catch(() => {}) // settled after the timeout: nothing left to tell
-    let found = true
+    let error: unknown
     try {
       await withTimeout(lookup, timeoutMs)
     } catch (err) {
-      const code = (err as { code?: unknown }).code
-      // a JSON parse error quotes the body: not ours to log
-      if (code !== 'JWK_NOT_FOUND') return failed(err instanceof SyntaxError ? 'the body is not JSON' : (err as Error).message, code)
-      found = false
+      error = err
     }
     const observed = answer as Answer // set by the interceptor during the fetch
-    const set = observed.status === 200 ? parseKeySet(observed.body, config.algorithms, log) : undefined
-    if (set === undefined) return failed('the answer is not a 200 with a JSON key set')
+    if (observed.status === 0) {
+      // no complete answer: refused, reset, timed out, too large, compressed, redirected; fetch puts the code
+      // (ECONNRESET, ECONNREFUSED, UND_ERR_...) in `cause`
+      return failed(String((error as Error).message), { code: (error as { cause?: { code?: unknown } }).cause?.code })
+    }
+    if (observed.status !== 200) return failed(`the JWKS answered HTTP ${observed.status}`, { status: observed.status })
+    const set = parseKeySet(observed.body, config.algorithms, log)
+    if (set === undefined) {
+      return failed(emptyKeySet(observed.body)
+        ? 'the JWKS has no keys: the project still signs with the legacy JWT secret (rotate to asymmetric keys)'
+        : 'the body is not a JSON key set', { status: 200 })
+    }
     keys = set
     setAt = clock()
     lastFetchFailed = false
-    retryAt = forced || (found && set.has(kid)) ? 0 : setAt + cooldownMs
+    if (forced) unknownUntil = 0
+    else if (!set.has(kid)) unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
     stats.keys = set.size
     stats.lastSuccessAt = Date.now()
+    warnIfUnusable(set)
   }
 
   function fetchOnce (kid: string, forced = false): Promise<void> {
-    inflight ??= fetchSet(kid, forced).finally(() => { inflight = undefined })
+    inflight ??= fetchSet(kid, forced).catch((err: unknown) => {
+      // a guard: nothing a JWKS sends is known to get here, and a fetch must never reject
+      failed(`unexpected error: ${String((err as Error)?.message)}`)
+    }).finally(() => { inflight = undefined })
     return inflight
   }
 
@@ -274,19 +320,19 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
   }
 
   async function resolve (kid: string): Promise<CachedKey> {
-    if (inflight === undefined) {
-      const now = clock()
-      const expired = now >= setAt + cacheTtlMs
-      // within a cooldown: answer from what is held, without a fetch
-      if (now < retryAt && (lastFetchFailed || !expired)) return settle(kid)
-      const retry = fetchOnce(kid)
-      // during an outage a held key is served while the retry runs, instead of waiting for it
-      const stale = lastFetchFailed ? staleKey(kid, now) : undefined
+    const now = clock()
+    if (lastFetchFailed) {
+      // an outage: retry in the background once the wait is over; held keys serve every request meanwhile
+      if (inflight === undefined && now >= retryAt) fetchOnce(kid) // never rejects
+      const stale = staleKey(kid, now)
       if (stale !== undefined) return stale
-      await retry
-    } else {
-      await inflight
+    } else if (inflight === undefined) {
+      const fresh = now < setAt + cacheTtlMs
+      // a fresh set without this kid, within the unknown-kid cooldown: no fetch
+      if (fresh && now < unknownUntil) throw new UnknownKeyError()
+      fetchOnce(kid)
     }
+    if (inflight !== undefined) await inflight
     return settle(kid)
   }
 

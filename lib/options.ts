@@ -22,6 +22,12 @@ export const DEFAULT_MAX_TOKEN_LENGTH = 16 * 1024
 export const DEFAULT_REALM = 'api'
 export const DEFAULT_TOKEN_CACHE = 10_000
 export const MAX_TOKEN_CACHE = 100_000
+/** Upper bounds of the durations, in seconds: past them a value is far more likely milliseconds than meant. */
+export const MAX_CLOCK_TOLERANCE = 300
+export const MAX_CACHE_TTL = 86_400
+export const MAX_COOLDOWN = 3600
+export const MAX_STALE_IF_ERROR = 7 * 86_400
+export const MAX_TIMEOUT = 60
 
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
 export interface SupabaseJwksOptions {
@@ -157,11 +163,12 @@ function stringList (name: string, value: unknown, fallback: string | undefined)
   return list
 }
 
-function seconds (name: string, value: unknown, fallback: number, min = 0): number {
+function seconds (name: string, value: unknown, fallback: number, min: number, max: number): number {
   if (value === undefined) return fallback * 1000
   if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
     fail(`${name} must be a finite number of seconds >= ${min}`)
   }
+  if (value > max) fail(`${name} is ${value} seconds, more than the ${max} allowed: durations are in seconds, were milliseconds meant?`)
   return value * 1000
 }
 
@@ -205,11 +212,17 @@ export function normalizeOptions (input: unknown): Config {
   let derivedIssuer: string | undefined
   if (opts.supabaseUrl !== undefined) {
     const base = parseUrl('supabaseUrl', opts.supabaseUrl)
-    if (base.search || base.hash) fail('supabaseUrl must not carry a query string or a fragment')
+    if (base.search || base.hash || /[?#]/.test(opts.supabaseUrl as string)) {
+      fail(`supabaseUrl must not carry a query string or a fragment: use the project URL (e.g. ${base.origin})`)
+    }
     if (/\/auth\/v1\/?$/.test(base.pathname)) {
       fail(`supabaseUrl is the project URL, without /auth/v1 (e.g. ${base.origin}): the plugin adds it`)
     }
-    const root = base.href.replace(/\/+$/, '')
+    if (base.pathname !== '/') {
+      fail(`supabaseUrl is the project URL without a path (e.g. ${base.origin}): the plugin adds /auth/v1. ` +
+        'For a JWKS at another place (a self-hosted GoTrue), set jwksUrl and issuer instead')
+    }
+    const root = base.origin
     derivedIssuer = `${root}/auth/v1`
     jwksUrl = new URL(`${derivedIssuer}/.well-known/jwks.json`)
   }
@@ -244,11 +257,11 @@ export function normalizeOptions (input: unknown): Config {
     issuer: stringList('issuer', opts.issuer, derivedIssuer),
     audience: stringList('audience', opts.audience, DEFAULT_AUDIENCE),
     algorithms: algorithmList(opts.algorithms),
-    clockToleranceMs: seconds('clockTolerance', opts.clockTolerance, DEFAULT_CLOCK_TOLERANCE),
-    cacheTtlMs: seconds('cacheTtl', opts.cacheTtl, DEFAULT_CACHE_TTL, 0.001),
-    cooldownMs: seconds('cooldown', opts.cooldown, DEFAULT_COOLDOWN),
-    staleIfErrorMs: seconds('staleIfError', opts.staleIfError, DEFAULT_STALE_IF_ERROR),
-    timeoutMs: seconds('timeout', opts.timeout, DEFAULT_TIMEOUT, 0.001),
+    clockToleranceMs: seconds('clockTolerance', opts.clockTolerance, DEFAULT_CLOCK_TOLERANCE, 0, MAX_CLOCK_TOLERANCE),
+    cacheTtlMs: seconds('cacheTtl', opts.cacheTtl, DEFAULT_CACHE_TTL, 0.001, MAX_CACHE_TTL),
+    cooldownMs: seconds('cooldown', opts.cooldown, DEFAULT_COOLDOWN, 0, MAX_COOLDOWN),
+    staleIfErrorMs: seconds('staleIfError', opts.staleIfError, DEFAULT_STALE_IF_ERROR, 0, MAX_STALE_IF_ERROR),
+    timeoutMs: seconds('timeout', opts.timeout, DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT),
     maxResponseSize: integer('maxResponseSize', opts.maxResponseSize, DEFAULT_MAX_RESPONSE_SIZE),
     maxTokenLength: integer('maxTokenLength', opts.maxTokenLength, DEFAULT_MAX_TOKEN_LENGTH),
     tokenCache: integer('tokenCache', opts.tokenCache, DEFAULT_TOKEN_CACHE, 0, MAX_TOKEN_CACHE),

@@ -1,3 +1,4 @@
+import type { FastifyBaseLogger } from 'fastify'
 import { MalformedTokenError, TokenExpiredError, TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
 import type { CachedKey, KeyResolver } from './keys'
 import type { Config } from './options'
@@ -96,7 +97,7 @@ function checkAllowed (claim: string, value: unknown, allowed: ReadonlySet<strin
 }
 
 /** Builds the verification path for one registration. */
-export function createTokenVerifier (config: Config, keys: KeyResolver, cache: TokenCache): TokenVerifier {
+export function createTokenVerifier (config: Config, keys: KeyResolver, cache: TokenCache, log: FastifyBaseLogger): TokenVerifier {
   const algorithms = new Set<string>(config.algorithms)
   const issuers = config.issuer && new Set(config.issuer)
   const audiences = config.audience && new Set(config.audience)
@@ -115,7 +116,12 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     if (!Number.isFinite(claims.exp)) throw new TokenInvalidError('exp is not a finite number')
     if (now > claims.exp * 1000 + tolerance) throw new TokenExpiredError()
     if (audiences) checkAllowed('aud', claims.aud, audiences, true)
-    if (issuers) checkAllowed('iss', claims.iss, issuers, false)
+    if (issuers && !(typeof claims.iss === 'string' && issuers.has(claims.iss))) {
+      // an issuer mismatch is the usual misconfiguration (localhost vs 127.0.0.1, a path): at debug, never to the client
+      const received = typeof claims.iss === 'string' ? claims.iss.slice(0, 200) : typeof claims.iss
+      log.debug({ expected: config.issuer, received }, 'supabase-jwks: token iss is not an accepted issuer')
+      checkAllowed('iss', claims.iss, issuers, false)
+    }
     if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
   }
 
@@ -135,8 +141,8 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
       throw new TokenInvalidError('the token signature is invalid')
     }
     checkClaims(payload)
-    const objects = deepFreeze(payload)
-    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, objects)
+    const members = deepFreeze(payload)
+    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, members)
     if (!knownHeaders.has(head)) {
       if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
       knownHeaders.set(head, Object.freeze(header))
@@ -153,7 +159,7 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     const header = knownHeaders.get(head) ?? jsonObject(head, 'header')
     const payload = jsonObject(token.slice(first + 1, token.lastIndexOf('.')), 'payload')
     const { alg, kid } = header
-    if (typeof alg !== 'string' || !algorithms.has(alg)) throw algorithmNotAllowed(alg)
+    if (typeof alg !== 'string' || !algorithms.has(alg)) throw algorithmNotAllowed(alg, payload)
     if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed()) throw new UnknownKeyError()
     // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
     if ('crit' in header || 'b64' in header) throw new TokenInvalidError('crit and b64 headers are not supported')

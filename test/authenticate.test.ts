@@ -158,12 +158,15 @@ t.test('signatures and algorithms', async (t) => {
   const pem = key.publicKey.export({ type: 'spki', format: 'pem' }) as string
   const hs = hs256({ alg: 'HS256', kid: key.kid, typ: 'JWT' }, claims, pem)
   rejected(t, await getMe(app, hs), 401, 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', INVALID)
+  t.equal((await getMe(app, hs)).json().message, 'The token algorithm is not allowed: HS256 (tokens signed with the legacy JWT secret are not accepted)')
+  const odd = `${b64({ alg: 'XY1', kid: key.kid })}.${body}.${sig}`
+  t.equal((await getMe(app, odd)).json().message, 'The token algorithm is not allowed: XY1', 'a plain unknown alg is named, without advice')
 
   for (const alg of ['RS384', 'PS256']) {
     const other = signJwt({ alg, kid: key.kid, typ: 'JWT' }, claims, key.privateKey)
     const res = await getMe(app, other)
     rejected(t, res, 401, 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', INVALID)
-    t.equal(res.json().message, `The token algorithm is not allowed: ${alg}`)
+    t.equal(res.json().message, `The token algorithm is not allowed: ${alg} (not in the plugin's algorithms option)`)
   }
   const weird = signJwt({ alg: 'RS256', kid: key.kid }, claims, key.privateKey).replace(/^[^.]+/, b64({ alg: '"><script>', kid: key.kid }))
   const res = await getMe(app, weird)
@@ -258,7 +261,7 @@ t.test('a legacy anon / service_role key (HS256, iss "supabase") gets a clear 40
   const anon = hs256({ alg: 'HS256', typ: 'JWT' }, { iss: 'supabase', ref: 'abc', role: 'anon', iat: now(), exp: now() + 3600 }, 'legacy-secret')
   const res = await getMe(app, anon)
   rejected(t, res, 401, 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', INVALID)
-  t.equal(res.json().message, 'The token algorithm is not allowed: HS256')
+  t.equal(res.json().message, 'The token algorithm is not allowed: HS256 (a legacy anon or service_role API key is not a user access token)')
   t.equal(issuer.jwksRequests, 0)
 })
 

@@ -57,6 +57,16 @@ t.test('a bad option fails ready() with a clear message', async (t) => {
     ['supabaseUrl with /auth/v1/', { supabaseUrl: 'https://abc.supabase.co/auth/v1/' }, /without \/auth\/v1/],
     ['supabaseUrl with a query', { supabaseUrl: 'https://abc.supabase.co/?apikey=k' }, /must not carry a query string or a fragment/],
     ['supabaseUrl with a fragment', { supabaseUrl: 'https://abc.supabase.co/#x' }, /must not carry a query string or a fragment/],
+    ['supabaseUrl with a bare ?', { supabaseUrl: 'https://abc.supabase.co?' }, /must not carry a query string or a fragment: use the project URL \(e\.g\. https:\/\/abc\.supabase\.co\)/],
+    ['supabaseUrl with a bare #', { supabaseUrl: 'https://abc.supabase.co/#' }, /must not carry a query string or a fragment/],
+    ['supabaseUrl is the JWKS URL', { supabaseUrl: 'https://abc.supabase.co/auth/v1/.well-known/jwks.json' }, /project URL without a path \(e\.g\. https:\/\/abc\.supabase\.co\).*set jwksUrl and issuer/],
+    ['supabaseUrl with /rest/v1', { supabaseUrl: 'https://abc.supabase.co/rest/v1' }, /project URL without a path/],
+    ['clockTolerance in ms', { supabaseUrl: URL, clockTolerance: 5000 }, /clockTolerance is 5000 seconds, more than the 300 allowed: .*were milliseconds meant\?/],
+    ['cacheTtl in ms', { supabaseUrl: URL, cacheTtl: 600_000 }, /cacheTtl is 600000 seconds, more than the 86400 allowed/],
+    ['timeout past the timers', { supabaseUrl: URL, timeout: 2_147_484 }, /timeout is 2147484 seconds, more than the 60 allowed/],
+    ['timeout in ms', { supabaseUrl: URL, timeout: 5000 }, /timeout is 5000 seconds, more than the 60 allowed/],
+    ['cooldown in ms', { supabaseUrl: URL, cooldown: 30_000 }, /cooldown is 30000 seconds, more than the 3600 allowed/],
+    ['staleIfError in ms', { supabaseUrl: URL, staleIfError: 3_600_000 }, /staleIfError is 3600000 seconds, more than the 604800 allowed/],
     ['jwksUrl with a fragment', { jwksUrl: 'https://a.example/.well-known/jwks.json#x', issuer: false }, /jwksUrl must not carry a fragment/],
     ['hook unknown', { supabaseUrl: URL, hook: 'onSend' }, /hook must be false, "onRequest" or "preHandler"/],
     ['realm with a quote', { supabaseUrl: URL, realm: 'a"b' }, /realm must be a printable ASCII string/],
@@ -94,7 +104,7 @@ t.test('defaults', async (t) => {
   t.equal(config.timeoutMs, 5_000)
   t.equal(config.maxResponseSize, 65_536)
   t.equal(config.maxTokenLength, 16_384)
-  t.equal(config.tokenCache, 1000)
+  t.equal(config.tokenCache, 10_000)
   t.equal(config.hook, false)
   t.equal(config.realm, 'api')
   t.equal(config.insecureJwksUrl, false, 'loopback http is fine')
@@ -131,6 +141,9 @@ t.test('explicit values: jwksUrl wins, issuer and audience lists or false, secon
   t.equal(config.tokenCache, 0)
   t.equal(config.realm, 'my api')
   t.same(normalizeOptions({ jwksUrl: 'http://localhost:9999/.well-known/jwks.json', issuer: false }).issuer, undefined)
+  t.equal(normalizeOptions({ supabaseUrl: 'https://abc.supabase.co/' }).jwksUrl.href, 'https://abc.supabase.co/auth/v1/.well-known/jwks.json', 'a trailing slash is fine')
+  const bounds = normalizeOptions({ supabaseUrl: URL, clockTolerance: 300, cacheTtl: 86_400, cooldown: 3600, staleIfError: 604_800, timeout: 60 })
+  t.same([bounds.clockToleranceMs, bounds.cacheTtlMs, bounds.cooldownMs, bounds.staleIfErrorMs, bounds.timeoutMs], [300_000, 86_400_000, 3_600_000, 604_800_000, 60_000], 'each bound itself is accepted')
   t.equal(normalizeOptions({ supabaseUrl: URL, audience: 'x' }).audience?.[0], 'x')
 })
 

@@ -69,6 +69,11 @@ t.test('the cache is bounded in entries, and tokens over 4 KiB are not kept', as
   await ask(bushy)
   await ask(bushy)
   t.equal((await ask(bushy)).same, false, 'claims with many objects are verified each time: their heap size is not bounded by the token length')
+  const wide = issuer.sign({ user_metadata: Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`k${i}`, 1])) })
+  t.ok(wide.length < 4096, 'about 200 small keys fit in 4 KiB')
+  await ask(wide)
+  await ask(wide)
+  t.equal((await ask(wide)).same, false, 'many keys without any object are not kept either: the bound counts members')
 })
 
 t.test('an entry never outlives the token exp', async (t) => {
@@ -125,8 +130,8 @@ t.test('TokenCache and deepFreeze', async (t) => {
   t.equal(cache.size, 0)
   for (let i = 0; i < 2; i++) cache.set('token-two', entry(-1), 1)
   t.equal(cache.get('token-two', held), undefined, 'expired')
-  for (let i = 0; i < 2; i++) cache.set('token-big', entry(), 65)
-  t.equal(cache.size, 0, 'claims with more than 64 objects are not kept')
+  for (let i = 0; i < 2; i++) cache.set('token-big', entry(), 129)
+  t.equal(cache.size, 0, 'claims with more than 128 members are not kept')
   for (let i = 0; i < 2; i++) cache.set('token-three', entry(), 1)
   t.ok(cache.get('token-three', held))
   cache.clear()
@@ -150,7 +155,7 @@ t.test('TokenCache and deepFreeze', async (t) => {
   t.equal(off.size, 0, 'max 0 keeps nothing')
 
   const claims = { a: { b: [1, { c: 2 }] }, d: null }
-  t.equal(deepFreeze(claims), 4, 'four objects frozen')
+  t.equal(deepFreeze(claims), 10, 'four objects (claims, a, b, the object in b) and six properties or items (a, d, b, 1, that object, c)')
   t.ok(Object.isFrozen(claims.a.b[1]))
-  t.equal(deepFreeze(claims), 1, 'freezing again walks only the top')
+  t.equal(deepFreeze(claims), 3, 'freezing again walks only the top: itself and its two properties')
 })

@@ -1,0 +1,218 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { spawnSync } from 'node:child_process'
+import type { ServerResponse } from 'node:http'
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import fastifyJwt from '@fastify/jwt'
+import supabaseJwks from '../lib/index'
+import { createKeyResolver, toCachedKey } from '../lib/keys'
+import { normalizeOptions, SUPPORTED_ALGORITHMS as ALL } from '../lib/options'
+import { generateTestKey, type TestIssuer } from '../lib/testing'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
+
+/** Serves `keys` (any JSON values) as the JWKS body, with a 200. */
+function serve (issuer: TestIssuer, keys: unknown[]): void {
+  issuer.respondWith((_request, response) => {
+    response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys }))
+    return true
+  })
+}
+
+t.test('a JWK whose kid cannot become a string crashes nothing: the fetch is good, the key beside it verifies', async (t) => {
+  const issuer = await issuerFor(t)
+  serve(issuer, [{ kid: { toString: 1 } }, issuer.currentKey.jwk])
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url, cooldown: 30 }, 'debug')
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'the good key beside it verifies')
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged-1' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged-2' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(issuer.jwksRequests, 2, 'the unknown-kid cooldown holds: the fetch counted as good')
+  t.equal(app.supabaseJwks.stats().failures, 0)
+  await t.resolves(app.supabaseJwks.refresh(), 'refresh() resolves')
+  const skipped = entries().find((entry) => entry.msg === 'supabase-jwks: JWK skipped')!
+  t.equal(skipped.kid, 'object', 'logged with a safe value')
+})
+
+t.test('null, numbers, strings and arrays as JWK entries: the same body gives the same key set, whatever the kid', async (t) => {
+  const issuer = await issuerFor(t)
+  serve(issuer, [null, 1, 'x', [], issuer.currentKey.jwk])
+  const first = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal(codeOf(await getMe(first, issuer.sign({}, { header: { kid: 'forged' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID', 'an unknown kid first: 401, not 503')
+  t.equal((await first.inject({ url: '/me', headers: { authorization: `Bearer ${issuer.sign()}` } })).statusCode, 200, 'then the good key, from the same set')
+  const second = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal((await getMe(second, issuer.sign())).statusCode, 200, 'the good kid first')
+  t.same([first.supabaseJwks.stats().failures, second.supabaseJwks.stats().failures], [0, 0])
+  t.same([first.supabaseJwks.stats().keys, second.supabaseJwks.stats().keys], [1, 1])
+})
+
+t.test('during an outage held keys serve every request while a retry is in flight', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.1, cooldown: 0.1, timeout: 30 })
+  const token = issuer.sign()
+  t.equal((await getMe(app, token)).statusCode, 200)
+  issuer.respondWith((_request, response) => { response.writeHead(500).end(); return true })
+  await sleep(150)
+  t.equal((await getMe(app, token)).statusCode, 200, 'the first failure is served stale')
+  const held: ServerResponse[] = []
+  issuer.respondWith((_request, response) => { held.push(response); return true })
+  await sleep(150)
+  let releasedByTimer = false
+  const timer = setTimeout(() => { releasedByTimer = true; for (const response of held) response.destroy() }, 5000)
+  const answers = await Promise.all(Array.from({ length: 6 }, () => getMe(app, token)))
+  clearTimeout(timer)
+  t.same(answers.map((answer) => answer.statusCode), [200, 200, 200, 200, 200, 200])
+  t.equal(releasedByTimer, false, 'none of them waited for the hanging retry')
+  await sleep(100)
+  t.equal(held.length, 1, 'one retry in flight for all of them')
+  for (const response of held) response.destroy()
+})
+
+t.test('a JWK with any private member is refused (RFC 7518 §6)', async (t) => {
+  const rsa = generateTestKey('RS256').jwk
+  for (const member of ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']) {
+    t.throws(() => toCachedKey({ ...rsa, [member]: 'AAAA' }, ALL), { message: `a private key is published (${member})` }, member)
+  }
+  const issuer = await issuerFor(t)
+  issuer.currentKey.jwk.p = 'AAAA'
+  issuer.currentKey.jwk.q = 'AAAA'
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal(codeOf(await getMe(app, issuer.sign())), 'FST_SUPABASE_JWKS_UNKNOWN_KID', 'p and q without d: refused all the same')
+})
+
+t.test('a cache-expiry fetch that finds its kid does not end the unknown-kid cooldown', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, cooldown: 30 })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged-1' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(issuer.jwksRequests, 2, 'the forged kid fetched once and started the cooldown')
+  await sleep(250)
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  t.equal(issuer.jwksRequests, 3, 'the expired set was fetched again for a known kid')
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged-2' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(issuer.jwksRequests, 3, 'still within the cooldown: no fetch for another forged kid')
+})
+
+t.test('a fetch that rejects unexpectedly counts as a failure and rejects nothing', async (t) => {
+  const issuer = await issuerFor(t)
+  const warned: string[] = []
+  const log = {
+    info () { throw new Error('a logger that throws') },
+    warn (_object: object, message: string) { warned.push(message) },
+    debug () {}
+  } as unknown as Parameters<typeof createKeyResolver>[1]
+  const keys = createKeyResolver(normalizeOptions({ supabaseUrl: issuer.url }), log)
+  t.teardown(() => keys.close())
+  await t.resolves(keys.refresh())
+  t.equal(keys.stats().failures, 1)
+  t.same(warned, ['supabase-jwks: JWKS fetch failed'])
+})
+
+t.test('a JWKS with no key for the algorithms option, or no usable key, is logged at warn with what to change', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url }, 'warn')
+  await app.supabaseJwks.refresh()
+  const warning = entries().find((entry) => /no key for the algorithms option/.test(entry.msg))!
+  t.equal(warning.level, 40)
+  t.match(warning.msg, /\(RS256\); its keys sign with ES256: add those to algorithms/)
+  const token = issuer.sign()
+  t.equal((await getMe(app, token)).json().message, 'The token algorithm is not allowed: ES256 (not in the plugin\'s algorithms option)')
+
+  issuer.currentKey.jwk.use = 'enc'
+  await app.supabaseJwks.refresh()
+  t.ok(entries().some((entry) => /no usable signing key/.test(entry.msg)), 'no usable key at all')
+
+  serve(issuer, [])
+  await app.supabaseJwks.refresh()
+  const empty = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
+  t.match(empty.reason, /no keys: the project still signs with the legacy JWT secret/)
+})
+
+t.test('a failed fetch is logged with its HTTP status; an iss mismatch at debug with both values, never to the client', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, entries, lines } = await loggedAppFor(t, { supabaseUrl: issuer.url }, 'debug')
+  const res = await getMe(app, issuer.sign({ iss: 'http://localhost:54321/auth/v1' }))
+  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
+  t.notOk(res.body.includes('localhost'), 'the received issuer is not sent back')
+  const mismatch = entries().find((entry) => entry.msg === 'supabase-jwks: token iss is not an accepted issuer')!
+  t.same(mismatch.expected, [issuer.issuer])
+  t.equal(mismatch.received, 'http://localhost:54321/auth/v1')
+  await getMe(app, issuer.sign({ iss: 42 }))
+  t.ok(lines.some((line) => line.includes('"received":"number"')), 'a value that is not a string is logged by its type')
+  issuer.respondWith((_request, response) => { response.writeHead(404).end('nope'); return true })
+  await app.supabaseJwks.refresh()
+  const failure = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
+  t.equal(failure.status, 404)
+  t.match(failure.reason, /HTTP 404/)
+})
+
+t.test('registration errors are the plugin\'s own, and @fastify/jwt under its namespace refuses', async (t) => {
+  const issuer = await issuerFor(t)
+  const twice = Fastify()
+  t.teardown(() => twice.close())
+  twice.register(supabaseJwks, { supabaseUrl: issuer.url })
+  twice.register(supabaseJwks, { supabaseUrl: issuer.url })
+  await t.rejects(async () => await twice.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /fastify-supabase-jwks cannot be registered: it is already registered/ })
+
+  const siblings = Fastify()
+  t.teardown(() => siblings.close())
+  siblings.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
+  siblings.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
+  await t.resolves(async () => await siblings.ready(), 'once per encapsulated context is fine')
+
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const face = (app as unknown as { jwt: { supabase: { verify (token: string): unknown, sign (payload: object): unknown } } }).jwt.supabase
+  t.throws(() => face.verify(issuer.sign()), { code: 'FST_SUPABASE_JWKS_NOT_SUPPORTED', message: /fastify\.jwt\.supabase\.verify\(\) is not part of fastify-supabase-jwks/ })
+  t.throws(() => face.sign({ sub: 'x' }), { code: 'FST_SUPABASE_JWKS_NOT_SUPPORTED' })
+
+  const after = Fastify()
+  t.teardown(() => after.close())
+  await after.register(supabaseJwks, { supabaseUrl: issuer.url })
+  await after.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens', namespace: 'app' })
+  after.get('/own', async (request) => {
+    await (request as unknown as { appJwtVerify (): Promise<unknown> }).appJwtVerify()
+    return request.user
+  })
+  after.get('/me', { preHandler: after.authenticate }, async (request) => request.user)
+  await after.ready()
+  const own = (after as unknown as { jwt: { app: { sign (payload: object): string } } }).jwt.app.sign({ session: 's-1' })
+  t.equal((await after.inject({ url: '/own', headers: { authorization: `Bearer ${own}` } })).json().session, 's-1', 'an app @fastify/jwt with a namespace after the plugin')
+  t.equal((await getMe(after, issuer.sign({ sub: 'u-1' }))).json().sub, 'u-1')
+})
+
+t.test('authenticate(request) without a reply, from JavaScript: still a coded 401', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
+  const call = app.authenticate as unknown as (request: FastifyRequest, reply?: FastifyReply) => Promise<void>
+  app.get('/soft', async (request) => {
+    try {
+      await call(request)
+      return { user: request.user.sub }
+    } catch (err) {
+      return { code: (err as { code: string }).code, statusCode: (err as { statusCode: number }).statusCode, user: request.user }
+    }
+  })
+  t.same((await app.inject({ url: '/soft' })).json(), { code: 'FST_SUPABASE_JWKS_NO_TOKEN', statusCode: 401, user: null })
+  t.same((await app.inject({ url: '/soft', headers: { authorization: `Bearer ${issuer.sign({ sub: 'u-2' })}` } })).json(), { user: 'u-2' })
+})
+
+t.test('every documented import form works from ES modules and CommonJS (the built package)', async (t) => {
+  const esm = `
+    import plugin, { fastifySupabaseJwks } from 'fastify-supabase-jwks'
+    import * as all from 'fastify-supabase-jwks'
+    import { createTestIssuer } from 'fastify-supabase-jwks/testing'
+    const cjs = (await import('node:module')).createRequire(import.meta.url)('fastify-supabase-jwks')
+    if (plugin !== cjs || fastifySupabaseJwks !== cjs || all.default !== cjs || typeof createTestIssuer !== 'function') process.exit(3)
+    console.log('esm ok')`
+  const cjs = `
+    const plugin = require('fastify-supabase-jwks')
+    const { fastifySupabaseJwks, default: byDefault } = require('fastify-supabase-jwks')
+    const { createTestIssuer } = require('fastify-supabase-jwks/testing')
+    if (fastifySupabaseJwks !== plugin || byDefault !== plugin || typeof createTestIssuer !== 'function') process.exit(3)
+    console.log('cjs ok')`
+  for (const [type, source] of [['module', esm], ['commonjs', cjs]] as const) {
+    const run = spawnSync(process.execPath, ['--input-type', type, '-e', source], { encoding: 'utf8' })
+    t.equal(run.status, 0, `${type}: ${run.stderr}`)
+    t.match(run.stdout, /ok/)
+  }
+})
