@@ -146,6 +146,8 @@ function emptyKeySet (body: Buffer): boolean {
 /** What the JWKS server answered to the last fetch: status and body (bounded by the agent's size cap). */
 interface Answer { status: number, body: Buffer }
 const NO_ANSWER: Answer = { status: 0, body: Buffer.alloc(0) }
+/** Network codes of a connection closed under a request: worth one immediate new try. */
+const TRANSIENT = new Set<unknown>(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
 
 /**
  * An undici interceptor that hands each response's status and body to `onAnswer`, unchanged for
@@ -247,15 +249,8 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
           `its keys sign with ${offered.join(', ')}: add those to algorithms`)
   }
 
-  /**
-   * One fetch for `kid`. Its outcome is judged by what the server answered, seen by the
-   * interceptor, never by get-jwks' own lookup (which throws on odd entries and depends on the
-   * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
-   * unknown-kid cooldown; any other fetch that does not find its kid starts one.
-   */
-  async function fetchSet (kid: string, forced: boolean): Promise<void> {
-    stats.fetches++
-    log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
+  /** One request through get-jwks; what the server answered, as the interceptor saw it, and why not if nothing. */
+  async function attempt (kid: string): Promise<{ observed: Answer, code: unknown, error: unknown }> {
     for (const cache of jwksCaches) cache.clear()
     answer = NO_ANSWER
     // get-jwks may throw before it returns a promise (it URI-encodes the kid): keep that inside the promise
@@ -267,11 +262,25 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     } catch (err) {
       error = err
     }
-    const observed = answer as Answer // set by the interceptor during the fetch
+    // fetch puts the network code (ECONNRESET, ECONNREFUSED, UND_ERR_...) in `cause`
+    return { observed: answer, code: (error as { cause?: { code?: unknown } } | undefined)?.cause?.code, error }
+  }
+
+  /**
+   * One fetch for `kid`, with one more try after a reset connection. Its outcome is judged by what the server answered, seen by the
+   * interceptor, never by get-jwks' own lookup (which throws on odd entries and depends on the
+   * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
+   * unknown-kid cooldown; any other fetch that does not find its kid starts one.
+   */
+  async function fetchSet (kid: string, forced: boolean): Promise<void> {
+    stats.fetches++
+    log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
+    let { observed, code, error } = await attempt(kid)
+    // a kept-alive connection that the server (or a load balancer) closed while idle: one new try at once
+    if (observed.status === 0 && TRANSIENT.has(code)) ({ observed, code, error } = await attempt(kid))
     if (observed.status === 0) {
-      // no complete answer: refused, reset, timed out, too large, compressed, redirected; fetch puts the code
-      // (ECONNRESET, ECONNREFUSED, UND_ERR_...) in `cause`
-      return failed(String((error as Error).message), { code: (error as { cause?: { code?: unknown } }).cause?.code })
+      // no complete answer: refused, reset, timed out, too large, compressed, redirected
+      return failed(String((error as Error).message), { code })
     }
     if (observed.status !== 200) return failed(`the JWKS answered HTTP ${observed.status}`, { status: observed.status })
     const set = parseKeySet(observed.body, config.algorithms, log)

@@ -4,7 +4,7 @@ import { gzipSync } from 'node:zlib'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { signJwt, type JwksResponder } from '../lib/testing'
-import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
 
 const hang: JwksResponder = () => true
 /** A valid key set to serve with a wrong status: filled in by the test that uses it. */
@@ -26,21 +26,24 @@ for (const [name, responder] of failures) {
     const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, cooldown: 0.4, staleIfError: 1, timeout: 0.2 })
     const token = issuer.sign()
     issuerKeys = issuer.jwks()
+    // a reset connection is tried once more at once: each failed fetch is then two requests
+    const per = name === 'connection reset' ? 2 : 1
     t.equal((await getMe(app, token)).statusCode, 200)
     issuer.respondWith(responder)
     await sleep(250)
     t.equal((await getMe(app, token)).statusCode, 200, 'a known key verifies while the JWKS fails')
-    t.equal(issuer.jwksRequests, 2, 'one failed refresh')
+    await sleep(20)
+    t.equal(issuer.jwksRequests, 1 + per, 'one failed refresh')
     t.equal(app.supabaseJwks.stats().failures, 1)
     t.equal((await getMe(app, token)).statusCode, 200)
     const unknown = await getMe(app, issuer.sign({}, { header: { kid: 'not-cached' } }))
     t.equal(unknown.statusCode, 503, 'a kid that is not cached cannot be checked')
     t.equal(unknown.headers['retry-after'], '1')
-    t.equal(issuer.jwksRequests, 2, 'no retry within the cooldown')
+    t.equal(issuer.jwksRequests, 1 + per, 'no retry within the cooldown')
     await sleep(450)
     t.equal((await getMe(app, token)).statusCode, 200, 'still within staleIfError, answered without waiting for the retry')
     await sleep(100)
-    t.equal(issuer.jwksRequests, 3, 'retried once the cooldown passed, in the background')
+    t.equal(issuer.jwksRequests, 1 + 2 * per, 'retried once the cooldown passed, in the background')
     await sleep(1000)
     const late = await getMe(app, token)
     t.equal(late.statusCode, 503, 'the window ran out')
@@ -50,6 +53,25 @@ for (const [name, responder] of failures) {
     t.equal((await getMe(app, token)).statusCode, 200, 'recovers with the JWKS')
   })
 }
+
+t.test('a connection reset under a fetch is tried once more at once, and named in the warning when it stays', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url }, 'warn')
+  let resets = 1
+  issuer.respondWith((request) => {
+    if (resets-- <= 0) return false
+    request.socket.destroy()
+    return true
+  })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'the second try answered')
+  t.equal(issuer.jwksRequests, 2)
+  t.match(app.supabaseJwks.stats(), { fetches: 1, failures: 0 })
+  issuer.respondWith((request) => { request.socket.destroy(); return true })
+  await app.supabaseJwks.refresh()
+  t.equal(issuer.jwksRequests, 4, 'two tries, no more')
+  const warning = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
+  t.match(warning.code, /^(ECONNRESET|UND_ERR_SOCKET)$/, 'the warning says the connection was closed under it')
+})
 
 t.test('staleIfError: 0 turns stale use off', async (t) => {
   const issuer = await issuerFor(t)
