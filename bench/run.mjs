@@ -49,6 +49,7 @@ const VARIANTS = [
   { name: 'plugin-tc0-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc1k-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 1000 } },
   { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
+  { name: 'plugin-nocache-es256', alg: 'ES256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
   { name: 'plugin-tc5k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 5000 } }
 ].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
