@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
-import { bounded, buildAuthenticate } from './authenticate'
+import { bounded, buildAuthenticate, toAuthError, warnIfUnexpected } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
@@ -15,6 +15,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   if (fastify.hasDecorator('supabaseJwks')) {
     throw new RegistrationError('it is already registered in this context (or an enclosing one); register it once, ' +
       'or in separate encapsulated contexts (for example one per issuer)')
+  }
+  if ((fastify as unknown as { jwt?: Record<string, unknown> }).jwt?.supabase !== undefined) {
+    throw new RegistrationError('an app-wide @fastify/jwt already holds this plugin\'s "supabase" namespace (registered in ' +
+      'another context): with the app\'s own @fastify/jwt at the root, register this plugin once, at the root too')
   }
   const config = normalizeOptions(options)
   if (config.insecureJwksUrl) {
@@ -44,7 +48,14 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   const authenticate = buildAuthenticate(config, verifyToken)
   fastify.decorate('authenticate', authenticate)
   fastify.decorate('supabaseJwks', {
-    verify: async (token: string) => await verifyToken(bounded(token, config.maxTokenLength)) as unknown as fastifySupabaseJwks.SupabaseUser,
+    verify: async (token: string) => {
+      try {
+        return await verifyToken(bounded(token, config.maxTokenLength)) as unknown as fastifySupabaseJwks.SupabaseUser
+      } catch (err) {
+        warnIfUnexpected(fastify.log, err)
+        throw toAuthError(err)
+      }
+    },
     refresh: async () => {
       tokens.clear()
       await keys.refresh()

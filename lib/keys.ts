@@ -250,7 +250,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
   }
 
   /** One request through get-jwks; what the server answered, as the interceptor saw it, and why not if nothing. */
-  async function attempt (kid: string): Promise<{ observed: Answer, code: unknown, error: unknown }> {
+  async function attempt (kid: string, ms: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
     for (const cache of jwksCaches) cache.clear()
     answer = NO_ANSWER
     // get-jwks may throw before it returns a promise (it URI-encodes the kid): keep that inside the promise
@@ -258,7 +258,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     lookup.catch(() => {}) // settled after the timeout: nothing left to tell
     let error: unknown
     try {
-      await withTimeout(lookup, timeoutMs)
+      await withTimeout(lookup, ms)
     } catch (err) {
       error = err
     }
@@ -275,9 +275,12 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
   async function fetchSet (kid: string, forced: boolean): Promise<void> {
     stats.fetches++
     log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
-    let { observed, code, error } = await attempt(kid)
-    // a kept-alive connection that the server (or a load balancer) closed while idle: one new try at once
-    if (observed.status === 0 && TRANSIENT.has(code)) ({ observed, code, error } = await attempt(kid))
+    const deadline = clock() + timeoutMs
+    let { observed, code, error } = await attempt(kid, timeoutMs)
+    // a kept-alive connection that the server (or a load balancer) closed while idle: one new try at
+    // once, within what is left of `timeout` (both tries together never take longer)
+    const left = deadline - clock()
+    if (observed.status === 0 && TRANSIENT.has(code) && left >= 1) ({ observed, code, error } = await attempt(kid, left))
     if (observed.status === 0) {
       // no complete answer: refused, reset, timed out, too large, compressed, redirected
       return failed(String((error as Error).message), { code })

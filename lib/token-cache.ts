@@ -1,3 +1,4 @@
+import { TokenInvalidError } from './errors'
 import type { CachedKey } from './keys'
 
 /** A verified token: its claims, the key that verified them, and when the token expires. */
@@ -98,17 +99,21 @@ export class TokenCache {
   }
 }
 
+/** Claims nested deeper than this are refused: no real token comes close, and walking them could overflow the stack. */
+export const MAX_CLAIM_DEPTH = 32
+
 /**
  * Freezes the claims and everything in them (one object may serve many requests); returns how many
  * members that was: one for each object or array, one for each of their properties or items.
  */
-export function deepFreeze (value: object): number {
+export function deepFreeze (value: object, depth = 0): number {
+  if (depth > MAX_CLAIM_DEPTH) throw new TokenInvalidError(`the claims are nested deeper than ${MAX_CLAIM_DEPTH} levels`)
   Object.freeze(value)
   let members = 1
   for (const key in value) {
     const item = (value as Record<string, unknown>)[key]
     members++
-    if (typeof item === 'object' && item !== null && !Object.isFrozen(item)) members += deepFreeze(item)
+    if (typeof item === 'object' && item !== null && !Object.isFrozen(item)) members += deepFreeze(item, depth + 1)
   }
   return members
 }

@@ -216,3 +216,45 @@ t.test('every documented import form works from ES modules and CommonJS (the bui
     t.match(run.stdout, /ok/)
   }
 })
+
+t.test('beside an app-wide @fastify/jwt, a second registration in another context is a coded refusal', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens' })
+  app.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
+  app.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
+  await t.rejects(async () => await app.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /register this plugin once, at the root too/ })
+})
+
+t.test('claims nested too deeply are refused with a code, by authenticate and by verify()', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  let nested: Record<string, unknown> = {}
+  for (let i = 0; i < 40; i++) nested = { n: nested }
+  const token = issuer.sign({ user_metadata: nested })
+  const res = await getMe(app, token)
+  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
+  t.match(res.json().message, /nested deeper than 32 levels/)
+  await t.rejects(app.supabaseJwks.verify(token), { code: 'FST_SUPABASE_JWKS_TOKEN_INVALID', statusCode: 401 })
+  let fine: Record<string, unknown> = {}
+  for (let i = 0; i < 20; i++) fine = { n: fine }
+  t.equal((await getMe(app, issuer.sign({ user_metadata: fine }))).statusCode, 200, '20 levels are fine')
+})
+
+t.test('a reset and its second try together never take longer than timeout', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, timeout: 2 })
+  let first = true
+  issuer.respondWith((request) => {
+    if (first) {
+      first = false
+      setTimeout(() => request.socket.destroy(), 1800)
+    }
+    return true // the second try hangs
+  })
+  const started = Date.now()
+  const res = await getMe(app, issuer.sign())
+  t.equal(res.statusCode, 503)
+  t.ok(Date.now() - started < 3000, `answered within timeout, not twice it (${Date.now() - started} ms)`)
+})
