@@ -41,6 +41,12 @@ export function warnIfUnexpected (log: { warn (object: object, message: string):
   log.warn({ err }, 'supabase-jwks: unexpected error while verifying a token')
 }
 
+/** The answer for whatever verification threw, logging at warn what it is not made to throw: shared by `authenticate` and `verify()`. */
+export function answerFor (log: { warn (object: object, message: string): void }, err: unknown): AuthError {
+  warnIfUnexpected(log, err)
+  return toAuthError(err)
+}
+
 const DESCRIPTIONS: Record<string, string> = {
   FST_SUPABASE_JWKS_BAD_REQUEST: 'Malformed Authorization header',
   FST_SUPABASE_JWKS_MALFORMED_TOKEN: 'The token is malformed',
@@ -68,8 +74,7 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier) {
       request.user = (claims instanceof Promise ? await claims : claims) as unknown as FastifyRequest['user']
     } catch (error) {
       (request as { user: unknown }).user = null
-      const err = toAuthError(error)
-      warnIfUnexpected(request.log, error)
+      const err = answerFor(request.log, error)
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
       // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
       if (reply === undefined) throw err

@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
-import { bounded, buildAuthenticate, toAuthError, warnIfUnexpected } from './authenticate'
+import { answerFor, bounded, buildAuthenticate } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
@@ -52,8 +52,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       try {
         return await verifyToken(bounded(token, config.maxTokenLength)) as unknown as fastifySupabaseJwks.SupabaseUser
       } catch (err) {
-        warnIfUnexpected(fastify.log, err)
-        throw toAuthError(err)
+        throw answerFor(fastify.log, err)
       }
     },
     refresh: async () => {
