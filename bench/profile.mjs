@@ -1,5 +1,5 @@
 // Profiles one benchmark server under load: `node bench/profile.mjs plugin-rs256 [unique|hot]`.
-// Writes a .cpuprofile into bench/results/ and prints the functions with the most self time.
+// PROFILE_OPTIONS='{"tokenCache":0}' passes plugin options. Writes a .cpuprofile into bench/results/ and prints the functions with the most self time.
 import { fork } from 'node:child_process'
 import { readdirSync, readFileSync, mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
@@ -20,7 +20,7 @@ const issuer = await createTestIssuer({ alg })
 const tokens = Array.from({ length: scenario === 'hot' ? 1 : 5000 }, (_, i) => issuer.sign({ sub: `user-${i}` }))
 const child = fork(join(here, 'server.mjs'), [variant], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}`], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
 const ready = new Promise((resolve) => child.once('message', resolve))
-child.send({ type: 'config', config: { alg, jwk: issuer.currentKey.jwk, issuer: issuer.issuer, jwksUrl: issuer.jwksUrl } })
+child.send({ type: 'config', config: { alg, jwk: issuer.currentKey.jwk, issuer: issuer.issuer, jwksUrl: issuer.jwksUrl, pluginOptions: JSON.parse(process.env.PROFILE_OPTIONS ?? '{}') } })
 const { address } = await ready
 let next = 0
 const result = await autocannon({

@@ -1,5 +1,7 @@
 // The benchmark: `npm run bench` (full) or `npm run bench -- --quick`; `-- --only=public,plugin-rs256`
 // runs some variants (add plugin-nocache-rs256 / -es256 to see the plugin without its token cache).
+// BENCH_NODE_FLAGS adds node flags to the servers (e.g. --single-threaded-gc); reglimit-rs256 (extra) runs
+// the limit body in a server with the plugin registered: what registering alone costs.
 // Variants: public (no authentication: the ceiling), limit (a hand-written minimal verifier: split,
 // crypto.verify with a prebuilt key object, parse, check exp/iss/aud: the floor of the work),
 // plugin, jose (createRemoteJWKSet + jwtVerify), fastjwt (fast-jwt alone, one verifier per key:
@@ -51,6 +53,7 @@ const VARIANTS = [
   { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-nocache-es256', alg: 'ES256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
+  { name: 'reglimit-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true },
   { name: 'plugin-tc5k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 5000 } }
 ].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
 const SCENARIOS = ['unique', 'hot', 'zipf'].filter((scenario) => VARIANTS.some((variant) => variant.scenarios.includes(scenario)))
@@ -88,7 +91,7 @@ const median = (values) => {
 
 function startServer (variant, config) {
   return new Promise((resolve, reject) => {
-    const child = fork(join(here, 'server.mjs'), [variant.name], { execArgv: ['--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const child = fork(join(here, 'server.mjs'), [variant.name], { execArgv: ['--expose-gc', ...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     child.once('error', reject)
     child.once('exit', (code) => reject(new Error(`${variant.name} exited with ${code}`)))
     child.once('message', (message) => {

@@ -38,6 +38,11 @@ async function main (config) {
     preHandler = undefined
   } else if (variant.startsWith('limit')) {
     preHandler = limitVerifier(config)
+  } else if (variant.startsWith('reglimit')) {
+    // the limit's body in a server with the plugin registered (and never called): what registering costs
+    const supabaseJwks = require('fastify-supabase-jwks')
+    await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
+    preHandler = limitVerifier(config)
   } else if (variant.startsWith('plugin')) {
     const supabaseJwks = require('fastify-supabase-jwks')
     await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
