@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  BadRequestError, KeysUnavailableError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, KeysUnavailableError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
 import type { Config } from './options'
 import type { TokenVerifier } from './verify'
@@ -80,6 +80,9 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier) {
       if (reply === undefined) throw err
       if (err instanceof KeysUnavailableError) {
         reply.header('retry-after', retryAfter)
+      } else if (err instanceof AuthUnavailableError) {
+        // a legacy token: the call caps refill within a second
+        reply.header('retry-after', '1')
       } else {
         reply.header('www-authenticate', challenge(realm, err))
       }

@@ -38,6 +38,13 @@ export const TokenInvalidError = createError(
 export const KeysUnavailableError = createError(
   'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', 'The signing keys are temporarily unavailable', 503)
 
+/**
+ * A legacy HS256 token could not be checked by Supabase Auth (unreachable, failing, or the call caps
+ * reached): 503 with `Retry-After: 1`. Only while `legacyTokens` is on.
+ */
+export const AuthUnavailableError = createError(
+  'FST_SUPABASE_JWKS_AUTH_UNAVAILABLE', 'Supabase Auth cannot check this legacy token now: %s', 503)
+
 /** A bad plugin option: registration fails and `ready()` rejects with it. */
 export const OptionError = createError(
   'FST_SUPABASE_JWKS_OPTION', 'Invalid fastify-supabase-jwks option: %s', 500)
@@ -63,7 +70,8 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_UNKNOWN_KID: 401,
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 401,
   FST_SUPABASE_JWKS_TOKEN_INVALID: 401,
-  FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503
+  FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503,
+  FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503
 } as const
 
 export type ErrorCode = keyof typeof errorCodes

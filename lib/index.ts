@@ -6,7 +6,8 @@ import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { answerFor, bounded, buildAuthenticate } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
-import { normalizeOptions, type SupabaseJwksOptions as Options } from './options'
+import { createLegacyChecker, type LegacyStats } from './legacy'
+import { normalizeOptions, type LegacyTokensOptions, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
@@ -25,8 +26,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     fastify.log.warn({ jwksUrl: config.jwksUrl.href }, 'supabase-jwks: the JWKS is fetched over plain http')
   }
   const keys = createKeyResolver(config, fastify.log)
+  const legacy = config.legacy && createLegacyChecker(config, config.legacy, fastify.log)
   fastify.addHook('onClose', async function closeSupabaseJwks () {
     await keys.close()
+    await legacy?.close()
   })
 
   // @fastify/jwt is the Fastify face: it owns `request.user` (its decorator and its FastifyJWT typing),
@@ -44,7 +47,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   face.sign = function supabaseJwksNoSign () { throw new NotSupportedError('fastify.jwt.supabase.sign()') }
 
   const tokens = new TokenCache(config.tokenCache)
-  const verifyToken = createTokenVerifier(config, keys, tokens, fastify.log)
+  const verifyToken = createTokenVerifier(config, keys, tokens, fastify.log, legacy)
   const authenticate = buildAuthenticate(config, verifyToken)
   fastify.decorate('authenticate', authenticate)
   fastify.decorate('supabaseJwks', {
@@ -59,7 +62,13 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       tokens.clear()
       await keys.refresh()
     },
-    stats: () => ({ ...keys.stats(), cachedTokens: tokens.size, tokenCacheHits: tokens.hits, tokenCacheMisses: tokens.misses })
+    stats: () => ({
+      ...keys.stats(),
+      cachedTokens: tokens.size,
+      tokenCacheHits: tokens.hits,
+      tokenCacheMisses: tokens.misses,
+      ...legacy?.stats()
+    })
   })
 
   if (config.hook) {
@@ -76,9 +85,9 @@ fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
 
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
-  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats }
-  /** What `fastify.supabaseJwks.stats()` returns. */
-  export interface Stats extends KeyStats {
+  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions }
+  /** What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on. */
+  export interface Stats extends KeyStats, Partial<LegacyStats> {
     /** Verified tokens held by the token cache now. */
     cachedTokens: number
     /** Verifications answered from the token cache. */

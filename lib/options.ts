@@ -28,6 +28,40 @@ export const MAX_CACHE_TTL = 86_400
 export const MAX_COOLDOWN = 3600
 export const MAX_STALE_IF_ERROR = 7 * 86_400
 export const MAX_TIMEOUT = 60
+/** The longest legacy-token window a registration may open: the migration takes about one token lifetime. */
+export const MAX_LEGACY_WINDOW_DAYS = 7
+export const DEFAULT_LEGACY_CALLS_PER_SECOND = 20
+export const DEFAULT_LEGACY_CONCURRENT_CALLS = 8
+
+/**
+ * The migration off the legacy JWT secret: HS256 tokens verified by Supabase Auth
+ * (`GET /auth/v1/user`) instead of with the secret, until a set time.
+ */
+export interface LegacyTokensOptions {
+  /** When legacy tokens stop being accepted: an ISO 8601 time or a Date, at most 7 days after registration. */
+  until: string | Date
+  /** The project's publishable (`sb_publishable_...`) or anon key, sent as `apikey`: public, not a secret. */
+  apiKey: string
+  /**
+   * Supabase Auth's user endpoint. Default `${supabaseUrl}/auth/v1/user`; required with `jwksUrl`
+   * alone (for a self-hosted GoTrue, `<GOTRUE_URL>/user`).
+   */
+  userUrl?: string
+  /** Calls to Supabase Auth allowed per second (and in one burst); past it, 503. Default `20`. */
+  maxCallsPerSecond?: number
+  /** Calls to Supabase Auth in flight at once; past it, 503. Default `8`. */
+  maxConcurrentCalls?: number
+}
+
+/** The legacy-token window after validation. */
+export interface LegacyConfig {
+  /** ms since the epoch. */
+  until: number
+  apiKey: string
+  userUrl: URL
+  maxCallsPerSecond: number
+  maxConcurrentCalls: number
+}
 
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
 export interface SupabaseJwksOptions {
@@ -101,6 +135,11 @@ export interface SupabaseJwksOptions {
    * over plain HTTP can be swapped by anyone on the path. Loopback (the Supabase CLI) is always allowed.
    */
   allowInsecureJwksUrl?: boolean
+  /**
+   * Off by default. During the move off the legacy JWT secret, accept HS256 tokens until `until` by
+   * asking Supabase Auth whether each is genuine: the secret itself is never needed.
+   */
+  legacyTokens?: LegacyTokensOptions
 }
 
 /** The options after validation, in the units the code uses. */
@@ -120,6 +159,7 @@ export interface Config {
   hook: false | 'onRequest' | 'preHandler'
   realm: string
   insecureJwksUrl: boolean
+  legacy: LegacyConfig | undefined
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -127,8 +167,9 @@ const KNOWN_OPTIONS = new Set<string>([
   'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
   'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
-  'allowInsecureJwksUrl'
+  'allowInsecureJwksUrl', 'legacyTokens'
 ])
+const LEGACY_OPTIONS = new Set(['until', 'apiKey', 'userUrl', 'maxCallsPerSecond', 'maxConcurrentCalls'])
 
 function fail (message: string): never {
   throw new OptionError(message)
@@ -193,6 +234,48 @@ function algorithmList (value: unknown): Algorithm[] {
     }
   }
   return [...new Set(value as Algorithm[])]
+}
+
+/** The legacy-token window: off unless asked for, and always closed by a time at most 7 days ahead. */
+function legacyWindow (value: unknown, authBase: string | undefined, allowInsecure: boolean): LegacyConfig | undefined {
+  if (value === undefined) return undefined
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail('legacyTokens must be an object { until, apiKey }')
+  const legacy = value as Record<string, unknown>
+  if ('secret' in legacy) fail('legacyTokens never takes the secret: Supabase Auth checks each legacy token')
+  for (const name of Object.keys(legacy)) if (!LEGACY_OPTIONS.has(name)) fail(`unknown option legacyTokens.${name}`)
+  const until = legacy.until instanceof Date ? legacy.until.getTime() : typeof legacy.until === 'string' ? Date.parse(legacy.until) : NaN
+  if (!Number.isFinite(until)) fail('legacyTokens.until is required: an ISO 8601 time (e.g. "2026-12-08T00:00:00Z") or a Date')
+  const now = Date.now()
+  if (until <= now) {
+    fail(`legacyTokens.until (${new Date(until).toISOString()}) has passed: the migration window is over. ` +
+      'Remove legacyTokens (HS256 tokens are refused without it), or set a new until if the rotation is not done')
+  }
+  if (until > now + MAX_LEGACY_WINDOW_DAYS * 86_400_000) {
+    fail(`legacyTokens.until is more than ${MAX_LEGACY_WINDOW_DAYS} days ahead: the window is for the switch ` +
+      '(about one token lifetime after the rotation), not a way to keep legacy tokens')
+  }
+  if (typeof legacy.apiKey !== 'string' || legacy.apiKey === '') {
+    fail('legacyTokens.apiKey is required: the project\'s publishable or anon key (public), sent as apikey')
+  }
+  if (legacy.apiKey.startsWith('sb_secret_')) fail('legacyTokens.apiKey is a secret key: use the publishable (or anon) key')
+  let userUrl: URL
+  if (legacy.userUrl !== undefined) {
+    userUrl = parseUrl('legacyTokens.userUrl', legacy.userUrl)
+  } else {
+    if (authBase === undefined) fail('legacyTokens.userUrl is required with jwksUrl alone (e.g. https://auth.example.com/user)')
+    userUrl = new URL(`${authBase}/user`)
+  }
+  if (userUrl.username || userUrl.password || userUrl.hash) fail('legacyTokens.userUrl must not carry credentials or a fragment')
+  if (userUrl.protocol === 'http:' && !isLoopback(userUrl.hostname) && !allowInsecure) {
+    fail(`legacyTokens.userUrl ${userUrl.href} uses plain http on a non-loopback host: tokens would travel in clear; use https`)
+  }
+  return {
+    until,
+    apiKey: legacy.apiKey,
+    userUrl,
+    maxCallsPerSecond: integer('legacyTokens.maxCallsPerSecond', legacy.maxCallsPerSecond, DEFAULT_LEGACY_CALLS_PER_SECOND, 1, 10_000),
+    maxConcurrentCalls: integer('legacyTokens.maxConcurrentCalls', legacy.maxConcurrentCalls, DEFAULT_LEGACY_CONCURRENT_CALLS, 1, 1000)
+  }
 }
 
 /** Validates the options once, at registration, and turns them into a Config. */
@@ -267,6 +350,7 @@ export function normalizeOptions (input: unknown): Config {
     tokenCache: integer('tokenCache', opts.tokenCache, DEFAULT_TOKEN_CACHE, 0, MAX_TOKEN_CACHE),
     hook,
     realm,
-    insecureJwksUrl
+    insecureJwksUrl,
+    legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true)
   }
 }

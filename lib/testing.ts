@@ -10,7 +10,7 @@
  * ```
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { generateKeyPairSync, randomUUID, sign as cryptoSign, type KeyObject } from 'node:crypto'
+import { createHmac, generateKeyPairSync, randomBytes, randomUUID, sign as cryptoSign, timingSafeEqual, type KeyObject } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { hashOf, keyInput } from './signature'
 
@@ -42,6 +42,8 @@ export interface SignOptions {
 
 /** Answers a JWKS request instead of the issuer, to simulate outages; return `true` when handled. */
 export type JwksResponder = (request: IncomingMessage, response: ServerResponse) => boolean
+/** Answers a `GET /auth/v1/user` request instead of the issuer; return `true` when handled. */
+export type UserResponder = JwksResponder
 
 export interface TestIssuer {
   /** The project URL to give the plugin as `supabaseUrl`, e.g. `http://127.0.0.1:54321`. */
@@ -68,6 +70,16 @@ export interface TestIssuer {
   rotate (alg?: TestAlgorithm): TestKey
   /** Serves JWKS requests through `responder` (or normally again with `undefined`). */
   respondWith (responder: JwksResponder | undefined): void
+  /** The project's legacy HS256 JWT secret (what `legacyTokens` lets a backend do without). */
+  readonly legacySecret: string
+  /** The publishable key that `GET /auth/v1/user` wants as `apikey`. */
+  readonly apiKey: string
+  /** `GET /auth/v1/user` requests received so far (answered or not). */
+  readonly userRequests: number
+  /** Mints a legacy access token: HS256 with the legacy secret, the same claims as `sign`. */
+  signLegacy (claims?: Record<string, unknown>, options?: Pick<SignOptions, 'header'>): string
+  /** Serves `GET /auth/v1/user` through `responder` (or normally again with `undefined`). */
+  respondToUserWith (responder: UserResponder | undefined): void
   /** The JWKS document served now. */
   jwks (): { keys: Array<Record<string, unknown>> }
   close (): Promise<void>
@@ -113,13 +125,61 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
   let current = keys[0]!
   let jwksRequests = 0
   let responder: JwksResponder | undefined
+  let userResponder: UserResponder | undefined
+  let userRequests = 0
+  const legacySecret = randomBytes(32).toString('base64url')
+  const apiKey = `sb_publishable_${randomBytes(16).toString('base64url')}`
 
   function jwks () {
     return { keys: keys.filter((key) => published.has(key.kid)).map((key) => key.jwk) }
   }
 
+  function json (response: ServerResponse, status: number, body: unknown): void {
+    response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+  }
+
+  /** The payload of a genuine, unexpired legacy token, or `undefined`. */
+  function legacyPayload (token: string): Record<string, unknown> | undefined {
+    const [head, body, signature] = token.split('.')
+    if (signature === undefined) return undefined
+    const expected = createHmac('sha256', legacySecret).update(`${head}.${body}`).digest()
+    const given = Buffer.from(signature, 'base64url')
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    try {
+      const header = JSON.parse(Buffer.from(head!, 'base64url').toString()) as Record<string, unknown>
+      const payload = JSON.parse(Buffer.from(body!, 'base64url').toString()) as Record<string, unknown>
+      return header.alg === 'HS256' && typeof payload.exp === 'number' && payload.exp * 1000 > Date.now() ? payload : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  /** `GET /auth/v1/user` as the hosted gateway and GoTrue answer it. */
+  function user (request: IncomingMessage, response: ServerResponse): void {
+    userRequests++
+    if (userResponder?.(request, response)) return
+    if (request.headers.apikey === undefined) return json(response, 401, { message: 'No API key found in request' })
+    if (request.headers.apikey !== apiKey) return json(response, 401, { message: 'Invalid API key' })
+    const bearer = /^Bearer (.+)$/i.exec(request.headers.authorization ?? '')?.[1]
+    const payload = bearer === undefined ? undefined : legacyPayload(bearer)
+    if (payload === undefined) {
+      return json(response, 401, { code: 401, error_code: 'bad_jwt', msg: 'invalid JWT: unable to parse or verify signature' })
+    }
+    json(response, 200, {
+      id: payload.sub,
+      aud: payload.aud,
+      role: payload.role,
+      email: payload.email,
+      phone: payload.phone,
+      app_metadata: payload.app_metadata,
+      user_metadata: payload.user_metadata,
+      is_anonymous: payload.is_anonymous
+    })
+  }
+
   const server = createServer((request, response) => {
     const path = String(request.url).split('?')[0]
+    if (path === '/auth/v1/user' && request.method === 'GET') return user(request, response)
     if (path !== '/auth/v1/.well-known/jwks.json' && path !== '/.well-known/jwks.json') {
       response.writeHead(404, { 'content-type': 'application/json' }).end('{"code":404,"msg":"not found"}')
       return
@@ -141,6 +201,28 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     return key
   }
 
+  /** Supabase-shaped access-token claims; `claims` override the defaults (`undefined` removes one). */
+  function accessClaims (claims: Record<string, unknown>): Record<string, unknown> {
+    const now = Math.floor(Date.now() / 1000)
+    return withoutUndefined({
+      aud: 'authenticated',
+      exp: now + 3600,
+      iat: now,
+      iss: issuer,
+      sub: randomUUID(),
+      email: 'user@example.com',
+      phone: '',
+      app_metadata: { provider: 'email', providers: ['email'] },
+      user_metadata: { email_verified: true },
+      role: 'authenticated',
+      aal: 'aal1',
+      amr: [{ method: 'password', timestamp: now }],
+      session_id: randomUUID(),
+      is_anonymous: false,
+      ...claims
+    })
+  }
+
   function addKey ({ alg = current.alg, kid, publish = true, current: makeCurrent = false }:
   { alg?: TestAlgorithm, kid?: string, publish?: boolean, current?: boolean } = {}): TestKey {
     const key = generateTestKey(alg, kid)
@@ -159,28 +241,18 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     get keys () { return [...keys] },
     sign (claims = {}, signOptions = {}) {
       const key = signOptions.kid === undefined ? current : findKey(signOptions.kid)
-      const now = Math.floor(Date.now() / 1000)
-      const sub = randomUUID()
-      const payload = withoutUndefined({
-        aud: 'authenticated',
-        exp: now + 3600,
-        iat: now,
-        iss: issuer,
-        sub,
-        email: 'user@example.com',
-        phone: '',
-        app_metadata: { provider: 'email', providers: ['email'] },
-        user_metadata: { email_verified: true },
-        role: 'authenticated',
-        aal: 'aal1',
-        amr: [{ method: 'password', timestamp: now }],
-        session_id: randomUUID(),
-        is_anonymous: false,
-        ...claims
-      })
       const header = withoutUndefined({ alg: key.alg, kid: key.kid, typ: 'JWT', ...signOptions.header })
-      return signJwt(header, payload, key.privateKey)
+      return signJwt(header, accessClaims(claims), key.privateKey)
     },
+    legacySecret,
+    apiKey,
+    get userRequests () { return userRequests },
+    signLegacy (claims = {}, signOptions = {}) {
+      const header = withoutUndefined({ alg: 'HS256', typ: 'JWT', ...signOptions.header })
+      const input = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(accessClaims(claims)))}`
+      return `${input}.${base64url(createHmac('sha256', legacySecret).update(input).digest())}`
+    },
+    respondToUserWith (next) { userResponder = next },
     addKey,
     publish (kid) { published.add(findKey(kid).kid) },
     unpublish (kid) { published.delete(kid) },

@@ -59,13 +59,13 @@ export class TokenCache {
     return this.#entries.size
   }
 
-  /** The entry for `token` if it may still be used, given the key now held for its kid. */
-  get (token: string, held: (kid: string) => CachedKey | undefined): VerifiedToken | undefined {
+  /** The entry for `token` if it may still be used: unexpired, and `current` says its key still verifies. */
+  get (token: string, current: (key: CachedKey) => boolean): VerifiedToken | undefined {
     if (this.#entries.size !== 0) {
       const id = tokenId(token)
       const entry = this.#entries.get(id)
       if (entry !== undefined && entry.token === token) {
-        if (Date.now() < entry.expiresAt && held(entry.key.kid) === entry.key) {
+        if (Date.now() < entry.expiresAt && current(entry.key)) {
           this.hits++
           return entry
         }
@@ -76,11 +76,14 @@ export class TokenCache {
     return undefined
   }
 
-  /** Remembers a verified token; `members` is how many members its claims hold (from `deepFreeze`). */
-  set (token: string, entry: VerifiedToken, members: number): void {
+  /**
+   * Remembers a verified token; `members` is how many members its claims hold (from `deepFreeze`).
+   * `now` admits it on this first verification (a legacy token, whose check is a call to Supabase Auth).
+   */
+  set (token: string, entry: VerifiedToken, members: number, now = false): void {
     if (this.#max === 0 || token.length > MAX_CACHED_TOKEN_LENGTH || members > MAX_CACHED_CLAIM_MEMBERS) return
     const id = tokenId(token)
-    if (!this.#admit(id)) return
+    if (!now && !this.#admit(id)) return
     if (!this.#entries.has(id) && this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
     this.#entries.set(id, { ...entry, token })
   }

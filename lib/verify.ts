@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { MalformedTokenError, TokenExpiredError, TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
 import type { CachedKey, KeyResolver } from './keys'
+import type { LegacyChecker } from './legacy'
 import type { Config } from './options'
 import { deepFreeze, type TokenCache } from './token-cache'
 
@@ -16,6 +17,9 @@ import { deepFreeze, type TokenCache } from './token-cache'
  *      the key is held; a key not held is resolved first, which may fetch the JWKS);
  *   5. the claims: exp, nbf, iss, aud, sub;
  *   6. the claims are frozen and offered to the token cache.
+ * While `legacyTokens` is on, an HS256 token takes a branch at step 3: the same cheap header checks,
+ * then every claim check (so an expired or foreign token costs no call), then Supabase Auth in place
+ * of the signature check; then step 6, its claims cached at once, until `exp` and while the window is open.
  */
 
 /** Claims of a verified token, frozen: one object may serve many requests. */
@@ -39,7 +43,8 @@ const SIGNATURE_LENGTH: Record<string, [min: number, max: number]> = {
   ES512: [176, 176],
   EdDSA: [86, 152],
   RS: [342, 1366],
-  PS: [342, 1366]
+  PS: [342, 1366],
+  HS: [43, 43] // HS256 only (legacy tokens)
 }
 
 /** How many distinct verified headers are remembered decoded (an issuer has one per key and algorithm). */
@@ -97,7 +102,8 @@ function checkAllowed (claim: string, value: unknown, allowed: ReadonlySet<strin
 }
 
 /** Builds the verification path for one registration. */
-export function createTokenVerifier (config: Config, keys: KeyResolver, cache: TokenCache, log: FastifyBaseLogger): TokenVerifier {
+export function createTokenVerifier (config: Config, keys: KeyResolver, cache: TokenCache, log: FastifyBaseLogger,
+  legacy?: LegacyChecker): TokenVerifier {
   const algorithms = new Set<string>(config.algorithms)
   const issuers = config.issuer && new Set(config.issuer)
   const audiences = config.audience && new Set(config.audience)
@@ -132,6 +138,24 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
    */
   const knownHeaders = new Map<string, Readonly<Record<string, unknown>>>()
 
+  /** What the token cache holds legacy tokens under: usable only while the window is open. */
+  const legacyKey: CachedKey = { kid: '', algorithms: ['HS256'], checks: new Map() }
+  /** Whether a cached token's key still verifies: a key still held and fresh, or the open legacy window. */
+  function current (key: CachedKey): boolean {
+    return key === legacyKey ? legacy!.active() : keys.held(key.kid) === key
+  }
+
+  /** Step 6: the claims frozen, offered to the token cache (a legacy token at once), the header remembered. */
+  function keep (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, key: CachedKey): Claims {
+    const members = deepFreeze(payload)
+    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, members, key === legacyKey)
+    if (!knownHeaders.has(head)) {
+      if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
+      knownHeaders.set(head, Object.freeze(header))
+    }
+    return payload
+  }
+
   /** Steps 4 to 6, once the key named by the token is at hand. */
   function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims {
     const check = key.checks.get(alg)
@@ -141,33 +165,41 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
       throw new TokenInvalidError('the token signature is invalid')
     }
     checkClaims(payload)
-    const members = deepFreeze(payload)
-    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, members)
-    if (!knownHeaders.has(head)) {
-      if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
-      knownHeaders.set(head, Object.freeze(header))
-    }
-    return payload
+    return keep(token, head, header, payload, key)
+  }
+
+  /** The legacy branch: every check that costs nothing first, then Supabase Auth in place of the signature. */
+  async function verifyLegacy (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>): Promise<Claims> {
+    checkClaims(payload)
+    await legacy!.check(token, payload.sub as string)
+    legacy!.accepted()
+    return keep(token, head, header, payload, legacyKey)
   }
 
   return function verifyToken (token: string): Claims | Promise<Claims> {
-    const hit = cache.get(token, keys.held)
-    if (hit !== undefined) return hit.claims
+    const hit = cache.get(token, current)
+    if (hit !== undefined) {
+      if (hit.key === legacyKey) legacy!.accepted()
+      return hit.claims
+    }
     checkStructure(token)
     const first = token.indexOf('.')
     const head = token.slice(0, first)
     const header = knownHeaders.get(head) ?? jsonObject(head, 'header')
     const payload = jsonObject(token.slice(first + 1, token.lastIndexOf('.')), 'payload')
     const { alg, kid } = header
-    if (typeof alg !== 'string' || !algorithms.has(alg)) throw algorithmNotAllowed(alg, payload)
-    if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed()) throw new UnknownKeyError()
+    const isLegacy = alg === 'HS256' && legacy !== undefined && legacy.active()
+    if (!isLegacy && (typeof alg !== 'string' || !algorithms.has(alg))) throw algorithmNotAllowed(alg, payload)
+    // a legacy token needs no kid: Supabase Auth finds its secret
+    if (!isLegacy && (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed())) throw new UnknownKeyError()
     // no extension is understood (RFC 7515 §4.1.11, RFC 7797): refused before any key lookup
     if ('crit' in header || 'b64' in header) throw new TokenInvalidError('crit and b64 headers are not supported')
-    if (!plausibleSignature(alg, token.length - token.lastIndexOf('.') - 1)) {
+    if (!plausibleSignature(alg as string, token.length - token.lastIndexOf('.') - 1)) {
       throw new TokenInvalidError('the signature is missing or has the wrong length')
     }
-    const key = keys.held(kid)
-    if (key !== undefined) return finish(token, head, header, payload, alg, key)
-    return keys.resolve(kid).then((resolved) => finish(token, head, header, payload, alg, resolved))
+    if (isLegacy) return verifyLegacy(token, head, header, payload)
+    const key = keys.held(kid as string)
+    if (key !== undefined) return finish(token, head, header, payload, alg as string, key)
+    return keys.resolve(kid as string).then((resolved) => finish(token, head, header, payload, alg as string, resolved))
   }
 }

@@ -88,3 +88,35 @@ t.test('a fixed port', async (t) => {
   t.teardown(() => issuer.close())
   t.equal(issuer.url, `http://127.0.0.1:${port}`)
 })
+
+t.test('GET /auth/v1/user answers as the gateway and GoTrue do: apikey required, 200 with the user for a genuine legacy token, 401 otherwise', async (t) => {
+  const { createHmac } = await import('node:crypto')
+  const issuer = await issuerFor(t)
+  const user = (headers: Record<string, string>) => fetch(`${issuer.url}/auth/v1/user`, { headers })
+  const hmac = (input: string) => `${input}.${createHmac('sha256', issuer.legacySecret).update(input).digest('base64url')}`
+  const b64 = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
+  const token = issuer.signLegacy({ sub: 'user-1', email: 'ada@example.com' })
+  t.match(JSON.parse(Buffer.from(token.split('.')[0]!, 'base64url').toString()), { alg: 'HS256', typ: 'JWT' })
+  t.match(await (await user({ authorization: `Bearer ${token}` })).json(), { message: 'No API key found in request' })
+  t.equal((await user({ apikey: 'sb_publishable_wrong', authorization: `Bearer ${token}` })).status, 401)
+  const ok = await user({ apikey: issuer.apiKey, authorization: `Bearer ${token}` })
+  t.equal(ok.status, 200)
+  t.match(await ok.json(), { id: 'user-1', email: 'ada@example.com', aud: 'authenticated', role: 'authenticated' })
+  const refused: Array<[string, Record<string, string>]> = [
+    ['no bearer', { apikey: issuer.apiKey }],
+    ['not a JWT', { apikey: issuer.apiKey, authorization: 'Bearer abc' }],
+    ['signed with another key', { apikey: issuer.apiKey, authorization: `Bearer ${issuer.sign()}` }],
+    ['expired', { apikey: issuer.apiKey, authorization: `Bearer ${issuer.signLegacy({ exp: 1 })}` }],
+    ['a header that is not JSON', { apikey: issuer.apiKey, authorization: `Bearer ${hmac(`${b64('nope')}.${b64({ exp: 2e9 })}`)}` }],
+    ['another alg', { apikey: issuer.apiKey, authorization: `Bearer ${hmac(`${b64({ alg: 'HS512' })}.${b64({ exp: 2e9 })}`)}` }]
+  ]
+  for (const [name, headers] of refused) {
+    const response = await user(headers)
+    t.equal(response.status, 401, name)
+    t.match(await response.json(), { error_code: 'bad_jwt' }, name)
+  }
+  t.equal(issuer.userRequests, 3 + refused.length)
+  issuer.respondToUserWith((_request, response) => { response.writeHead(500).end(); return true })
+  t.equal((await user({ apikey: issuer.apiKey })).status, 500, 'respondToUserWith answers instead')
+  issuer.respondToUserWith(undefined)
+})

@@ -116,7 +116,7 @@ t.test('a cached token does not skip the JWKS refresh when the key set expires',
 
 t.test('TokenCache and deepFreeze', async (t) => {
   const key: CachedKey = { kid: 'k', algorithms: ['RS256'], checks: new Map() }
-  const held = (kid: string) => (kid === 'k' ? key : undefined)
+  const held = (candidate: CachedKey) => candidate === key
   const entry = (expiresIn = 60_000) => ({ claims: {}, key, expiresAt: Date.now() + expiresIn })
   const cache = new TokenCache(1)
   cache.set('token-one', entry(), 1)
@@ -126,7 +126,7 @@ t.test('TokenCache and deepFreeze', async (t) => {
   t.ok(cache.get('token-one', held))
   cache.set('token-one', entry(), 1)
   t.equal(cache.size, 1, 'setting a cached token again evicts nothing')
-  t.equal(cache.get('token-one', () => undefined), undefined, 'a key no longer held retires the entry')
+  t.equal(cache.get('token-one', () => false), undefined, 'a key no longer held retires the entry')
   t.equal(cache.size, 0)
   for (let i = 0; i < 2; i++) cache.set('token-two', entry(-1), 1)
   t.equal(cache.get('token-two', held), undefined, 'expired')
@@ -150,6 +150,9 @@ t.test('TokenCache and deepFreeze', async (t) => {
   t.equal(twins.size, 1, 'the two take turns in one entry')
   t.ok(twins.get(`second.${tail}`, held))
   t.equal(twins.get(`first.${tail}`, held), undefined)
+  const once = new TokenCache(2)
+  once.set('token-now', entry(), 1, true)
+  t.ok(once.get('token-now', held), 'admitted on its first verification when asked (legacy tokens)')
   const off = new TokenCache(0)
   for (let i = 0; i < 3; i++) off.set('token-one', entry(), 1)
   t.equal(off.size, 0, 'max 0 keeps nothing')

@@ -24,6 +24,11 @@ expectAssignable<SupabaseJwksOptions>({ supabaseUrl: 'x', audience: ['authentica
 expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.authenticate)
 expectAssignable<KeyStats>(app.supabaseJwks.stats())
 expectType<number>(app.supabaseJwks.stats().tokenCacheHits)
+expectType<number | undefined>(app.supabaseJwks.stats().legacyAccepted)
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { until: '2026-12-08T00:00:00Z', apiKey: 'sb_publishable_x' } })
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { until: new Date(), apiKey: 'k', maxCallsPerSecond: 10, maxConcurrentCalls: 4 } })
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { apiKey: 'k' } }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { until: new Date(), apiKey: 'k', secret: 'shh' } }))
 expectType<Promise<SupabaseUser>>(app.supabaseJwks.verify('token'))
 
 app.get('/me', { preHandler: app.authenticate }, async (request) => {
@@ -44,6 +49,8 @@ async function issuerTypes (): Promise<void> {
   expectType<TestIssuer>(issuer)
   expectType<string>(issuer.sign({ role: 'service_role' }, { header: { typ: 'at+jwt' } }))
   expectType<number>(issuer.jwksRequests)
+  expectType<string>(issuer.signLegacy({ sub: 'u' }))
+  expectType<number>(issuer.userRequests)
   expectError(createTestIssuer({ alg: 'HS256' }))
 }
 issuerTypes().catch(() => {})

@@ -1,0 +1,174 @@
+import { Agent, request } from 'undici'
+import type { FastifyBaseLogger } from 'fastify'
+import { AuthUnavailableError, TokenInvalidError } from './errors'
+import type { Config, LegacyConfig } from './options'
+
+/*
+ * The migration off the legacy JWT secret (the `legacyTokens` option). Supabase's own
+ * `auth.getClaims()` verifies a legacy HS256 token by asking Supabase Auth, `GET /auth/v1/user`
+ * with the token as bearer: a 200 means Auth signed it and the session is live. This does the same,
+ * so no backend needs the secret even during the switch. Every call is bounded: one in flight per
+ * distinct token, at most `maxConcurrentCalls` at once and `maxCallsPerSecond` (a token bucket):
+ * a flood of random HS256 tokens gets 503s, never more calls. Each call has the JWKS fetch's
+ * `timeout` and `maxResponseSize`, refuses redirects, and its answer never reaches the client.
+ */
+
+/** Legacy-token activity, for logs or metrics. */
+export interface LegacyStats {
+  /** Calls made to Supabase Auth. */
+  legacyCalls: number
+  /** Requests (and `verify()` calls) accepted with a legacy token, from Auth or the token cache. */
+  legacyAccepted: number
+  /** Legacy tokens Supabase Auth refused (401/403). */
+  legacyRefused: number
+  /** Legacy tokens answered 503: Auth unreachable or failing, or a call cap reached. */
+  legacyUnavailable: number
+}
+
+export interface LegacyChecker {
+  /** Whether the window is still open: HS256 tokens are refused once `until` has passed. */
+  active (): boolean
+  /** Resolves when Supabase Auth says the token is genuine and belongs to `sub`; throws the answer otherwise. */
+  check (token: string, sub: string): Promise<void>
+  /** Counts a request accepted with a legacy token. */
+  accepted (): void
+  stats (): LegacyStats
+  close (): Promise<void>
+}
+
+const HOUR = 3_600_000
+
+/** How long is left, for people: "2 days 3 h", "41 min". */
+function timeLeft (ms: number): string {
+  const minutes = Math.max(1, Math.round(ms / 60_000))
+  if (minutes < 60) return `${minutes} min`
+  const hours = Math.round(minutes / 60)
+  return hours < 48 ? `${hours} h` : `${Math.floor(hours / 24)} days ${hours % 24} h`
+}
+
+/** Whether a 401 is the API gateway refusing the `apikey` (`{"message": "Invalid API key"}`) rather than Auth refusing the token. */
+function apiKeyRefused (body: string): boolean {
+  try {
+    const message = (JSON.parse(body) as { message?: unknown } | null)?.message
+    return typeof message === 'string' && /api key/i.test(message)
+  } catch {
+    return false
+  }
+}
+
+export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: FastifyBaseLogger): LegacyChecker {
+  const { timeoutMs } = config
+  const agent = new Agent({
+    connect: { timeout: timeoutMs },
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs,
+    maxResponseSize: config.maxResponseSize
+  })
+  const inflight = new Map<string, Promise<void>>()
+  const stats: LegacyStats = { legacyCalls: 0, legacyAccepted: 0, legacyRefused: 0, legacyUnavailable: 0 }
+  // the rate cap: a bucket of `maxCallsPerSecond` calls, refilled continuously
+  let allowance = legacy.maxCallsPerSecond
+  let filledAt = Date.now()
+
+  // said at start, then every hour and when the window closes: an operator must not forget it is open
+  let timer: NodeJS.Timeout | undefined
+  function remind (): void {
+    const left = legacy.until - Date.now()
+    if (left <= 0) {
+      log.warn({ until: new Date(legacy.until).toISOString(), ...stats },
+        'supabase-jwks: the legacy-token window is over: HS256 tokens are refused now; remove legacyTokens')
+      return
+    }
+    log.warn({ until: new Date(legacy.until).toISOString(), left: timeLeft(left), ...stats },
+      `supabase-jwks: legacy HS256 tokens are accepted through Supabase Auth for ${timeLeft(left)} more; ` +
+      'remove legacyTokens once stats().legacyAccepted stops growing')
+    timer = setTimeout(remind, Math.min(HOUR, left))
+    timer.unref()
+  }
+  remind()
+
+  function unavailable (reason: string, extra: Record<string, unknown>): never {
+    stats.legacyUnavailable++
+    log.warn({ userUrl: legacy.userUrl.href, ...extra, reason }, 'supabase-jwks: Supabase Auth could not check a legacy token')
+    throw new AuthUnavailableError('Supabase Auth did not answer')
+  }
+
+  function takeAllowance (): boolean {
+    const now = Date.now()
+    allowance = Math.min(legacy.maxCallsPerSecond, allowance + (now - filledAt) * legacy.maxCallsPerSecond / 1000)
+    filledAt = now
+    if (allowance < 1) return false
+    allowance--
+    return true
+  }
+
+  async function call (token: string, sub: string): Promise<void> {
+    stats.legacyCalls++
+    let statusCode: number
+    let body: string
+    try {
+      const response = await request(legacy.userUrl, {
+        dispatcher: agent,
+        method: 'GET',
+        headers: {
+          authorization: `Bearer ${token}`,
+          apikey: legacy.apiKey,
+          accept: 'application/json',
+          'accept-encoding': 'identity'
+        },
+        signal: AbortSignal.timeout(timeoutMs)
+      })
+      statusCode = response.statusCode
+      body = await response.body.text()
+    } catch (err) {
+      // fetch-style errors put the network code in `cause`; undici's own carry it themselves
+      const error = err as { code?: unknown, cause?: { code?: unknown }, message?: unknown }
+      return unavailable(String(error.message), { code: error.code ?? error.cause?.code })
+    }
+    if (statusCode === 401 || statusCode === 403) {
+      // the gateway's answer to a missing or wrong apikey: a misconfiguration, not a bad token
+      if (apiKeyRefused(body)) return unavailable('Supabase Auth refused the apiKey: check legacyTokens.apiKey', { status: statusCode })
+      stats.legacyRefused++
+      throw new TokenInvalidError('Supabase Auth did not accept the legacy token')
+    }
+    if (statusCode !== 200) return unavailable(`Supabase Auth answered HTTP ${statusCode}`, { status: statusCode })
+    let user: unknown
+    try {
+      user = JSON.parse(body)
+    } catch {
+      return unavailable('the answer is not JSON', { status: statusCode })
+    }
+    // the answer is the session's user: it must be the token's own subject
+    if ((user as { id?: unknown } | null)?.id !== sub) {
+      stats.legacyRefused++
+      throw new TokenInvalidError('Supabase Auth answered for another user')
+    }
+  }
+
+  return {
+    active: () => Date.now() < legacy.until,
+    check (token, sub) {
+      const running = inflight.get(token)
+      if (running !== undefined) return running
+      if (inflight.size >= legacy.maxConcurrentCalls) {
+        stats.legacyUnavailable++
+        return Promise.reject(new AuthUnavailableError('too many legacy token checks in flight'))
+      }
+      if (!takeAllowance()) {
+        stats.legacyUnavailable++
+        return Promise.reject(new AuthUnavailableError('too many legacy token checks'))
+      }
+      const pending = call(token, sub).finally(() => inflight.delete(token))
+      inflight.set(token, pending)
+      return pending
+    },
+    accepted () {
+      stats.legacyAccepted++
+    },
+    stats: () => ({ ...stats }),
+    async close () {
+      clearTimeout(timer)
+      await agent.destroy()
+    }
+  }
+}
