@@ -188,7 +188,8 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     const header = knownHeaders.get(head) ?? jsonObject(head, 'header')
     const payload = jsonObject(token.slice(first + 1, token.lastIndexOf('.')), 'payload')
     const { alg, kid } = header
-    const isLegacy = alg === 'HS256' && legacy !== undefined && legacy.active()
+    // a legacy anon/service_role API key (iss "supabase") is no user token: it keeps its own answer
+    const isLegacy = alg === 'HS256' && legacy !== undefined && legacy.active() && payload.iss !== 'supabase'
     if (!isLegacy && (typeof alg !== 'string' || !algorithms.has(alg))) throw algorithmNotAllowed(alg, payload)
     // a legacy token needs no kid: Supabase Auth finds its secret
     if (!isLegacy && (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH || !kid.isWellFormed())) throw new UnknownKeyError()

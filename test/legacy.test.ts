@@ -94,7 +94,7 @@ t.test('legacy tokens that fail a cheap check are refused with no call', async (
     ['expired', issuer.signLegacy({ exp: Math.floor(Date.now() / 1000) - 60 }), 'FST_SUPABASE_JWKS_TOKEN_EXPIRED'],
     ['a foreign issuer', issuer.signLegacy({ iss: 'https://evil.example.com/auth/v1' }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['another audience', issuer.signLegacy({ aud: 'some-oauth-client' }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
-    ['the legacy anon key', issuer.signLegacy({ iss: 'supabase', role: 'anon', sub: undefined, aud: undefined }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
+    ['the legacy anon key', issuer.signLegacy({ iss: 'supabase', role: 'anon', sub: undefined, aud: undefined }), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED'],
     ['no sub', issuer.signLegacy({ sub: undefined }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['a short signature', issuer.signLegacy().replace(/[^.]*$/, 'A'.repeat(40)), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['crit', issuer.signLegacy({}, { header: { crit: ['exp'] } }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
@@ -250,4 +250,20 @@ t.test('the reminder says the time left in hours or days', async (t) => {
   t.match(hours.entries()[0]?.msg, /for 5 h more/)
   const days = await loggedAppFor(t, legacyOptions(issuer, { until: inMinutes(6 * 24 * 60 + 3 * 60) }), 'warn')
   t.match(days.entries()[0]?.msg, /for 6 days 3 h more/)
+})
+
+t.test('algorithm confusion with legacyTokens on: an HS256 token keyed with the public key is refused by Supabase Auth', async (t) => {
+  const { createHmac } = await import('node:crypto')
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, legacyOptions(issuer))
+  const pem = issuer.currentKey.publicKey.export({ type: 'spki', format: 'pem' })
+  const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const now = Math.floor(Date.now() / 1000)
+  const input = `${b64({ alg: 'HS256', kid: issuer.currentKey.kid, typ: 'JWT' })}.${b64({ sub: 'attacker', aud: 'authenticated', iss: issuer.issuer, exp: now + 600, role: 'service_role' })}`
+  const forged = `${input}.${createHmac('sha256', pem).update(input).digest('base64url')}`
+  const response = await getMe(app, forged)
+  t.equal(response.statusCode, 401)
+  t.equal(codeOf(response), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
+  t.equal(issuer.userRequests, 1)
+  t.equal(issuer.jwksRequests, 0, 'no JWKS fetch either')
 })
