@@ -121,9 +121,9 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
       statusCode = response.statusCode
       body = await response.body.text()
     } catch (err) {
-      // fetch-style errors put the network code in `cause`; undici's own carry it themselves
-      const error = err as { code?: unknown, cause?: { code?: unknown }, message?: unknown }
-      return unavailable(String(error.message), { code: error.code ?? error.cause?.code })
+      // undici's errors carry the network code (ECONNREFUSED, UND_ERR_...); a timeout has none
+      const error = err as { code?: unknown, message?: unknown }
+      return unavailable(String(error.message), { code: error.code })
     }
     if (statusCode === 401 || statusCode === 403) {
       // the gateway's answer to a missing or wrong apikey: a misconfiguration, not a bad token
