@@ -4,6 +4,8 @@
 // the limit body in a server with the plugin registered: what registering alone costs.
 // Variants: public (no authentication: the ceiling), limit (a hand-written minimal verifier: split,
 // crypto.verify with a prebuilt key object, parse, check exp/iss/aud: the floor of the work),
+// limit-async (the same with crypto.verify's callback form: the signature on the libuv thread pool,
+// unbounded: the thread-pool floor),
 // plugin, jose (createRemoteJWKSet + jwtVerify), fastjwt (fast-jwt alone, one verifier per key:
 // what verification costs without @fastify/jwt's request path).
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
@@ -40,10 +42,12 @@ const VARIANTS = [
   { name: 'public', alg: 'RS256', scenarios: ALL },
   { name: 'limit-rs256', alg: 'RS256', scenarios: ALL },
   { name: 'plugin-rs256', alg: 'RS256', scenarios: ALL },
+  { name: 'limit-async-rs256', alg: 'RS256', scenarios: ['unique'] },
   { name: 'jose-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
   { name: 'fastjwt-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
   { name: 'limit-es256', alg: 'ES256', scenarios: ALL },
   { name: 'plugin-es256', alg: 'ES256', scenarios: ALL },
+  { name: 'limit-async-es256', alg: 'ES256', scenarios: ['unique'] },
   { name: 'jose-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
   { name: 'fastjwt-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
   { name: 'plugin-tc0-rs256', alg: 'RS256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
@@ -219,6 +223,10 @@ async function main () {
     const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.cpuMicrosPerRequest
     return +(get(a) / get(b)).toFixed(3)
   }
+  const p99 = (a, b, scenario) => {
+    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.p99ms
+    return +(get(a) / get(b)).toFixed(3)
+  }
   const rss = (a, b, scenario) => {
     const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.rssMB
     return +(get(a) - get(b)).toFixed(1)
@@ -238,6 +246,10 @@ async function main () {
     'RSS MB plugin-es256 - public (unique, <= 25)': rss('plugin-es256', 'public', 'unique'),
     'fastjwt-rs256 / limit-rs256 (unique, reference: fast-jwt alone)': ratio('fastjwt-rs256', 'limit-rs256', 'unique'),
     'fastjwt-es256 / limit-es256 (unique, reference: fast-jwt alone)': ratio('fastjwt-es256', 'limit-es256', 'unique'),
+    'plugin-es256 / limit-async-es256 (unique, >= 0.9)': ratio('plugin-es256', 'limit-async-es256', 'unique'),
+    'plugin-es256 / jose-es256 (unique, >= 1.1)': ratio('plugin-es256', 'jose-es256', 'unique'),
+    'p99 plugin-es256 / limit-async-es256 (unique, <= 1.2)': p99('plugin-es256', 'limit-async-es256', 'unique'),
+    'plugin-rs256 / limit-async-rs256 (unique, reference: RSA on the pool)': ratio('plugin-rs256', 'limit-async-rs256', 'unique'),
     'plugin-rs256 / public (hot, >= 0.85)': ratio('plugin-rs256', 'public', 'hot'),
     'plugin-es256 / public (hot, >= 0.85)': ratio('plugin-es256', 'public', 'hot'),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (RS256)': ['plugin-tc0-rs256', 'plugin-tc1k-rs256', 'plugin-rs256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),

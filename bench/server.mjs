@@ -11,18 +11,24 @@ function send (message) {
   process.send(message)
 }
 
-/** The practical floor: split, one crypto.verify with a prebuilt key object, parse, check exp/iss/aud. */
-function limitVerifier ({ jwk, alg, issuer }) {
+/**
+ * The practical floor: split, one crypto.verify with a prebuilt key object, parse, check exp/iss/aud.
+ * `async`: crypto.verify's callback form, on the libuv thread pool (unbounded).
+ */
+function limitVerifier ({ jwk, alg, issuer }, async = false) {
   const { verify } = require('node:crypto')
   const key = createPublicKey({ key: jwk, format: 'jwk' })
   const hash = 'sha256'
   const options = alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key
+  const check = async
+    ? (data, signature) => new Promise((resolve) => verify(hash, data, options, signature, (err, valid) => resolve(!err && valid)))
+    : (data, signature) => verify(hash, data, options, signature)
   return async function limit (request, reply) {
     const header = request.headers.authorization
     if (header === undefined || !header.startsWith('Bearer ')) return reply.code(401).send()
     const token = header.slice(7)
     const dot = token.lastIndexOf('.')
-    const ok = verify(hash, Buffer.from(token.slice(0, dot)), options, Buffer.from(token.slice(dot + 1), 'base64url'))
+    const ok = await check(Buffer.from(token.slice(0, dot)), Buffer.from(token.slice(dot + 1), 'base64url'))
     if (!ok) return reply.code(401).send()
     const claims = JSON.parse(Buffer.from(token.slice(token.indexOf('.') + 1, dot), 'base64url').toString())
     if (!(claims.exp * 1000 > Date.now()) || claims.iss !== issuer || claims.aud !== 'authenticated') return reply.code(401).send()
@@ -37,7 +43,7 @@ async function main (config) {
   if (variant === 'public') {
     preHandler = undefined
   } else if (variant.startsWith('limit')) {
-    preHandler = limitVerifier(config)
+    preHandler = limitVerifier(config, variant.startsWith('limit-async'))
   } else if (variant.startsWith('reglimit')) {
     // the limit's body in a server with the plugin registered (and never called): what registering costs
     const supabaseJwks = require('fastify-supabase-jwks')

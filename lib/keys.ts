@@ -5,7 +5,7 @@ import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { KeysUnavailableError, UnknownKeyError } from './errors'
 import type { Algorithm, Config } from './options'
-import { signatureCheck, type SignatureCheck } from './signature'
+import { signatureCheck, type SignatureCheck, type SignatureCounts } from './signature'
 
 /*
  * The key resolver. get-jwks fetches the JWKS and resolves the token's `kid` (and `alg`);
@@ -53,6 +53,9 @@ export interface KeyStats {
   lastSuccessAt: number | null
   /** Time of the last failed fetch, in ms since the epoch, or `null`. */
   lastFailureAt: number | null
+  /** EC and EdDSA signature checks made on the libuv thread pool, and on the event loop (the pool's share was taken). */
+  signaturesOffLoop: number
+  signaturesOnLoop: number
 }
 
 export interface KeyResolver {
@@ -77,7 +80,10 @@ const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
 class UnusableKeyError extends Error {}
 
 /** Checks that a JWK is a public signing key (RFC 7517, RFC 7518) and builds its checks for the `allowed` algorithms. */
-export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly string[]): CachedKey {
+/** Counts for keys built outside a resolver (tests). */
+const UNCOUNTED: SignatureCounts = { signaturesOffLoop: 0, signaturesOnLoop: 0 }
+
+export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly string[], counts = UNCOUNTED): CachedKey {
   if (typeof jwk.kid !== 'string' || jwk.kid === '') throw new UnusableKeyError('no kid')
   if (jwk.use !== undefined && jwk.use !== 'sig') throw new UnusableKeyError('use is not "sig"')
   if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('verify'))) {
@@ -104,12 +110,12 @@ export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly str
     throw new UnusableKeyError(`RSA modulus under ${MIN_RSA_BITS} bits`)
   }
   const checks = new Map<string, SignatureCheck>()
-  for (const alg of algorithms) if (allowed.includes(alg)) checks.set(alg, signatureCheck(alg, key))
+  for (const alg of algorithms) if (allowed.includes(alg)) checks.set(alg, signatureCheck(alg, key, counts))
   return { kid: jwk.kid, algorithms, checks }
 }
 
 /** The usable keys of a JWKS body, or `undefined` when it is not a JSON key set with at least one key. */
-export function parseKeySet (body: Buffer, allowed: readonly string[], log: FastifyBaseLogger): Map<string, CachedKey> | undefined {
+export function parseKeySet (body: Buffer, allowed: readonly string[], log: FastifyBaseLogger, counts = UNCOUNTED): Map<string, CachedKey> | undefined {
   let document: unknown
   try {
     document = JSON.parse(body.toString('utf8'))
@@ -122,7 +128,7 @@ export function parseKeySet (body: Buffer, allowed: readonly string[], log: Fast
   for (const jwk of list.slice(0, MAX_KEYS) as unknown[]) {
     try {
       if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new UnusableKeyError('not a JSON object')
-      const entry = toCachedKey(jwk as Record<string, unknown>, allowed)
+      const entry = toCachedKey(jwk as Record<string, unknown>, allowed, counts)
       if (!keys.has(entry.kid)) keys.set(entry.kid, entry)
     } catch (err) {
       // safe values only: whatever the JWKS sent may not even turn into a string
@@ -227,7 +233,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
   let unknownUntil = 0 // the unknown-kid cooldown: ended by its own clock only (or by refresh())
   let lastFetchFailed = false
   let inflight: Promise<void> | undefined
-  const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null }
+  const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
 
   function failed (reason: string, extra: Record<string, unknown> = {}): void {
     lastFetchFailed = true
@@ -286,7 +292,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
       return failed(String((error as Error).message), { code })
     }
     if (observed.status !== 200) return failed(`the JWKS answered HTTP ${observed.status}`, { status: observed.status })
-    const set = parseKeySet(observed.body, config.algorithms, log)
+    const set = parseKeySet(observed.body, config.algorithms, log, stats)
     if (set === undefined) {
       return failed(emptyKeySet(observed.body)
         ? 'the JWKS has no keys: the project still signs with the legacy JWT secret (rotate to asymmetric keys)'

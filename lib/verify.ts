@@ -13,19 +13,21 @@ import { deepFreeze, type TokenCache } from './token-cache'
  *      distinct verified header) and payload;
  *   3. cheap header checks, before any key lookup: algorithm allowlist, kid, no extensions,
  *      a signature of the algorithm's length;
- *   4. the held key's signature check, built once when the key set was fetched (synchronous when
- *      the key is held; a key not held is resolved first, which may fetch the JWKS);
- *   5. the claims: exp, nbf, iss, aud, sub;
+ *   4. the claims, which need no signature: exp, nbf, iss, aud, sub (an expired or foreign token
+ *      costs no key lookup, no fetch and no signature check);
+ *   5. the held key's signature check, built once when the key set was fetched (a key not held is
+ *      resolved first, which may fetch the JWKS): at once for RSA, on the libuv thread pool for
+ *      EC and EdDSA keys while the pool has room (see signature.ts);
  *   6. the claims are frozen and offered to the token cache.
- * While `legacyTokens` is on, an HS256 token takes a branch at step 3: the same cheap header checks,
- * then every claim check (so an expired or foreign token costs no call), then Supabase Auth in place
- * of the signature check; then step 6, its claims cached at once, until `exp` and while the window is open.
+ * While `legacyTokens` is on, an HS256 token takes a branch after step 4: Supabase Auth in place
+ * of step 5 (so an expired or foreign token costs no call), then step 6, its claims cached at once,
+ * until `exp` and while the window is open.
  */
 
 /** Claims of a verified token, frozen: one object may serve many requests. */
 export type Claims = Readonly<Record<string, unknown>>
 
-/** Verifies a token: synchronously when its key is held, else once the key is resolved. */
+/** Verifies a token: synchronously when its key is held and RSA, else once the key is resolved or the pool has checked it. */
 export type TokenVerifier = (token: string) => Claims | Promise<Claims>
 
 /**
@@ -156,21 +158,22 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     return payload
   }
 
-  /** Steps 4 to 6, once the key named by the token is at hand. */
-  function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims {
+  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool for EC and EdDSA keys), then keep. */
+  function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims | Promise<Claims> {
     const check = key.checks.get(alg)
     if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
     const dot = token.lastIndexOf('.')
-    if (!check(Buffer.from(token.slice(0, dot)), Buffer.from(token.slice(dot + 1), 'base64url'))) {
-      throw new TokenInvalidError('the token signature is invalid')
-    }
-    checkClaims(payload)
-    return keep(token, head, header, payload, key)
+    const valid = check(Buffer.from(token.slice(0, dot)), Buffer.from(token.slice(dot + 1), 'base64url'))
+    if (valid === true) return keep(token, head, header, payload, key)
+    if (valid === false) throw new TokenInvalidError('the token signature is invalid')
+    return valid.then((ok) => {
+      if (!ok) throw new TokenInvalidError('the token signature is invalid')
+      return keep(token, head, header, payload, key)
+    })
   }
 
   /** The legacy branch: every check that costs nothing first, then Supabase Auth in place of the signature. */
   async function verifyLegacy (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>): Promise<Claims> {
-    checkClaims(payload)
     await legacy!.check(token, payload.sub as string)
     legacy!.accepted()
     return keep(token, head, header, payload, legacyKey)
@@ -198,6 +201,8 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     if (!plausibleSignature(alg as string, token.length - token.lastIndexOf('.') - 1)) {
       throw new TokenInvalidError('the signature is missing or has the wrong length')
     }
+    // the claims need no signature: an expired or foreign token costs no key lookup, fetch or signature check
+    checkClaims(payload)
     if (isLegacy) return verifyLegacy(token, head, header, payload)
     const key = keys.held(kid as string)
     if (key !== undefined) return finish(token, head, header, payload, alg as string, key)

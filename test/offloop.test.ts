@@ -1,0 +1,78 @@
+import t from 'tap'
+import { lookup } from 'node:dns'
+import Fastify from 'fastify'
+import supabaseJwks from '../lib/index'
+import { MAX_OFF_LOOP, MAX_QUEUED } from '../lib/signature'
+import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
+
+t.test('EC and EdDSA signatures are checked on the thread pool, RSA ones on the loop', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const ed = issuer.addKey({ alg: 'EdDSA' })
+  const rs = issuer.addKey({ alg: 'RS256' })
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256', 'EdDSA', 'RS256'] })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  t.equal((await getMe(app, issuer.sign({}, { kid: ed.kid }))).statusCode, 200)
+  t.match(app.supabaseJwks.stats(), { signaturesOffLoop: 2, signaturesOnLoop: 0 })
+  t.equal((await getMe(app, issuer.sign({}, { kid: rs.kid }))).statusCode, 200)
+  t.match(app.supabaseJwks.stats(), { signaturesOffLoop: 2, signaturesOnLoop: 0 }, 'RSA: neither count moves')
+  // a forged signature of the right length, checked on the pool
+  const forged = issuer.sign({ role: 'service_role' }).replace(/[^.]+$/, 'A'.repeat(86))
+  const response = await getMe(app, forged)
+  t.equal(response.statusCode, 401)
+  t.match(response.json(), { code: 'FST_SUPABASE_JWKS_TOKEN_INVALID', message: /signature is invalid/ })
+  t.equal(app.supabaseJwks.stats().signaturesOffLoop, 3)
+})
+
+t.test('a burst past the pool bound waits in the queue; past the queue bound, checks run on the loop; every token verifies', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256'], tokenCache: 0 })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const count = MAX_OFF_LOOP + MAX_QUEUED + 50
+  const tokens = Array.from({ length: count }, (_, i) => issuer.sign({ sub: `user-${i}` }))
+  const claims = await Promise.all(tokens.map((token) => app.supabaseJwks.verify(token)))
+  t.same(claims.map((claim) => claim.sub), tokens.map((_, i) => `user-${i}`), 'each token got its own claims')
+  const { signaturesOffLoop, signaturesOnLoop } = app.supabaseJwks.stats()
+  t.ok(signaturesOnLoop >= 50, `past ${MAX_OFF_LOOP} in flight and ${MAX_QUEUED} queued, on the loop (${signaturesOnLoop})`)
+  t.equal(signaturesOffLoop + signaturesOnLoop, count + 1)
+  t.ok(signaturesOffLoop >= MAX_OFF_LOOP + MAX_QUEUED, 'the pool and the queue were used to their bounds')
+})
+
+t.test('a flood of ES256 tokens does not delay a JWKS fetch that needs a DNS lookup (localhost) into its timeout', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, {
+    jwksUrl: issuer.jwksUrl.replace('127.0.0.1', 'localhost'),
+    issuer: issuer.issuer,
+    algorithms: ['ES256'],
+    tokenCache: 0,
+    timeout: 2
+  })
+  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+  await app.ready()
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const flood = Array.from({ length: 600 }, (_, i) => issuer.sign({ sub: `flood-${i}` }))
+  const fresh = issuer.rotate('ES256')
+  const answers = await Promise.all([
+    ...flood.map((token) => app.supabaseJwks.verify(token).then(() => 200, () => 401)),
+    getMe(app, issuer.sign({}, { kid: fresh.kid })).then((response) => response.statusCode === 200 ? 200 : codeOf(response))
+  ])
+  t.equal(answers.at(-1), 200, 'the token of the new key verified: its fetch (with its DNS lookup) made it in time')
+  t.equal(answers.filter((answer) => answer === 200).length, flood.length + 1)
+  t.match(app.supabaseJwks.stats(), { fetches: 2, failures: 0 })
+})
+
+t.test('a DNS lookup made during a flood waits behind a few checks, not behind the flood', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256'], tokenCache: 0 })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const flood = Array.from({ length: MAX_OFF_LOOP + MAX_QUEUED }, (_, i) => issuer.sign({ sub: `flood-${i}` }))
+  let done = 0
+  const checks = flood.map((token) => app.supabaseJwks.verify(token).then(() => { done++ }))
+  // dns.lookup runs on the same thread pool, first come, first served: without the bound it would
+  // come after every check of the flood
+  const doneAtLookup = await new Promise<number>((resolve) => lookup('localhost', () => resolve(done)))
+  await Promise.all(checks)
+  t.ok(doneAtLookup < flood.length / 4, `the lookup was answered after ${doneAtLookup} of ${flood.length} checks`)
+  t.equal(app.supabaseJwks.stats().signaturesOnLoop, 0, 'all of them on the pool or in the queue')
+})
