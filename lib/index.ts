@@ -25,6 +25,9 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   if (config.insecureJwksUrl) {
     fastify.log.warn({ jwksUrl: config.jwksUrl.href }, 'supabase-jwks: the JWKS is fetched over plain http')
   }
+  if (config.legacy?.insecure) {
+    fastify.log.warn({ userUrl: config.legacy.userUrl.href }, 'supabase-jwks: legacy tokens are checked over plain http')
+  }
   const keys = createKeyResolver(config, fastify.log)
   const legacy = config.legacy && createLegacyChecker(config, config.legacy, fastify.log)
   fastify.addHook('onClose', async function closeSupabaseJwks () {

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
 import { Agent, request } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { AuthUnavailableError, TokenInvalidError } from './errors'
@@ -28,8 +30,11 @@ export interface LegacyStats {
 export interface LegacyChecker {
   /** Whether the window is still open: HS256 tokens are refused once `until` has passed. */
   active (): boolean
-  /** Resolves when Supabase Auth says the token is genuine and belongs to `sub`; throws the answer otherwise. */
-  check (token: string, sub: string): Promise<void>
+  /**
+   * Resolves when Supabase Auth says the token is genuine and belongs to `sub` (or said so before,
+   * and `exp`, in seconds, has not passed); throws the answer otherwise.
+   */
+  check (token: string, sub: string, exp: number): Promise<void>
   /** Counts a request accepted with a legacy token. */
   accepted (): void
   stats (): LegacyStats
@@ -37,6 +42,10 @@ export interface LegacyChecker {
 }
 
 const HOUR = 3_600_000
+/** Legacy tokens remembered as accepted by Auth (a digest and `exp` each): `tokenCache`, and at least this many. */
+export const MIN_ACCEPTED = 1000
+/** At most one warning per this long that a call cap refused a legacy token. */
+const CAP_WARNING_INTERVAL = 10_000
 
 /** How long is left, for people: "2 days 3 h", "41 min". */
 function timeLeft (ms: number): string {
@@ -66,9 +75,17 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
   })
   const inflight = new Map<string, Promise<void>>()
   const stats: LegacyStats = { legacyCalls: 0, legacyAccepted: 0, legacyRefused: 0, legacyUnavailable: 0 }
-  // the rate cap: a bucket of `maxCallsPerSecond` calls, refilled continuously
+  // the rate cap: a bucket of `maxCallsPerSecond` calls, refilled continuously (monotonic clock:
+  // a wall clock stepped back must not empty it)
   let allowance = legacy.maxCallsPerSecond
-  let filledAt = Date.now()
+  let filledAt = performance.now()
+  let capWarnedAt = Number.NEGATIVE_INFINITY
+  /*
+   * Tokens Auth accepted, by SHA-256 digest, until their `exp`: a token the token cache does not
+   * keep (over 4 KiB, many claims, `tokenCache: 0`, evicted) still costs one call, not one per request.
+   */
+  const accepted = new Map<string, number>()
+  const maxAccepted = Math.max(MIN_ACCEPTED, config.tokenCache)
 
   // said at start, then every hour and when the window closes: an operator must not forget it is open
   let timer: NodeJS.Timeout | undefined
@@ -76,7 +93,8 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
     const left = legacy.until - Date.now()
     if (left <= 0) {
       log.warn({ until: new Date(legacy.until).toISOString(), ...stats },
-        'supabase-jwks: the legacy-token window is over: HS256 tokens are refused now; remove legacyTokens')
+        'supabase-jwks: the legacy-token window is over: HS256 tokens are refused now. Remove legacyTokens: ' +
+        'with an until in the past, the next start of this service fails')
       return
     }
     log.warn({ until: new Date(legacy.until).toISOString(), left: timeLeft(left), ...stats },
@@ -93,8 +111,20 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
     throw new AuthUnavailableError('Supabase Auth did not answer')
   }
 
+  /** A legacy token refused by a call cap: 503, and a warning at most every 10 s that the cap may be too low. */
+  function capped (reason: string): Promise<never> {
+    stats.legacyUnavailable++
+    const now = performance.now()
+    if (now - capWarnedAt >= CAP_WARNING_INTERVAL) {
+      capWarnedAt = now
+      log.warn({ maxCallsPerSecond: legacy.maxCallsPerSecond, maxConcurrentCalls: legacy.maxConcurrentCalls, ...stats },
+        `supabase-jwks: ${reason}: legacy tokens get 503; raise legacyTokens.maxCallsPerSecond or maxConcurrentCalls if this is real traffic`)
+    }
+    return Promise.reject(new AuthUnavailableError(reason))
+  }
+
   function takeAllowance (): boolean {
-    const now = Date.now()
+    const now = performance.now()
     allowance = Math.min(legacy.maxCallsPerSecond, allowance + (now - filledAt) * legacy.maxCallsPerSecond / 1000)
     filledAt = now
     if (allowance < 1) return false
@@ -147,18 +177,17 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
 
   return {
     active: () => Date.now() < legacy.until,
-    check (token, sub) {
+    check (token, sub, exp) {
+      const digest = createHash('sha256').update(token).digest('base64')
+      if ((accepted.get(digest) ?? 0) > Date.now()) return Promise.resolve()
       const running = inflight.get(token)
       if (running !== undefined) return running
-      if (inflight.size >= legacy.maxConcurrentCalls) {
-        stats.legacyUnavailable++
-        return Promise.reject(new AuthUnavailableError('too many legacy token checks in flight'))
-      }
-      if (!takeAllowance()) {
-        stats.legacyUnavailable++
-        return Promise.reject(new AuthUnavailableError('too many legacy token checks'))
-      }
-      const pending = call(token, sub).finally(() => inflight.delete(token))
+      if (inflight.size >= legacy.maxConcurrentCalls) return capped('too many legacy token checks in flight')
+      if (!takeAllowance()) return capped('too many legacy token checks a second')
+      const pending = call(token, sub).then(() => {
+        if (accepted.size >= maxAccepted) accepted.delete(accepted.keys().next().value!)
+        accepted.set(digest, exp * 1000)
+      }).finally(() => inflight.delete(token))
       inflight.set(token, pending)
       return pending
     },
@@ -168,6 +197,7 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
     stats: () => ({ ...stats }),
     async close () {
       clearTimeout(timer)
+      accepted.clear()
       await agent.destroy()
     }
   }

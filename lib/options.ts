@@ -30,15 +30,18 @@ export const MAX_STALE_IF_ERROR = 7 * 86_400
 export const MAX_TIMEOUT = 60
 /** The longest legacy-token window a registration may open: the migration takes about one token lifetime. */
 export const MAX_LEGACY_WINDOW_DAYS = 7
-export const DEFAULT_LEGACY_CALLS_PER_SECOND = 20
-export const DEFAULT_LEGACY_CONCURRENT_CALLS = 8
+export const DEFAULT_LEGACY_CALLS_PER_SECOND = 50
+export const DEFAULT_LEGACY_CONCURRENT_CALLS = 16
 
 /**
  * The migration off the legacy JWT secret: HS256 tokens verified by Supabase Auth
  * (`GET /auth/v1/user`) instead of with the secret, until a set time.
  */
 export interface LegacyTokensOptions {
-  /** When legacy tokens stop being accepted: an ISO 8601 time or a Date, at most 7 days after registration. */
+  /**
+   * When legacy tokens stop being accepted: an ISO 8601 time with its offset (`Z` or `+hh:mm`) or a
+   * Date, at most 7 days after registration. A start after it fails: remove `legacyTokens` by then.
+   */
   until: string | Date
   /** The project's publishable (`sb_publishable_...`) or anon key, sent as `apikey`: public, not a secret. */
   apiKey: string
@@ -47,9 +50,9 @@ export interface LegacyTokensOptions {
    * alone (for a self-hosted GoTrue, `<GOTRUE_URL>/user`).
    */
   userUrl?: string
-  /** Calls to Supabase Auth allowed per second (and in one burst); past it, 503. Default `20`. */
+  /** Calls to Supabase Auth allowed per second (and in one burst); past it, 503. Default `50`. */
   maxCallsPerSecond?: number
-  /** Calls to Supabase Auth in flight at once; past it, 503. Default `8`. */
+  /** Calls to Supabase Auth in flight at once; past it, 503. Default `16`. */
   maxConcurrentCalls?: number
 }
 
@@ -57,6 +60,8 @@ export interface LegacyTokensOptions {
 export interface LegacyConfig {
   /** ms since the epoch. */
   until: number
+  /** `userUrl` is plain http on a non-loopback host (allowed by `allowInsecureJwksUrl`). */
+  insecure: boolean
   apiKey: string
   userUrl: URL
   maxCallsPerSecond: number
@@ -236,6 +241,9 @@ function algorithmList (value: unknown): Algorithm[] {
   return [...new Set(value as Algorithm[])]
 }
 
+/** An ISO 8601 date and time with an explicit offset: no local-time guesses. */
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/
+
 /** The legacy-token window: off unless asked for, and always closed by a time at most 7 days ahead. */
 function legacyWindow (value: unknown, authBase: string | undefined, allowInsecure: boolean): LegacyConfig | undefined {
   if (value === undefined) return undefined
@@ -243,8 +251,12 @@ function legacyWindow (value: unknown, authBase: string | undefined, allowInsecu
   const legacy = value as Record<string, unknown>
   if ('secret' in legacy) fail('legacyTokens never takes the secret: Supabase Auth checks each legacy token')
   for (const name of Object.keys(legacy)) if (!LEGACY_OPTIONS.has(name)) fail(`unknown option legacyTokens.${name}`)
-  const until = legacy.until instanceof Date ? legacy.until.getTime() : typeof legacy.until === 'string' ? Date.parse(legacy.until) : NaN
-  if (!Number.isFinite(until)) fail('legacyTokens.until is required: an ISO 8601 time (e.g. "2026-12-08T00:00:00Z") or a Date')
+  const until = legacy.until instanceof Date
+    ? legacy.until.getTime()
+    : typeof legacy.until === 'string' && ISO_TIME.test(legacy.until) ? Date.parse(legacy.until) : NaN
+  if (!Number.isFinite(until)) {
+    fail('legacyTokens.until is required: an ISO 8601 time with its offset (e.g. "2026-12-08T00:00:00Z") or a Date')
+  }
   const now = Date.now()
   if (until <= now) {
     fail(`legacyTokens.until (${new Date(until).toISOString()}) has passed: the migration window is over. ` +
@@ -271,6 +283,7 @@ function legacyWindow (value: unknown, authBase: string | undefined, allowInsecu
   }
   return {
     until,
+    insecure: userUrl.protocol === 'http:' && !isLoopback(userUrl.hostname),
     apiKey: legacy.apiKey,
     userUrl,
     maxCallsPerSecond: integer('legacyTokens.maxCallsPerSecond', legacy.maxCallsPerSecond, DEFAULT_LEGACY_CALLS_PER_SECOND, 1, 10_000),

@@ -174,9 +174,13 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
 
   /** The legacy branch: every check that costs nothing first, then Supabase Auth in place of the signature. */
   async function verifyLegacy (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>): Promise<Claims> {
-    await legacy!.check(token, payload.sub as string)
+    deepFreeze(payload) // claims nested too deep are refused before any call
+    await legacy!.check(token, payload.sub as string, payload.exp as number)
+    // the window may have closed during the call
+    if (!legacy!.active()) throw algorithmNotAllowed('HS256', payload)
+    const claims = keep(token, head, header, payload, legacyKey)
     legacy!.accepted()
-    return keep(token, head, header, payload, legacyKey)
+    return claims
   }
 
   return function verifyToken (token: string): Claims | Promise<Claims> {

@@ -4,6 +4,7 @@ import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
+import { MIN_ACCEPTED } from '../lib/legacy'
 import type { TestIssuer } from '../lib/testing'
 import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
 
@@ -266,4 +267,75 @@ t.test('algorithm confusion with legacyTokens on: an HS256 token keyed with the 
   t.equal(codeOf(response), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
   t.equal(issuer.userRequests, 1)
   t.equal(issuer.jwksRequests, 0, 'no JWKS fetch either')
+})
+
+t.test('a genuine legacy token the token cache does not keep still costs one call, not one per request', async (t) => {
+  const issuer = await issuerFor(t)
+  const big = await appFor(t, legacyOptions(issuer))
+  const large = issuer.signLegacy({ user_metadata: { bio: 'x'.repeat(5000) } })
+  for (let i = 0; i < 3; i++) t.equal((await getMe(big, large)).statusCode, 200, 'over 4 KiB: not in the token cache')
+  t.equal(issuer.userRequests, 1)
+  t.equal(big.supabaseJwks.stats().cachedTokens, 0)
+  const off = await appFor(t, legacyOptions(issuer, {}, { tokenCache: 0 }))
+  const token = issuer.signLegacy()
+  for (let i = 0; i < 3; i++) t.equal((await getMe(off, token)).statusCode, 200, 'tokenCache: 0')
+  t.equal(issuer.userRequests, 2)
+  t.equal(off.supabaseJwks.stats().legacyAccepted, 3)
+  const deep = issuer.signLegacy({ user_metadata: JSON.parse('{"a":'.repeat(40) + '1' + '}'.repeat(40)) })
+  t.match((await getMe(off, deep)).json(), { code: 'FST_SUPABASE_JWKS_TOKEN_INVALID', message: /nested deeper/ })
+  t.equal(issuer.userRequests, 2, 'claims nested too deep: refused with no call')
+  t.equal(off.supabaseJwks.stats().legacyAccepted, 3)
+})
+
+t.test('a call cap reached is logged at warn, at most once per 10 s', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, entries } = await loggedAppFor(t, legacyOptions(issuer, { maxCallsPerSecond: 1 }), 'warn')
+  const codes = []
+  for (let i = 0; i < 4; i++) codes.push(codeOf(await getMe(app, tamper(issuer.signLegacy(), { i }))))
+  t.same(codes, ['FST_SUPABASE_JWKS_TOKEN_INVALID', ...Array(3).fill('FST_SUPABASE_JWKS_AUTH_UNAVAILABLE')])
+  const warnings = entries().filter((entry) => /too many legacy token checks a second: legacy tokens get 503; raise legacyTokens.maxCallsPerSecond/.test(entry.msg))
+  t.equal(warnings.length, 1)
+  t.match(warnings[0], { maxCallsPerSecond: 1, legacyUnavailable: 1 })
+})
+
+t.test('until passing during a call: the token Auth accepted is refused all the same', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, legacyOptions(issuer, { until: new Date(Date.now() + 400) }))
+  issuer.respondToUserWith((request, response) => {
+    // Auth accepts, but only after until has passed
+    const sub = JSON.parse(Buffer.from(String(request.headers.authorization).split('.')[1]!, 'base64url').toString()).sub
+    setTimeout(() => { response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: sub })) }, 600)
+    return true
+  })
+  const token = issuer.signLegacy()
+  const response = await getMe(app, token)
+  t.equal(issuer.userRequests, 1)
+  t.equal(codeOf(response), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'past until when the answer came')
+  t.equal(app.supabaseJwks.stats().legacyAccepted, 0)
+  t.equal(codeOf(await getMe(app, token)), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'and after: refused without a call')
+  t.equal(issuer.userRequests, 1)
+})
+
+t.test('until needs an offset; a plain-http userUrl allowed by allowInsecureJwksUrl is logged at warn', async (t) => {
+  const issuer = await issuerFor(t)
+  const local = new Date(Date.now() + 3600_000).toISOString().slice(0, 19)
+  const err = await registrationError(legacyOptions(issuer, { until: local }))
+  t.match(err.message, /an ISO 8601 time with its offset/)
+  const { entries } = await loggedAppFor(t, legacyOptions(issuer, { userUrl: 'http://auth.internal:9999/user' }, { allowInsecureJwksUrl: true }), 'warn')
+  t.match(entries().find((entry) => entry.msg === 'supabase-jwks: legacy tokens are checked over plain http'), { userUrl: 'http://auth.internal:9999/user' })
+})
+
+t.test('the memory of accepted legacy tokens is bounded: the oldest is forgotten first', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, legacyOptions(issuer, { maxCallsPerSecond: 10_000, maxConcurrentCalls: 1000 }, { tokenCache: 0 }))
+  const tokens = Array.from({ length: MIN_ACCEPTED + 1 }, (_, i) => issuer.signLegacy({ sub: `user-${i}` }))
+  for (let i = 0; i < tokens.length; i += 100) {
+    const batch = await Promise.all(tokens.slice(i, i + 100).map((token) => app.supabaseJwks.verify(token).then(() => 200, () => 401)))
+    t.notOk(batch.includes(401), `batch ${i / 100}`)
+  }
+  t.equal(issuer.userRequests, MIN_ACCEPTED + 1)
+  await app.supabaseJwks.verify(tokens.at(-1)!)
+  t.equal(issuer.userRequests, MIN_ACCEPTED + 1, 'the newest is remembered')
+  await app.supabaseJwks.verify(tokens[0]!)
+  t.equal(issuer.userRequests, MIN_ACCEPTED + 2, 'the oldest was forgotten: one more call')
 })
