@@ -65,9 +65,8 @@ export function challenge (realm: string, err: AuthError): string {
 }
 
 /** Verifies the request's bearer token; decorates `request.user` or throws the answer. */
-export function buildAuthenticate (config: Config, verifyToken: TokenVerifier) {
+export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, retryAfter: () => number) {
   const { maxTokenLength, realm } = config
-  const retryAfter = String(Math.max(1, Math.ceil(config.cooldownMs / 1000)))
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
       const claims = verifyToken(extractBearer(request.headers.authorization, maxTokenLength))
@@ -79,7 +78,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier) {
       // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
       if (reply === undefined) throw err
       if (err instanceof KeysUnavailableError) {
-        reply.header('retry-after', retryAfter)
+        // the time until the next fetch is allowed: a client that honours it gets its answer
+        reply.header('retry-after', String(retryAfter()))
       } else if (err instanceof AuthUnavailableError) {
         // a legacy token: the call caps refill within a second
         reply.header('retry-after', '1')

@@ -51,7 +51,13 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
 
   const tokens = new TokenCache(config.tokenCache)
   const verifyToken = createTokenVerifier(config, keys, tokens, fastify.log, legacy)
-  const authenticate = buildAuthenticate(config, verifyToken)
+  const authenticate = buildAuthenticate(config, verifyToken, keys.retryAfter)
+  // warm start: the first request finds the keys held; a JWKS down now is logged, and start-up goes on
+  if (config.warmStart) {
+    fastify.addHook('onReady', async function warmSupabaseJwks () {
+      await keys.warm()
+    })
+  }
   fastify.decorate('authenticate', authenticate)
   fastify.decorate('supabaseJwks', {
     verify: async (token: string) => {

@@ -41,6 +41,8 @@ export interface CachedKey {
   checks: ReadonlyMap<string, SignatureCheck>
 }
 
+export type KeyState = 'fresh' | 'refreshing' | 'stale' | 'unavailable'
+
 /** Key activity, for logs or metrics. */
 export interface KeyStats {
   /** JWKS fetches started. */
@@ -53,6 +55,15 @@ export interface KeyStats {
   lastSuccessAt: number | null
   /** Time of the last failed fetch, in ms since the epoch, or `null`. */
   lastFailureAt: number | null
+  /**
+   * `fresh`: a good key set within `cacheTtl`; `refreshing`: a fetch is running while held keys
+   * verify; `stale`: the last fetch failed (held keys verify within `staleIfError`), or the set is past
+   * `cacheTtl` and the next request refreshes it; `unavailable`: no key can verify (not fetched yet,
+   * or failing past the stale window). A readiness check answers 503 on `unavailable` only.
+   */
+  state: KeyState
+  /** After a failed fetch: when the next one is allowed, in ms since the epoch; otherwise `null`. */
+  nextRetryAt: number | null
   /** EC and EdDSA signature checks made on the libuv thread pool, and on the event loop (the pool's share was taken). */
   signaturesOffLoop: number
   signaturesOnLoop: number
@@ -65,6 +76,10 @@ export interface KeyResolver {
   resolve (kid: string): Promise<CachedKey>
   /** Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. */
   refresh (): Promise<void>
+  /** The first fetch, at start: like a refresh ahead, it starts no unknown-kid cooldown. */
+  warm (): Promise<void>
+  /** Seconds until the next fetch is allowed, for `Retry-After` (at least 1). */
+  retryAfter (): number
   stats (): KeyStats
   close (): Promise<void>
 }
@@ -154,6 +169,9 @@ interface Answer { status: number, body: Buffer }
 const NO_ANSWER: Answer = { status: 0, body: Buffer.alloc(0) }
 /** Network codes of a connection closed under a request: worth one immediate new try. */
 const TRANSIENT = new Set<unknown>(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
+/** The first wait after a failed fetch, in ms (or cooldown / 16 if shorter); it doubles with each failure in a row, up to `cooldown`. */
+const BACKOFF_START = 1000
+const JITTER = 0.2
 
 /**
  * An undici interceptor that hands each response's status and body to `onAnswer`, unchanged for
@@ -204,6 +222,9 @@ function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
+/** Why a fetch runs: a kid not held (may start the unknown-kid cooldown), refresh() (ends it), a refresh ahead or the warm start (neither). */
+type FetchMode = 'lookup' | 'forced' | 'ahead'
+
 export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyResolver {
   const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs, jwksUrl } = config
   const clock = () => performance.now()
@@ -212,7 +233,9 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     connect: { timeout: timeoutMs },
     headersTimeout: timeoutMs,
     bodyTimeout: timeoutMs,
-    maxResponseSize: config.maxResponseSize
+    maxResponseSize: config.maxResponseSize,
+    // one GET every few minutes: no idle connection kept for a server or load balancer to close under it
+    pipelining: 0
   })
   const dispatcher = agent.compose(observeAnswers(timeoutMs, (observed) => { answer = observed }))
   const jwks = buildGetJwks({
@@ -229,15 +252,19 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
 
   let keys = new Map<string, CachedKey>()
   let setAt = Number.NEGATIVE_INFINITY // monotonic time of the last good fetch
-  let retryAt = 0 // after a failed fetch: no retry before this
+  let retryAt = 0 // after a failed fetch: no retry before this (monotonic)
+  let failuresInRow = 0 // for the backoff: 1 s, 2 s, 4 s ... up to cooldown
   let unknownUntil = 0 // the unknown-kid cooldown: ended by its own clock only (or by refresh())
   let lastFetchFailed = false
   let inflight: Promise<void> | undefined
-  const stats: KeyStats = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
+  const stats: Omit<KeyStats, 'state' | 'nextRetryAt'> = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
 
   function failed (reason: string, extra: Record<string, unknown> = {}): void {
     lastFetchFailed = true
-    retryAt = clock() + cooldownMs
+    failuresInRow++
+    // backoff: 1 s doubling up to cooldown, with up to 20% jitter so that instances do not retry in step
+    const wait = Math.min(cooldownMs, Math.min(BACKOFF_START, cooldownMs / 16) * 2 ** Math.min(failuresInRow - 1, 20))
+    retryAt = clock() + wait * (1 + JITTER * Math.random())
     stats.failures++
     stats.lastFailureAt = Date.now()
     // the reason only: a GetJwksError also carries the response, which is not ours to log
@@ -278,7 +305,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
    * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
    * unknown-kid cooldown; any other fetch that does not find its kid starts one.
    */
-  async function fetchSet (kid: string, forced: boolean): Promise<void> {
+  async function fetchSet (kid: string, mode: FetchMode): Promise<void> {
     stats.fetches++
     log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
     const deadline = clock() + timeoutMs
@@ -301,15 +328,16 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     keys = set
     setAt = clock()
     lastFetchFailed = false
-    if (forced) unknownUntil = 0
-    else if (!set.has(kid)) unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
+    failuresInRow = 0
+    if (mode === 'forced') unknownUntil = 0
+    else if (mode === 'lookup' && !set.has(kid)) unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
     stats.keys = set.size
     stats.lastSuccessAt = Date.now()
     warnIfUnusable(set)
   }
 
-  function fetchOnce (kid: string, forced = false): Promise<void> {
-    inflight ??= fetchSet(kid, forced).catch((err: unknown) => {
+  function fetchOnce (kid: string, mode: FetchMode = 'lookup'): Promise<void> {
+    inflight ??= fetchSet(kid, mode).catch((err: unknown) => {
       // a guard: nothing a JWKS sends is known to get here, and a fetch must never reject
       failed(`unexpected error: ${String((err as Error)?.message)}`)
     }).finally(() => { inflight = undefined })
@@ -333,8 +361,29 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     return stale
   }
 
+  /**
+   * Refresh ahead: past `cacheTtl`, the held set keeps verifying for up to `timeout` more while one
+   * background fetch replaces it, so no request waits on a routine refresh (and a removed key
+   * verifies for at most `cacheTtl + timeout`).
+   */
   function held (kid: string): CachedKey | undefined {
-    return clock() < setAt + cacheTtlMs ? keys.get(kid) : undefined
+    const now = clock()
+    if (now < setAt + cacheTtlMs) return keys.get(kid)
+    if (lastFetchFailed || now >= setAt + cacheTtlMs + timeoutMs) return undefined
+    if (inflight === undefined) fetchOnce(kid, 'ahead') // never rejects
+    return keys.get(kid)
+  }
+
+  function state (now: number): KeyState {
+    if (lastFetchFailed) return staleKeysLeft(now) ? 'stale' : 'unavailable'
+    if (setAt === Number.NEGATIVE_INFINITY) return 'unavailable'
+    if (inflight !== undefined) return 'refreshing'
+    return now < setAt + cacheTtlMs ? 'fresh' : 'stale'
+  }
+
+  /** Whether the held set may still verify during an outage. */
+  function staleKeysLeft (now: number): boolean {
+    return keys.size > 0 && now < setAt + cacheTtlMs + staleIfErrorMs
   }
 
   async function resolve (kid: string): Promise<CachedKey> {
@@ -359,10 +408,21 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     resolve,
     async refresh () {
       if (inflight !== undefined) await inflight
-      await fetchOnce('', true)
+      await fetchOnce('', 'forced')
+    },
+    async warm () {
+      await fetchOnce('', 'ahead')
+    },
+    retryAfter () {
+      return Math.max(1, Math.ceil((retryAt - clock()) / 1000))
     },
     stats () {
-      return { ...stats }
+      const now = clock()
+      return {
+        ...stats,
+        state: state(now),
+        nextRetryAt: lastFetchFailed ? Date.now() + Math.max(0, retryAt - now) : null
+      }
     },
     async close () {
       await agent.destroy()

@@ -141,6 +141,11 @@ export interface SupabaseJwksOptions {
    */
   allowInsecureJwksUrl?: boolean
   /**
+   * Fetch the JWKS when the server starts (`onReady`), so that the first request finds the keys
+   * held. A JWKS down at start does not fail start-up: it is logged, and requests retry. Default `true`.
+   */
+  warmStart?: boolean
+  /**
    * Off by default. During the move off the legacy JWT secret, accept HS256 tokens until `until` by
    * asking Supabase Auth whether each is genuine: the secret itself is never needed.
    */
@@ -165,6 +170,7 @@ export interface Config {
   realm: string
   insecureJwksUrl: boolean
   legacy: LegacyConfig | undefined
+  warmStart: boolean
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -172,7 +178,7 @@ const KNOWN_OPTIONS = new Set<string>([
   'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
   'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
-  'allowInsecureJwksUrl', 'legacyTokens'
+  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart'
 ])
 const LEGACY_OPTIONS = new Set(['until', 'apiKey', 'userUrl', 'maxCallsPerSecond', 'maxConcurrentCalls'])
 
@@ -224,6 +230,12 @@ function integer (name: string, value: unknown, fallback: number, min = 1, max =
     fail(`${name} must be an integer from ${min} to ${max}`)
   }
   return value as number
+}
+
+function boolean (name: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback
+  if (typeof value !== 'boolean') fail(`${name} must be a boolean`)
+  return value
 }
 
 function algorithmList (value: unknown): Algorithm[] {
@@ -364,6 +376,7 @@ export function normalizeOptions (input: unknown): Config {
     hook,
     realm,
     insecureJwksUrl,
-    legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true)
+    legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true),
+    warmStart: boolean('warmStart', opts.warmStart, true)
   }
 }

@@ -31,6 +31,8 @@ export interface TestIssuerOptions {
   alg?: TestAlgorithm
   /** Port on 127.0.0.1. Default `0` (any free port). */
   port?: number
+  /** How long the server keeps an idle connection open, in ms (Node's default: 5000). */
+  keepAliveTimeout?: number
 }
 
 export interface SignOptions {
@@ -54,6 +56,8 @@ export interface TestIssuer {
   readonly jwksUrl: string
   /** JWKS requests served (or answered by a responder) so far. */
   readonly jwksRequests: number
+  /** TCP connections accepted so far. */
+  readonly connections: number
   /** The key that signs by default. */
   readonly currentKey: TestKey
   /** Every key held, published or not. */
@@ -191,6 +195,9 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
       'cache-control': 'public, max-age=600'
     }).end(JSON.stringify(jwks()))
   })
+  if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout
+  let connections = 0
+  server.on('connection', () => { connections++ })
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve))
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   const issuer = `${url}/auth/v1`
@@ -237,6 +244,7 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     issuer,
     jwksUrl: `${issuer}/.well-known/jwks.json`,
     get jwksRequests () { return jwksRequests },
+    get connections () { return connections },
     get currentKey () { return current },
     get keys () { return [...keys] },
     sign (claims = {}, signOptions = {}) {

@@ -23,7 +23,8 @@ const failures: Array<[string, JwksResponder]> = [
 for (const [name, responder] of failures) {
   t.test(`stale if error (${name}): known keys keep verifying for a bounded window, unknown kids get 503`, async (t) => {
     const issuer = await issuerFor(t)
-    const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, cooldown: 0.4, staleIfError: 1, timeout: 0.2 })
+    // cooldown 8 s: the first retry waits cooldown / 16 = 0.5 s, plus up to 20% jitter
+    const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, cooldown: 8, staleIfError: 1.5, timeout: 0.2 })
     const token = issuer.sign()
     issuerKeys = issuer.jwks()
     // a reset connection is tried once more at once: each failed fetch is then two requests
@@ -32,15 +33,15 @@ for (const [name, responder] of failures) {
     issuer.respondWith(responder)
     await sleep(250)
     t.equal((await getMe(app, token)).statusCode, 200, 'a known key verifies while the JWKS fails')
-    await sleep(20)
+    await sleep(name === 'a timeout' ? 250 : 20) // the refresh ahead runs in the background, up to timeout
     t.equal(issuer.jwksRequests, 1 + per, 'one failed refresh')
     t.equal(app.supabaseJwks.stats().failures, 1)
     t.equal((await getMe(app, token)).statusCode, 200)
     const unknown = await getMe(app, issuer.sign({}, { header: { kid: 'not-cached' } }))
     t.equal(unknown.statusCode, 503, 'a kid that is not cached cannot be checked')
     t.equal(unknown.headers['retry-after'], '1')
-    t.equal(issuer.jwksRequests, 1 + per, 'no retry within the cooldown')
-    await sleep(450)
+    t.equal(issuer.jwksRequests, 1 + per, 'no retry within the backoff')
+    await sleep(650) // the backoff (0.5 s) plus its jitter (at most 20%)
     t.equal((await getMe(app, token)).statusCode, 200, 'still within staleIfError, answered without waiting for the retry')
     await sleep(100)
     t.equal(issuer.jwksRequests, 1 + 2 * per, 'retried once the cooldown passed, in the background')
@@ -80,7 +81,9 @@ t.test('staleIfError: 0 turns stale use off', async (t) => {
   t.equal((await getMe(app, token)).statusCode, 200)
   issuer.respondWith((_request, response) => { response.writeHead(500).end(); return true })
   await sleep(250)
-  t.equal((await getMe(app, token)).statusCode, 503)
+  t.equal((await getMe(app, token)).statusCode, 200, 'the held set answers while the refresh ahead runs')
+  await sleep(50)
+  t.equal((await getMe(app, token)).statusCode, 503, 'the refresh failed: no stale use')
 })
 
 t.test('a hanging JWKS server never holds a request longer than the timeout', async (t) => {

@@ -103,13 +103,13 @@ t.test('an entry never outlives the key that verified it: a refresh or a revocat
 
 t.test('a cached token does not skip the JWKS refresh when the key set expires', async (t) => {
   const issuer = await issuerFor(t)
-  const { ask } = await identityApp(t, { supabaseUrl: issuer.url, cacheTtl: 0.2 })
+  const { ask } = await identityApp(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, timeout: 0.1 })
   const key = issuer.currentKey
   const token = issuer.sign()
   await cached(t, ask, token)
   issuer.rotate()
   issuer.unpublish(key.kid)
-  await sleep(250)
+  await sleep(350)
   t.match(await ask(token), { status: 401, code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' }, 'revoked within the cache lifetime')
   t.equal(issuer.jwksRequests, 2)
 })

@@ -99,7 +99,7 @@ t.test('request.supabaseJwtVerify() is not a second way in: it refuses with a co
   const issuer = await issuerFor(t)
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
   app.get('/direct', async (request) => {
     await (request as unknown as { supabaseJwtVerify (): Promise<unknown> }).supabaseJwtVerify()
     return 'verified'

@@ -1,0 +1,142 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify from 'fastify'
+import supabaseJwks from '../lib/index'
+import { appFor, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
+
+t.test('a slow JWKS at refresh time: no request waits on the routine refresh', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.5, timeout: 2 })
+  const token = issuer.sign()
+  t.equal((await getMe(app, token)).statusCode, 200)
+  // from now on, the JWKS answers in 800 ms
+  issuer.respondWith((_request, response) => {
+    setTimeout(() => response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(issuer.jwks())), 800)
+    return true
+  })
+  const slowest: number[] = []
+  const statuses = new Set<number>()
+  for (let i = 0; i < 40; i++) { // 40 x 50 ms: 4 x cacheTtl
+    const started = performance.now()
+    statuses.add((await getMe(app, token)).statusCode)
+    slowest.push(performance.now() - started)
+    await sleep(50)
+  }
+  t.same([...statuses], [200], 'every request verified')
+  t.ok(Math.max(...slowest) < 300, `none waited for the 800 ms refresh (slowest ${Math.round(Math.max(...slowest))} ms)`)
+  t.ok(issuer.jwksRequests >= 3, `refreshed ahead in the background (${issuer.jwksRequests} fetches)`)
+  t.equal(app.supabaseJwks.stats().failures, 0)
+})
+
+t.test('JWKS down at start and back 1 s later: start-up succeeds, 503 says when to retry, 200 within 3 s of the return', async (t) => {
+  const issuer = await issuerFor(t)
+  issuer.respondWith((request) => { request.socket.destroy(); return true })
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url, warmStart: true }, 'warn')
+  t.ok(entries().some((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed'), 'the failed warm start is logged')
+  t.match(app.supabaseJwks.stats(), { state: 'unavailable', failures: 1 })
+  t.ok(app.supabaseJwks.stats().nextRetryAt! > Date.now() - 10, 'the next retry is due')
+  const token = issuer.sign()
+  const first = await getMe(app, token)
+  t.equal(first.statusCode, 503)
+  t.ok(Number(first.headers['retry-after']) >= 1 && Number(first.headers['retry-after']) <= 2, `Retry-After ${first.headers['retry-after']}`)
+  const back = Date.now() + 1000
+  setTimeout(() => issuer.respondWith(undefined), 1000)
+  let okAt = 0
+  for (let i = 0; i < 24 && okAt === 0; i++) { // every 250 ms, 6 s at most
+    await sleep(250)
+    if ((await getMe(app, token)).statusCode === 200) okAt = Date.now()
+  }
+  t.ok(okAt > 0 && okAt - back < 3000, `200 ${okAt - back} ms after the JWKS came back`)
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', nextRetryAt: null })
+})
+
+t.test('failing fetches back off: the gaps grow, doubling, and never exceed cooldown (plus jitter)', async (t) => {
+  const issuer = await issuerFor(t)
+  const at: number[] = []
+  issuer.respondWith((_request, response) => { at.push(performance.now()); response.writeHead(500).end(); return true })
+  const cooldown = 0.4
+  const app = await appFor(t, { supabaseUrl: issuer.url, cooldown })
+  const token = issuer.sign()
+  const until = performance.now() + 3500
+  const statuses = new Set<number>()
+  while (at.length < 10 && performance.now() < until) {
+    statuses.add((await getMe(app, token)).statusCode)
+    await sleep(5)
+  }
+  t.same([...statuses], [503], 'no key: 503 throughout')
+  t.equal(at.length, 10, 'ten failed fetches')
+  const gaps = at.slice(1).map((time, i) => time - at[i]!)
+  // 25, 50, 100, 200 ms (cooldown / 16, doubling), then cooldown
+  t.ok(gaps[0]! < 80, `the first gap is short (${Math.round(gaps[0]!)} ms)`)
+  t.ok(gaps[3]! > gaps[0]! * 3, `the gaps grow (${gaps.map(Math.round).join(', ')} ms)`)
+  t.ok(gaps.every((gap) => gap < cooldown * 1000 * 1.2 + 60), 'none past cooldown plus jitter')
+  t.ok(gaps.slice(5).every((gap) => gap >= cooldown * 1000 - 5), 'capped at cooldown')
+  issuer.respondWith(undefined)
+  await sleep(cooldown * 1200 + 20)
+  t.equal((await getMe(app, token)).statusCode, 200, 'a good fetch ends it')
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', nextRetryAt: null })
+})
+
+t.test('warm start: the first request causes no fetch; stats() says the keys are fresh', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, warmStart: true })
+  t.equal(issuer.jwksRequests, 1, 'fetched when the server started')
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', keys: 1, nextRetryAt: null })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  t.equal(issuer.jwksRequests, 1, 'the first request found the key held')
+  t.match((await registrationError({ supabaseUrl: issuer.url, warmStart: 'yes' })).message, /warmStart must be a boolean/)
+})
+
+t.test('no idle connection is kept for the JWKS server to close: every fetch opens its own', async (t) => {
+  const issuer = await issuerFor(t, { keepAliveTimeout: 100 })
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  await sleep(150) // the server has closed whatever was idle
+  for (let i = 0; i < 2; i++) await app.supabaseJwks.refresh()
+  t.equal(issuer.jwksRequests, 3)
+  t.equal(issuer.connections, 3, 'one connection per fetch, none reused')
+  t.equal(app.supabaseJwks.stats().failures, 0)
+})
+
+t.test('a readiness route answers 503 while the keys are unavailable', async (t) => {
+  const issuer = await issuerFor(t)
+  issuer.respondWith((_request, response) => { response.writeHead(500).end(); return true })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, cooldown: 0.2 })
+  app.get('/ready', async (_request, reply) => {
+    const { state } = app.supabaseJwks.stats()
+    return reply.code(state === 'unavailable' ? 503 : 200).send({ state })
+  })
+  const down = await app.inject({ url: '/ready' })
+  t.same([down.statusCode, down.json()], [503, { state: 'unavailable' }])
+  issuer.respondWith(undefined)
+  await app.supabaseJwks.refresh()
+  const up = await app.inject({ url: '/ready' })
+  t.same([up.statusCode, up.json()], [200, { state: 'fresh' }])
+})
+
+async function registrationError (options: unknown): Promise<Error> {
+  const app = Fastify()
+  app.register(supabaseJwks, options as supabaseJwks.SupabaseJwksOptions)
+  try {
+    await app.ready()
+  } catch (err) {
+    return err as Error
+  } finally {
+    await app.close()
+  }
+  throw new Error('ready() did not fail')
+}
+
+t.test('an idle server past cacheTtl + timeout, JWKS failing: the request waits for the fetch, then the known key serves stale', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.1, timeout: 0.1 })
+  const token = issuer.sign()
+  t.equal((await getMe(app, token)).statusCode, 200)
+  issuer.respondWith((_request, response) => { response.writeHead(500).end(); return true })
+  await sleep(250)
+  t.equal((await getMe(app, token)).statusCode, 200, 'served from the held set after the failed fetch')
+  t.equal(issuer.jwksRequests, 2)
+  t.match(app.supabaseJwks.stats(), { state: 'stale', failures: 1 })
+})
