@@ -64,7 +64,7 @@ export interface KeyStats {
   state: KeyState
   /** After a failed fetch: when the next one is allowed, in ms since the epoch; otherwise `null`. */
   nextRetryAt: number | null
-  /** EC and EdDSA signature checks made on the libuv thread pool, and on the event loop (the pool's share was taken). */
+  /** Signature checks made on the libuv thread pool, and on the event loop (the pool's share and the queue were full). */
   signaturesOffLoop: number
   signaturesOnLoop: number
 }

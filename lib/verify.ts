@@ -16,8 +16,8 @@ import { deepFreeze, type TokenCache } from './token-cache'
  *   4. the claims, which need no signature: exp, nbf, iss, aud, sub (an expired or foreign token
  *      costs no key lookup, no fetch and no signature check);
  *   5. the held key's signature check, built once when the key set was fetched (a key not held is
- *      resolved first, which may fetch the JWKS): at once for RSA, on the libuv thread pool for
- *      EC and EdDSA keys while the pool has room (see signature.ts);
+ *      resolved first, which may fetch the JWKS), on the libuv thread pool while it has room
+ *      (see signature.ts);
  *   6. the claims are frozen and offered to the token cache.
  * While `legacyTokens` is on, an HS256 token takes a branch after step 4: Supabase Auth in place
  * of step 5 (so an expired or foreign token costs no call), then step 6, its claims cached at once,
@@ -27,7 +27,7 @@ import { deepFreeze, type TokenCache } from './token-cache'
 /** Claims of a verified token, frozen: one object may serve many requests. */
 export type Claims = Readonly<Record<string, unknown>>
 
-/** Verifies a token: synchronously when its key is held and RSA, else once the key is resolved or the pool has checked it. */
+/** Verifies a token: at once from the token cache, else once the key is resolved and the pool has checked the signature. */
 export type TokenVerifier = (token: string) => Claims | Promise<Claims>
 
 /**
@@ -158,7 +158,7 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     return payload
   }
 
-  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool for EC and EdDSA keys), then keep. */
+  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool), then keep. */
   function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims | Promise<Claims> {
     const check = key.checks.get(alg)
     if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
