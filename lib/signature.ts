@@ -22,8 +22,8 @@ export interface SignatureCounts {
 /*
  * A signature check on the event loop holds up every other request; on the libuv thread pool it
  * runs beside them. That matters most for ECDSA (about five RSA-2048 checks), but RSA gains too:
- * measured with `npm run bench` (2 cores, unique tokens), RS256 went from 0.73 to 0.94 x the
- * on-loop floor in req/s, so every algorithm goes to the pool. The pool is shared with
+ * in one benchmark run (2 cores, unique tokens) the plugin answered 8,566 RS256 req/s with the
+ * check on the pool against 7,302 with it on the loop, so every algorithm goes to the pool. The pool is shared with
  * dns.lookup (the JWKS fetch's own DNS) and fs, and has UV_THREADPOOL_SIZE threads (4 by default),
  * fed first come, first served. At most twice that many checks are handed to it at once,
  * process-wide: a DNS lookup then waits behind two checks per thread at most (about 0.2 ms), never
