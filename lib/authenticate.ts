@@ -15,7 +15,9 @@ export function extractBearer (header: string | undefined, maxTokenLength: numbe
   const space = header.indexOf(' ')
   const scheme = space === -1 ? header : header.slice(0, space)
   if (scheme.toLowerCase() !== 'bearer') throw new NoTokenError()
-  const token = space === -1 ? '' : header.slice(space + 1).trim()
+  // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP); a tab or any other
+  // whitespace left around or inside the token is a malformed header, never trimmed into a valid one
+  const token = space === -1 ? '' : header.slice(space + 1).replace(/^ +| +$/g, '')
   if (token === '' || /\s/.test(token)) throw new BadRequestError()
   return bounded(token, maxTokenLength)
 }

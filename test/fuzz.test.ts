@@ -82,7 +82,7 @@ t.test(`fuzz: ${RUNS} mutated tokens (seed ${SEED}) are never accepted and never
     const code = (res.json() as { code?: string }).code ?? ''
     seen.set(code, (seen.get(code) ?? 0) + 1)
     const ok = (res.statusCode === 400 || res.statusCode === 401) && codes.has(code)
-    if (!ok) t.comment(`failing answer after ${Date.now() - started} ms: ${res.statusCode} ${res.body.slice(0, 300)}; stats ${JSON.stringify(app.supabaseJwks.stats())}`)
+    if (!ok) t.comment(`failing answer after ${Date.now() - started} ms to ${token} (original ${original}): ${res.statusCode} ${res.body.slice(0, 300)}; stats ${JSON.stringify(app.supabaseJwks.stats())}`)
     return ok
   }), { seed: SEED, numRuns: RUNS })
   t.ok(seen.size >= 4, `the mutations reached several checks: ${[...seen].map(([code, n]) => `${code.replace('FST_SUPABASE_JWKS_', '')}=${n}`).join(' ')}`)

@@ -360,6 +360,8 @@ t.test('requests: schemes, case, spaces, two tokens, query string', async (t) =>
     ['mixed case', `BeArEr ${token}`, 200, null],
     ['extra spaces', `Bearer    ${token}   `, 200, null],
     ['a tab', `Bearer\t${token}`, 401, NO_TOKEN],
+    ['a space and a tab (found by the fuzz)', `Bearer \t${token}`, 400, BAD_REQUEST],
+    ['a tab after the token', `Bearer ${token}\t `, 400, BAD_REQUEST],
     ['two tokens', `Bearer ${token} ${token}`, 400, BAD_REQUEST],
     ['two tokens, comma', `Bearer ${token}, Bearer ${token}`, 400, BAD_REQUEST],
     ['scheme only', 'Bearer', 400, BAD_REQUEST]
