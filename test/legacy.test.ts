@@ -2,30 +2,16 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { MIN_ACCEPTED } from '../lib/legacy'
 import type { TestIssuer } from '../lib/testing'
-import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
 
 const inMinutes = (minutes: number) => new Date(Date.now() + minutes * 60_000)
 
 /** The plugin's options for `issuer` with the legacy window open for an hour (or as `legacy` says). */
 function legacyOptions (issuer: TestIssuer, legacy: Partial<supabaseJwks.LegacyTokensOptions> = {}, extra: Partial<supabaseJwks.SupabaseJwksOptions> = {}): supabaseJwks.SupabaseJwksOptions {
   return { supabaseUrl: issuer.url, legacyTokens: { until: inMinutes(60), apiKey: issuer.apiKey, ...legacy }, ...extra }
-}
-
-async function registrationError (options: unknown): Promise<Error & { code?: string }> {
-  const app = Fastify()
-  app.register(supabaseJwks, options as supabaseJwks.SupabaseJwksOptions)
-  try {
-    await app.ready()
-  } catch (err) {
-    return err as Error
-  } finally {
-    await app.close()
-  }
-  throw new Error('ready() did not fail')
 }
 
 /** A payload segment replaced: the signature no longer matches. */

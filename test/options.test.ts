@@ -2,19 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { normalizeOptions } from '../lib/options'
-
-async function registrationError (options: unknown): Promise<Error & { code?: string }> {
-  const app = Fastify()
-  app.register(supabaseJwks, options as supabaseJwks.SupabaseJwksOptions)
-  try {
-    await app.ready()
-  } catch (err) {
-    return err as Error
-  } finally {
-    await app.close()
-  }
-  throw new Error('ready() did not fail')
-}
+import { registrationError } from './fixtures/helpers'
 
 const URL = 'https://abc.supabase.co'
 

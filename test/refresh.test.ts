@@ -2,7 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
-import { appFor, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
+import { appFor, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
 
 t.test('a slow JWKS at refresh time: no request waits on the routine refresh', async (t) => {
   const issuer = await issuerFor(t)
@@ -115,19 +115,6 @@ t.test('a readiness route answers 503 while the keys are unavailable', async (t)
   const up = await app.inject({ url: '/ready' })
   t.same([up.statusCode, up.json()], [200, { state: 'fresh' }])
 })
-
-async function registrationError (options: unknown): Promise<Error> {
-  const app = Fastify()
-  app.register(supabaseJwks, options as supabaseJwks.SupabaseJwksOptions)
-  try {
-    await app.ready()
-  } catch (err) {
-    return err as Error
-  } finally {
-    await app.close()
-  }
-  throw new Error('ready() did not fail')
-}
 
 t.test('an idle server past cacheTtl + timeout, JWKS failing: the request waits for the fetch, then the known key serves stale', async (t) => {
   const issuer = await issuerFor(t)
