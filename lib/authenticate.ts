@@ -1,9 +1,10 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AuthUnavailableError, BadRequestError, KeysUnavailableError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, ForbiddenError, KeysUnavailableError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
-import type { Config } from './options'
+import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
+import type { SupabaseAccessTokenClaims } from './claims'
 
 /**
  * Takes the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1)
@@ -55,24 +56,62 @@ const DESCRIPTIONS: Record<string, string> = {
   FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED: 'The token algorithm is not allowed',
   FST_SUPABASE_JWKS_UNKNOWN_KID: 'The token was signed with an unknown key',
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 'The token has expired',
-  FST_SUPABASE_JWKS_TOKEN_INVALID: 'The token is invalid'
+  FST_SUPABASE_JWKS_TOKEN_INVALID: 'The token is invalid',
+  FST_SUPABASE_JWKS_FORBIDDEN: 'The token does not grant access to this route'
 }
 
 /** The `WWW-Authenticate` challenge for an answer (RFC 6750 §3); fixed texts only, nothing from the request. */
 export function challenge (realm: string, err: AuthError): string {
   const base = `Bearer realm="${realm}"`
   if (err.code === 'FST_SUPABASE_JWKS_NO_TOKEN') return base
-  const error = err.statusCode === 400 ? 'invalid_request' : 'invalid_token'
+  const error = err.statusCode === 400 ? 'invalid_request' : err.statusCode === 403 ? 'insufficient_scope' : 'invalid_token'
   return `${base}, error="${error}", error_description="${DESCRIPTIONS[err.code]}"`
+}
+
+type User = Readonly<Record<string, unknown>>
+
+/** Refuses (403) a verified user that the route's requirements do not let in. */
+async function authorize (user: User, request: FastifyRequest, required: Requirements): Promise<void> {
+  if (required.aal === 'aal2' && user.aal !== 'aal2') throw new ForbiddenError('the route requires aal2 (multi-factor authentication)')
+  if (required.anonymous === false && user.is_anonymous === true) throw new ForbiddenError('anonymous users are not allowed')
+  if (required.check === undefined) return
+  let allowed: unknown
+  try {
+    allowed = await required.check(user as unknown as SupabaseAccessTokenClaims, request)
+  } catch (err) {
+    request.log.warn({ err }, 'supabase-jwks: a route check threw: answered 403')
+    allowed = false
+  }
+  if (allowed !== true) throw new ForbiddenError('the route check refused the user')
 }
 
 /** Verifies the request's bearer token; decorates `request.user` or throws the answer. */
 export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, retryAfter: () => number) {
   const { maxTokenLength, realm } = config
+  /*
+   * Each route's requirements: the `require` option overridden key by key by the route's
+   * `config.supabaseJwks`, worked out on the route's first request and kept (by its config object);
+   * `null` when the route asks for nothing, which is then all a request pays.
+   */
+  const byRoute = new WeakMap<object, Requirements | null>()
+  function requiredFor (request: FastifyRequest): Requirements | null {
+    const routeConfig = request.routeOptions.config as { supabaseJwks?: unknown }
+    let required = byRoute.get(routeConfig)
+    if (required === undefined) {
+      const own = routeConfig.supabaseJwks
+      const merged = { ...config.require, ...(typeof own === 'object' ? requirements('config.supabaseJwks', own) : {}) }
+      required = merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined ? merged : null
+      byRoute.set(routeConfig, required)
+    }
+    return required
+  }
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
-      const claims = verifyToken(extractBearer(request.headers.authorization, maxTokenLength))
-      request.user = (claims instanceof Promise ? await claims : claims) as unknown as FastifyRequest['user']
+      const pending = verifyToken(extractBearer(request.headers.authorization, maxTokenLength))
+      const claims = pending instanceof Promise ? await pending : pending
+      const required = requiredFor(request)
+      if (required !== null) await authorize(claims, request, required)
+      request.user = claims as unknown as FastifyRequest['user']
     } catch (error) {
       (request as { user: unknown }).user = null
       const err = answerFor(request.log, error)

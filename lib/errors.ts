@@ -34,6 +34,13 @@ export const TokenExpiredError = createError(
 export const TokenInvalidError = createError(
   'FST_SUPABASE_JWKS_TOKEN_INVALID', 'The token is invalid: %s', 401)
 
+/**
+ * The token verified, but the route's requirements (`aal`, `anonymous`, `check`) refuse its user:
+ * 403 with `error="insufficient_scope"` (RFC 6750 §3.1).
+ */
+export const ForbiddenError = createError(
+  'FST_SUPABASE_JWKS_FORBIDDEN', 'The token does not grant access to this route: %s', 403)
+
 /** The signing keys cannot be had (JWKS unreachable and no usable cached key): 503 with Retry-After. */
 export const KeysUnavailableError = createError(
   'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', 'The signing keys are temporarily unavailable', 503)
@@ -70,6 +77,7 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_UNKNOWN_KID: 401,
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 401,
   FST_SUPABASE_JWKS_TOKEN_INVALID: 401,
+  FST_SUPABASE_JWKS_FORBIDDEN: 403,
   FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503
 } as const

@@ -7,7 +7,7 @@ import { answerFor, bounded, buildAuthenticate } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
-import { normalizeOptions, type LegacyTokensOptions, type SupabaseJwksOptions as Options } from './options'
+import { normalizeOptions, requirements, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
@@ -80,6 +80,12 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     })
   })
 
+  // a route's requirements are checked when it is declared (routes declared before the plugin: on their first request)
+  fastify.addHook('onRoute', function checkSupabaseJwksRequirements (route) {
+    const own = (route.config as { supabaseJwks?: unknown } | undefined)?.supabaseJwks
+    if (typeof own === 'object') requirements(`config.supabaseJwks of ${route.method} ${route.url}`, own)
+  })
+
   if (config.hook) {
     fastify.addHook(config.hook, function supabaseJwksHook (request: FastifyRequest, reply: FastifyReply) {
       if ((request.routeOptions.config as { supabaseJwks?: unknown }).supabaseJwks === false) return Promise.resolve()
@@ -94,7 +100,7 @@ fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
 
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
-  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions }
+  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, Requirements }
   /** What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on. */
   export interface Stats extends KeyStats, Partial<LegacyStats> {
     /** Verified tokens held by the token cache now. */
@@ -145,8 +151,11 @@ declare module 'fastify' {
     supabaseJwks: fastifySupabaseJwks.SupabaseJwksDecorator
   }
   interface FastifyContextConfig {
-    /** `false` exempts the route from the `hook` option's authentication. */
-    supabaseJwks?: boolean
+    /**
+     * `false` exempts the route from the `hook` option's authentication; an object sets what its
+     * users must satisfy (overriding the `require` option key by key): otherwise 403.
+     */
+    supabaseJwks?: boolean | fastifySupabaseJwks.Requirements
   }
 }
 

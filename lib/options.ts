@@ -1,3 +1,5 @@
+import type { FastifyRequest } from 'fastify'
+import type { SupabaseAccessTokenClaims } from './claims'
 import { OptionError } from './errors'
 
 /** Asymmetric algorithms the plugin can verify. HS* and `none` are never accepted. */
@@ -66,6 +68,19 @@ export interface LegacyConfig {
   userUrl: URL
   maxCallsPerSecond: number
   maxConcurrentCalls: number
+}
+
+/**
+ * What a verified token's user must satisfy on a route (plugin option `require`, route config
+ * `config.supabaseJwks`): otherwise 403 `FST_SUPABASE_JWKS_FORBIDDEN`.
+ */
+export interface Requirements {
+  /** `'aal2'`: the session must have passed MFA (the `aal` claim is `aal2`). `'aal1'` asks nothing. */
+  aal?: 'aal1' | 'aal2'
+  /** `false`: anonymous users (`is_anonymous: true`) are refused. `true` (the default) lets them in. */
+  anonymous?: boolean
+  /** Your own rule: `true` lets the request in; `false`, a rejection or a throw is a 403. */
+  check?: (user: Readonly<SupabaseAccessTokenClaims>, request: FastifyRequest) => boolean | Promise<boolean>
 }
 
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
@@ -140,6 +155,8 @@ export interface SupabaseJwksOptions {
    * over plain HTTP can be swapped by anyone on the path. Loopback (the Supabase CLI) is always allowed.
    */
   allowInsecureJwksUrl?: boolean
+  /** Requirements for every route; a route's `config.supabaseJwks` overrides them key by key. Default: none. */
+  require?: Requirements
   /**
    * Fetch the JWKS when the server starts (`onReady`), so that the first request finds the keys
    * held. A JWKS down at start does not fail start-up: it is logged, and requests retry. Default `true`.
@@ -171,6 +188,7 @@ export interface Config {
   insecureJwksUrl: boolean
   legacy: LegacyConfig | undefined
   warmStart: boolean
+  require: Requirements
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -178,7 +196,7 @@ const KNOWN_OPTIONS = new Set<string>([
   'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
   'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
-  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart'
+  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart', 'require'
 ])
 const LEGACY_OPTIONS = new Set(['until', 'apiKey', 'userUrl', 'maxCallsPerSecond', 'maxConcurrentCalls'])
 
@@ -230,6 +248,18 @@ function integer (name: string, value: unknown, fallback: number, min = 1, max =
     fail(`${name} must be an integer from ${min} to ${max}`)
   }
   return value as number
+}
+
+/** Checks a `Requirements` object (the `require` option or a route's `config.supabaseJwks`). */
+export function requirements (name: string, value: unknown): Requirements {
+  if (value === undefined) return {}
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`${name} must be an object { aal, anonymous, check }`)
+  const given = value as Record<string, unknown>
+  for (const key of Object.keys(given)) if (!['aal', 'anonymous', 'check'].includes(key)) fail(`unknown requirement ${name}.${key}`)
+  if (given.aal !== undefined && given.aal !== 'aal1' && given.aal !== 'aal2') fail(`${name}.aal must be 'aal1' or 'aal2'`)
+  if (given.anonymous !== undefined && typeof given.anonymous !== 'boolean') fail(`${name}.anonymous must be a boolean`)
+  if (given.check !== undefined && typeof given.check !== 'function') fail(`${name}.check must be a function (user, request) => boolean`)
+  return given as Requirements
 }
 
 function boolean (name: string, value: unknown, fallback: boolean): boolean {
@@ -377,6 +407,7 @@ export function normalizeOptions (input: unknown): Config {
     realm,
     insecureJwksUrl,
     legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true),
-    warmStart: boolean('warmStart', opts.warmStart, true)
+    warmStart: boolean('warmStart', opts.warmStart, true),
+    require: requirements('require', opts.require)
   }
 }
