@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AuthUnavailableError, BadRequestError, ForbiddenError, KeysUnavailableError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
@@ -57,6 +57,7 @@ const DESCRIPTIONS: Record<string, string> = {
   FST_SUPABASE_JWKS_UNKNOWN_KID: 'The token was signed with an unknown key',
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 'The token has expired',
   FST_SUPABASE_JWKS_TOKEN_INVALID: 'The token is invalid',
+  FST_SUPABASE_JWKS_TOKEN_REVOKED: 'The token has been revoked',
   FST_SUPABASE_JWKS_FORBIDDEN: 'The token does not grant access to this route'
 }
 
@@ -69,6 +70,25 @@ export function challenge (realm: string, err: AuthError): string {
 }
 
 type User = Readonly<Record<string, unknown>>
+
+/**
+ * Asks the `isRevoked` option about verified claims: `true` is a 401, `false` lets them through,
+ * anything else (a throw, another value) is a 503: never an accepted token.
+ */
+export async function checkRevoked (config: Config, claims: User, request: FastifyRequest | undefined, log: { warn (object: object, message: string): void }): Promise<void> {
+  let revoked: unknown
+  try {
+    revoked = await config.isRevoked!(claims as unknown as SupabaseAccessTokenClaims, request)
+  } catch (err) {
+    log.warn({ err }, 'supabase-jwks: isRevoked threw: answered 503')
+    throw new RevocationUnavailableError()
+  }
+  if (revoked === true) throw new TokenRevokedError()
+  if (revoked !== false) {
+    log.warn({ answer: typeof revoked }, 'supabase-jwks: isRevoked did not answer a boolean: answered 503')
+    throw new RevocationUnavailableError()
+  }
+}
 
 /** Refuses (403) a verified user that the route's requirements do not let in. */
 async function authorize (user: User, request: FastifyRequest, required: Requirements): Promise<void> {
@@ -109,6 +129,7 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, r
     try {
       const pending = verifyToken(extractBearer(request.headers.authorization, maxTokenLength))
       const claims = pending instanceof Promise ? await pending : pending
+      if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
       const required = requiredFor(request)
       if (required !== null) await authorize(claims, request, required)
       request.user = claims as unknown as FastifyRequest['user']
@@ -121,8 +142,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, r
       if (err instanceof KeysUnavailableError) {
         // the time until the next fetch is allowed: a client that honours it gets its answer
         reply.header('retry-after', String(retryAfter()))
-      } else if (err instanceof AuthUnavailableError) {
-        // a legacy token: the call caps refill within a second
+      } else if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) {
+        // a legacy token's call caps refill within a second; isRevoked may answer at the next try
         reply.header('retry-after', '1')
       } else {
         reply.header('www-authenticate', challenge(realm, err))

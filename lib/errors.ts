@@ -34,6 +34,14 @@ export const TokenExpiredError = createError(
 export const TokenInvalidError = createError(
   'FST_SUPABASE_JWKS_TOKEN_INVALID', 'The token is invalid: %s', 401)
 
+/** The token verified, but the `isRevoked` option says it is revoked (its session was signed out). */
+export const TokenRevokedError = createError(
+  'FST_SUPABASE_JWKS_TOKEN_REVOKED', 'The token has been revoked', 401)
+
+/** `isRevoked` threw or did not answer a boolean: the token cannot be accepted now. 503 with `Retry-After: 1`. */
+export const RevocationUnavailableError = createError(
+  'FST_SUPABASE_JWKS_REVOCATION_UNAVAILABLE', 'Whether the token is revoked cannot be checked now', 503)
+
 /**
  * The token verified, but the route's requirements (`aal`, `anonymous`, `check`) refuse its user:
  * 403 with `error="insufficient_scope"` (RFC 6750 §3.1).
@@ -77,7 +85,9 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_UNKNOWN_KID: 401,
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 401,
   FST_SUPABASE_JWKS_TOKEN_INVALID: 401,
+  FST_SUPABASE_JWKS_TOKEN_REVOKED: 401,
   FST_SUPABASE_JWKS_FORBIDDEN: 403,
+  FST_SUPABASE_JWKS_REVOCATION_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503
 } as const

@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
-import { answerFor, bounded, buildAuthenticate } from './authenticate'
+import { answerFor, bounded, buildAuthenticate, checkRevoked } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
@@ -62,7 +62,9 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   fastify.decorate('supabaseJwks', {
     verify: async (token: string) => {
       try {
-        return await verifyToken(bounded(token, config.maxTokenLength)) as unknown as fastifySupabaseJwks.SupabaseUser
+        const claims = await verifyToken(bounded(token, config.maxTokenLength))
+        if (config.isRevoked !== undefined) await checkRevoked(config, claims, undefined, fastify.log)
+        return claims as unknown as fastifySupabaseJwks.SupabaseUser
       } catch (err) {
         throw answerFor(fastify.log, err)
       }

@@ -155,6 +155,12 @@ export interface SupabaseJwksOptions {
    * over plain HTTP can be swapped by anyone on the path. Loopback (the Supabase CLI) is always allowed.
    */
   allowInsecureJwksUrl?: boolean
+  /**
+   * Called with the claims of every verified token, token-cache hits included (and with the request,
+   * `undefined` for `verify()`): `true` answers 401 `FST_SUPABASE_JWKS_TOKEN_REVOKED`, `false` lets
+   * it through; a throw or any other value is a 503. For a `session_id` denylist ("sign out everywhere").
+   */
+  isRevoked?: (claims: Readonly<SupabaseAccessTokenClaims>, request: FastifyRequest | undefined) => boolean | Promise<boolean>
   /** Requirements for every route; a route's `config.supabaseJwks` overrides them key by key. Default: none. */
   require?: Requirements
   /**
@@ -189,6 +195,7 @@ export interface Config {
   legacy: LegacyConfig | undefined
   warmStart: boolean
   require: Requirements
+  isRevoked: SupabaseJwksOptions['isRevoked']
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -196,7 +203,7 @@ const KNOWN_OPTIONS = new Set<string>([
   'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
   'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
-  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart', 'require'
+  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart', 'require', 'isRevoked'
 ])
 const LEGACY_OPTIONS = new Set(['until', 'apiKey', 'userUrl', 'maxCallsPerSecond', 'maxConcurrentCalls'])
 
@@ -260,6 +267,11 @@ export function requirements (name: string, value: unknown): Requirements {
   if (given.anonymous !== undefined && typeof given.anonymous !== 'boolean') fail(`${name}.anonymous must be a boolean`)
   if (given.check !== undefined && typeof given.check !== 'function') fail(`${name}.check must be a function (user, request) => boolean`)
   return given as Requirements
+}
+
+function revocationCheck (value: unknown): SupabaseJwksOptions['isRevoked'] {
+  if (value !== undefined && typeof value !== 'function') fail('isRevoked must be a function (claims, request) => boolean')
+  return value as SupabaseJwksOptions['isRevoked']
 }
 
 function boolean (name: string, value: unknown, fallback: boolean): boolean {
@@ -408,6 +420,7 @@ export function normalizeOptions (input: unknown): Config {
     insecureJwksUrl,
     legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true),
     warmStart: boolean('warmStart', opts.warmStart, true),
-    require: requirements('require', opts.require)
+    require: requirements('require', opts.require),
+    isRevoked: revocationCheck(opts.isRevoked)
   }
 }
