@@ -344,9 +344,14 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     return inflight
   }
 
-  /** Key `kid` if held and still within the stale window (`cacheTtl + staleIfError` after the last good fetch). */
+  /** Whether the held set may still verify during an outage: within `cacheTtl + staleIfError` after the last good fetch. */
+  function inStaleWindow (now: number): boolean {
+    return now < setAt + cacheTtlMs + staleIfErrorMs
+  }
+
+  /** Key `kid` if held and still within the stale window. */
   function staleKey (kid: string, now: number): CachedKey | undefined {
-    return now < setAt + cacheTtlMs + staleIfErrorMs ? keys.get(kid) : undefined
+    return inStaleWindow(now) ? keys.get(kid) : undefined
   }
 
   /** After a fetch: the key, a stale key while the JWKS fails, or the reason there is none. */
@@ -375,15 +380,10 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
   }
 
   function state (now: number): KeyState {
-    if (lastFetchFailed) return staleKeysLeft(now) ? 'stale' : 'unavailable'
+    if (lastFetchFailed) return keys.size > 0 && inStaleWindow(now) ? 'stale' : 'unavailable'
     if (setAt === Number.NEGATIVE_INFINITY) return 'unavailable'
     if (inflight !== undefined) return 'refreshing'
     return now < setAt + cacheTtlMs ? 'fresh' : 'stale'
-  }
-
-  /** Whether the held set may still verify during an outage. */
-  function staleKeysLeft (now: number): boolean {
-    return keys.size > 0 && now < setAt + cacheTtlMs + staleIfErrorMs
   }
 
   async function resolve (kid: string): Promise<CachedKey> {
