@@ -1,9 +1,10 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AuthUnavailableError, BadRequestError, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
+import { tokenFromSessionCookie } from './cookie'
 import type { SupabaseAccessTokenClaims } from './claims'
 
 /**
@@ -22,6 +23,14 @@ export function extractBearer (header: string | undefined, maxTokenLength: numbe
   if (token === '' || /\s/.test(token)) throw new BadRequestError()
   return bounded(token, maxTokenLength)
 }
+
+/** Whether the Authorization header is a Bearer one (well formed or not): then it alone is read. */
+function isBearer (header: string | undefined): boolean {
+  return header !== undefined && /^bearer(?: |$)/i.test(header)
+}
+
+/** Cookies of a request, by name. */
+export type Cookies = Readonly<Record<string, string | undefined>>
 
 /** A token given directly (not in a header): a non-empty string no longer than `maxTokenLength`. */
 export function bounded (token: unknown, maxTokenLength: number): string {
@@ -53,6 +62,7 @@ export function answerFor (log: { warn (object: object, message: string): void }
 const DESCRIPTIONS: Record<string, string> = {
   FST_SUPABASE_JWKS_BAD_REQUEST: 'Malformed Authorization header',
   FST_SUPABASE_JWKS_MALFORMED_TOKEN: 'The token is malformed',
+  FST_SUPABASE_JWKS_MALFORMED_COOKIE: 'The session cookie is malformed',
   FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED: 'The token algorithm is not allowed',
   FST_SUPABASE_JWKS_UNKNOWN_KID: 'The token was signed with an unknown key',
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 'The token has expired',
@@ -70,6 +80,12 @@ export function challenge (realm: string, err: AuthError): string {
 }
 
 type User = Readonly<Record<string, unknown>>
+
+/** The answers given so far, by `authenticate` and `verify()` alike: tokens accepted, and refusals by code. */
+export class Answers {
+  accepted = 0
+  readonly rejected = Object.fromEntries(Object.keys(errorCodes).map((code) => [code, 0])) as Record<ErrorCode, number>
+}
 
 /**
  * Asks the `isRevoked` option about verified claims: `true` is a 401, `false` lets them through,
@@ -105,9 +121,33 @@ async function authorize (user: User, request: FastifyRequest, required: Require
   if (allowed !== true) throw new ForbiddenError('the route check refused the user')
 }
 
-/** Verifies the request's bearer token; decorates `request.user` or throws the answer. */
-export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, retryAfter: () => number) {
-  const { maxTokenLength, realm } = config
+/**
+ * Takes the request's token: the `Authorization: Bearer` header when there is one; otherwise, as
+ * configured, the session cookie, then `extractToken`. Without either option, the header alone.
+ */
+export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRequest) => Cookies) {
+  const { maxTokenLength, cookieName, extractToken } = config
+  async function extracted (request: FastifyRequest): Promise<string> {
+    const token = await extractToken!(request)
+    if (token === undefined || token === null) throw new NoTokenError()
+    return bounded(token, maxTokenLength)
+  }
+  return function tokenOf (request: FastifyRequest): string | Promise<string> {
+    const header = request.headers.authorization
+    if ((cookieName === undefined && extractToken === undefined) || isBearer(header)) return extractBearer(header, maxTokenLength)
+    if (cookieName !== undefined) {
+      const token = tokenFromSessionCookie(cookiesOf(request), cookieName)
+      if (token !== undefined) return bounded(token, maxTokenLength)
+    }
+    if (extractToken !== undefined) return extracted(request)
+    throw new NoTokenError()
+  }
+}
+
+/** Verifies the request's token; decorates `request.user` or throws the answer. */
+export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, retryAfter: () => number,
+  tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
+  const { realm } = config
   /*
    * Each route's requirements: the `require` option overridden key by key by the route's
    * `config.supabaseJwks`, worked out on the route's first request and kept (by its config object);
@@ -127,15 +167,18 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, r
   }
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
-      const pending = verifyToken(extractBearer(request.headers.authorization, maxTokenLength))
+      const source = tokenOf(request)
+      const pending = verifyToken(typeof source === 'string' ? source : await source)
       const claims = pending instanceof Promise ? await pending : pending
       if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
       const required = requiredFor(request)
       if (required !== null) await authorize(claims, request, required)
       request.user = claims as unknown as FastifyRequest['user']
+      answers.accepted++
     } catch (error) {
       (request as { user: unknown }).user = null
       const err = answerFor(request.log, error)
+      answers.rejected[err.code]++
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
       // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
       if (reply === undefined) throw err

@@ -18,6 +18,13 @@ export const BadRequestError = createError(
 export const MalformedTokenError = createError(
   'FST_SUPABASE_JWKS_MALFORMED_TOKEN', 'The token is malformed: %s', 401)
 
+/**
+ * The session cookie (option `cookie`) is there but holds no session with an access token:
+ * malformed, partial (a chunk missing or from another write), oversized, or not base64url/JSON.
+ */
+export const MalformedCookieError = createError(
+  'FST_SUPABASE_JWKS_MALFORMED_COOKIE', 'The session cookie is malformed: %s', 401)
+
 /** Signed with an algorithm outside the allowlist (`none`, every HS* and every unlisted one). */
 export const AlgorithmNotAllowedError = createError(
   'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'The token algorithm is not allowed: %s', 401)
@@ -81,6 +88,7 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_NO_TOKEN: 401,
   FST_SUPABASE_JWKS_BAD_REQUEST: 400,
   FST_SUPABASE_JWKS_MALFORMED_TOKEN: 401,
+  FST_SUPABASE_JWKS_MALFORMED_COOKIE: 401,
   FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED: 401,
   FST_SUPABASE_JWKS_UNKNOWN_KID: 401,
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 401,

@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
-import { answerFor, bounded, buildAuthenticate, checkRevoked } from './authenticate'
+import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, type Cookies } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
 import { createKeyResolver, type KeyStats } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
@@ -51,7 +51,22 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
 
   const tokens = new TokenCache(config.tokenCache)
   const verifyToken = createTokenVerifier(config, keys, tokens, fastify.log, legacy)
-  const authenticate = buildAuthenticate(config, verifyToken, keys.retryAfter)
+  // the session cookie is read through @fastify/cookie: request.cookies once its hook has run, else its parser
+  let parseCookie: ((header: string) => Cookies) | undefined
+  if (config.cookieName !== undefined) {
+    fastify.addHook('onReady', async function checkSupabaseJwksCookie () {
+      parseCookie = (fastify as unknown as { parseCookie?: (header: string) => Cookies }).parseCookie
+      if (typeof parseCookie !== 'function') {
+        throw new RegistrationError('the cookie option reads the session cookie through @fastify/cookie, which is not ' +
+          'registered: add app.register(require(\'@fastify/cookie\')) (npm install @fastify/cookie)')
+      }
+    })
+  }
+  const tokenOf = buildTokenSource(config, function cookiesOf (request) {
+    return (request as { cookies?: Cookies | null }).cookies ?? parseCookie!(request.headers.cookie ?? '')
+  })
+  const answers = new Answers()
+  const authenticate = buildAuthenticate(config, verifyToken, keys.retryAfter, tokenOf, answers)
   // warm start: the first request finds the keys held; a JWKS down now is logged, and start-up goes on
   if (config.warmStart) {
     fastify.addHook('onReady', async function warmSupabaseJwks () {
@@ -64,9 +79,12 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       try {
         const claims = await verifyToken(bounded(token, config.maxTokenLength))
         if (config.isRevoked !== undefined) await checkRevoked(config, claims, undefined, fastify.log)
+        answers.accepted++
         return claims as unknown as fastifySupabaseJwks.SupabaseUser
-      } catch (err) {
-        throw answerFor(fastify.log, err)
+      } catch (error) {
+        const err = answerFor(fastify.log, error)
+        answers.rejected[err.code]++
+        throw err
       }
     },
     refresh: async () => {
@@ -78,6 +96,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       cachedTokens: tokens.size,
       tokenCacheHits: tokens.hits,
       tokenCacheMisses: tokens.misses,
+      accepted: answers.accepted,
+      rejected: { ...answers.rejected },
       ...legacy?.stats()
     })
   })
@@ -111,6 +131,10 @@ declare namespace fastifySupabaseJwks {
     tokenCacheHits: number
     /** Verifications the token cache could not answer (the token was then verified in full, or refused). */
     tokenCacheMisses: number
+    /** Tokens accepted so far, by `authenticate` (route requirements met) and `verify()`. */
+    accepted: number
+    /** Refusals so far by code (every code present, from 0), by `authenticate` and `verify()`. */
+    rejected: Record<ErrorCode, number>
   }
   /**
    * Your own claims (for example from a custom access token hook), added by declaration merging:

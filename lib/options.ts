@@ -1,5 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import type { SupabaseAccessTokenClaims } from './claims'
+import { COOKIE_NAME, sessionCookieName } from './cookie'
 import { OptionError } from './errors'
 
 /** Asymmetric algorithms the plugin can verify. HS* and `none` are never accepted. */
@@ -173,6 +174,20 @@ export interface SupabaseJwksOptions {
    * asking Supabase Auth whether each is genuine: the secret itself is never needed.
    */
   legacyTokens?: LegacyTokensOptions
+  /**
+   * Also read the token from the session cookie that @supabase/ssr writes, through @fastify/cookie's
+   * `request.cookies` (register @fastify/cookie too). `true`: the project's cookie,
+   * `sb-<ref>-auth-token` (<ref>: the first DNS label of `supabaseUrl`'s host), chunks
+   * (`.0`, `.1`, …) joined; `{ name }` for another storage key. An `Authorization: Bearer` header wins.
+   * Cookies bring CSRF into play: see the README. Default `false`.
+   */
+  cookie?: boolean | { name: string }
+  /**
+   * Where else a token may come from, asked when there is no `Authorization: Bearer` header (and no
+   * session cookie, with `cookie`): return the token, or `undefined`/`null` for none (401 NO_TOKEN).
+   * A throw is a 401 and is logged at warn. Default: none.
+   */
+  extractToken?: (request: FastifyRequest) => string | undefined | null | Promise<string | undefined | null>
 }
 
 /** The options after validation, in the units the code uses. */
@@ -196,6 +211,9 @@ export interface Config {
   warmStart: boolean
   require: Requirements
   isRevoked: SupabaseJwksOptions['isRevoked']
+  /** The session cookie's name (option `cookie`), or `undefined` when cookies are not read. */
+  cookieName: string | undefined
+  extractToken: SupabaseJwksOptions['extractToken']
 }
 
 const KNOWN_OPTIONS = new Set<string>([
@@ -203,7 +221,7 @@ const KNOWN_OPTIONS = new Set<string>([
   'prefix', 'logLevel', 'logSerializers',
   'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
   'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
-  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart', 'require', 'isRevoked'
+  'allowInsecureJwksUrl', 'legacyTokens', 'warmStart', 'require', 'isRevoked', 'cookie', 'extractToken'
 ])
 const LEGACY_OPTIONS = new Set(['until', 'apiKey', 'userUrl', 'maxCallsPerSecond', 'maxConcurrentCalls'])
 
@@ -269,9 +287,28 @@ export function requirements (name: string, value: unknown): Requirements {
   return given as Requirements
 }
 
-function revocationCheck (value: unknown): SupabaseJwksOptions['isRevoked'] {
-  if (value !== undefined && typeof value !== 'function') fail('isRevoked must be a function (claims, request) => boolean')
-  return value as SupabaseJwksOptions['isRevoked']
+/** An optional function option. */
+function functionOption<F> (name: string, value: unknown, shape: string): F | undefined {
+  if (value !== undefined && typeof value !== 'function') fail(`${name} must be a function ${shape}`)
+  return value as F | undefined
+}
+
+/** The session cookie's name: derived from the project URL, or given. */
+function cookieOption (value: unknown, supabaseUrl: URL | undefined): string | undefined {
+  if (value === undefined || value === false) return undefined
+  if (value === true) {
+    if (supabaseUrl === undefined) {
+      fail('cookie: true derives the cookie name from supabaseUrl: with jwksUrl alone, give cookie: { name: \'sb-<ref>-auth-token\' }')
+    }
+    return sessionCookieName(supabaseUrl)
+  }
+  const name = value !== null && typeof value === 'object' && Object.keys(value).every((key) => key === 'name')
+    ? (value as { name?: unknown }).name
+    : undefined
+  if (typeof name !== 'string' || !COOKIE_NAME.test(name)) {
+    fail('cookie must be true, false or { name } with a cookie name (letters, digits and !#$%&\'*+-.^_`|~)')
+  }
+  return name
 }
 
 function boolean (name: string, value: unknown, fallback: boolean): boolean {
@@ -360,8 +397,9 @@ export function normalizeOptions (input: unknown): Config {
 
   let jwksUrl: URL
   let derivedIssuer: string | undefined
+  let base: URL | undefined
   if (opts.supabaseUrl !== undefined) {
-    const base = parseUrl('supabaseUrl', opts.supabaseUrl)
+    base = parseUrl('supabaseUrl', opts.supabaseUrl)
     if (base.search || base.hash || /[?#]/.test(opts.supabaseUrl as string)) {
       fail(`supabaseUrl must not carry a query string or a fragment: use the project URL (e.g. ${base.origin})`)
     }
@@ -421,6 +459,8 @@ export function normalizeOptions (input: unknown): Config {
     legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true),
     warmStart: boolean('warmStart', opts.warmStart, true),
     require: requirements('require', opts.require),
-    isRevoked: revocationCheck(opts.isRevoked)
+    isRevoked: functionOption('isRevoked', opts.isRevoked, '(claims, request) => boolean'),
+    cookieName: cookieOption(opts.cookie, base),
+    extractToken: functionOption('extractToken', opts.extractToken, '(request) => string | undefined')
   }
 }

@@ -10,7 +10,7 @@
  * ```
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { createHmac, generateKeyPairSync, randomBytes, randomUUID, sign as cryptoSign, timingSafeEqual, type KeyObject } from 'node:crypto'
+import { createHmac, generateKeyPairSync, randomBytes, randomUUID, sign as cryptoSign, verify as cryptoVerify, timingSafeEqual, type KeyObject } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { hashOf, keyInput } from './signature'
 
@@ -40,6 +40,25 @@ export interface SignOptions {
   kid?: string
   /** Header fields to add or override (`undefined` removes one). */
   header?: Record<string, unknown>
+}
+
+/** A user of the issuer that supabase-js can sign in as (`signInWithPassword`). */
+export interface TestUser {
+  id: string
+  email: string
+  password: string
+  user_metadata: Record<string, unknown>
+  app_metadata: Record<string, unknown>
+}
+
+/** A session as Supabase Auth returns it from `POST /auth/v1/token` (and supabase-js stores it). */
+export interface TestSession {
+  access_token: string
+  token_type: 'bearer'
+  expires_in: number
+  expires_at: number
+  refresh_token: string
+  user: Record<string, unknown>
 }
 
 /** Answers a JWKS request instead of the issuer, to simulate outages; return `true` when handled. */
@@ -84,6 +103,17 @@ export interface TestIssuer {
   signLegacy (claims?: Record<string, unknown>, options?: Pick<SignOptions, 'header'>): string
   /** Serves `GET /auth/v1/user` through `responder` (or normally again with `undefined`). */
   respondToUserWith (responder: UserResponder | undefined): void
+  /**
+   * Adds a user that can sign in by password, as supabase-js's `signInWithPassword` (and
+   * @supabase/ssr's server client) does: `POST /auth/v1/token?grant_type=password`, then
+   * `refresh_token` grants, `GET /auth/v1/user` and `POST /auth/v1/logout`. Tokens are signed
+   * with the current key. Default id: a random UUID; metadata: `{}` and the email provider.
+   */
+  addUser (user: { email: string, password: string, id?: string, user_metadata?: Record<string, unknown>, app_metadata?: Record<string, unknown> }): TestUser
+  /** Signs `user` in as the token endpoint does, without HTTP: a new session. */
+  session (user: TestUser, claims?: Record<string, unknown>): TestSession
+  /** Sign-ins and refreshes answered by `POST /auth/v1/token` so far (successful or not). */
+  readonly tokenRequests: number
   /** The JWKS document served now. */
   jwks (): { keys: Array<Record<string, unknown>> }
   close (): Promise<void>
@@ -165,6 +195,8 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     if (request.headers.apikey === undefined) return json(response, 401, { message: 'No API key found in request' })
     if (request.headers.apikey !== apiKey) return json(response, 401, { message: 'Invalid API key' })
     const bearer = /^Bearer (.+)$/i.exec(request.headers.authorization ?? '')?.[1]
+    const signedIn = bearer === undefined ? undefined : accessUser(bearer)
+    if (signedIn !== undefined) return json(response, 200, signedIn)
     const payload = bearer === undefined ? undefined : legacyPayload(bearer)
     if (payload === undefined) {
       return json(response, 401, { code: 401, error_code: 'bad_jwt', msg: 'invalid JWT: unable to parse or verify signature' })
@@ -181,9 +213,120 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     })
   }
 
+  const users = new Map<string, TestUser>()
+  const refreshTokens = new Map<string, string>()
+  let tokenRequests = 0
+
+  /** The user as GoTrue's API shows it. */
+  function userJson (account: TestUser): Record<string, unknown> {
+    const at = new Date().toISOString()
+    return {
+      id: account.id,
+      aud: 'authenticated',
+      role: 'authenticated',
+      email: account.email,
+      email_confirmed_at: at,
+      phone: '',
+      confirmed_at: at,
+      last_sign_in_at: at,
+      app_metadata: account.app_metadata,
+      user_metadata: account.user_metadata,
+      identities: [],
+      created_at: at,
+      updated_at: at,
+      is_anonymous: false
+    }
+  }
+
+  function session (account: TestUser, claims: Record<string, unknown> = {}): TestSession {
+    const refreshToken = randomBytes(12).toString('base64url')
+    refreshTokens.set(refreshToken, account.id)
+    const token = sign({
+      sub: account.id,
+      email: account.email,
+      app_metadata: account.app_metadata,
+      user_metadata: account.user_metadata,
+      ...claims
+    })
+    const exp = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()).exp as number
+    return {
+      access_token: token,
+      token_type: 'bearer',
+      expires_in: exp - Math.floor(Date.now() / 1000),
+      expires_at: exp,
+      refresh_token: refreshToken,
+      user: userJson(account)
+    }
+  }
+
+  /** A request body as JSON (at most 64 KiB), or `undefined`. */
+  async function jsonBody (request: IncomingMessage): Promise<Record<string, unknown> | undefined> {
+    let body = ''
+    for await (const chunk of request) {
+      body += String(chunk)
+      if (body.length > 65_536) return undefined
+    }
+    try {
+      const value: unknown = JSON.parse(body)
+      return value !== null && typeof value === 'object' ? value as Record<string, unknown> : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  /** `POST /auth/v1/token?grant_type=password|refresh_token`, as GoTrue answers it. */
+  async function token (request: IncomingMessage, response: ServerResponse): Promise<void> {
+    tokenRequests++
+    if (request.headers.apikey !== apiKey) return json(response, 401, { message: 'Invalid API key' })
+    const grant = new URL(String(request.url), url).searchParams.get('grant_type')
+    const body = await jsonBody(request)
+    if (grant === 'password') {
+      const account = [...users.values()].find((candidate) => candidate.email === body?.email)
+      if (account === undefined || account.password !== body?.password) {
+        return json(response, 400, { code: 400, error_code: 'invalid_credentials', msg: 'Invalid login credentials' })
+      }
+      return json(response, 200, session(account))
+    }
+    if (grant === 'refresh_token') {
+      const id = refreshTokens.get(String(body?.refresh_token))
+      if (id === undefined) {
+        return json(response, 400, { code: 400, error_code: 'refresh_token_not_found', msg: 'Invalid Refresh Token: Refresh Token Not Found' })
+      }
+      refreshTokens.delete(String(body?.refresh_token))
+      return json(response, 200, session(users.get(id)!))
+    }
+    json(response, 400, { code: 400, error_code: 'unsupported_grant_type', msg: 'unsupported_grant_type' })
+  }
+
+  /** The user of a genuine, unexpired access token signed by one of the issuer's published keys. */
+  function accessUser (bearer: string): Record<string, unknown> | undefined {
+    const [head, body, signature] = bearer.split('.')
+    try {
+      const header = JSON.parse(Buffer.from(head!, 'base64url').toString()) as Record<string, unknown>
+      const key = keys.find((candidate) => candidate.kid === header.kid && candidate.alg === header.alg && published.has(candidate.kid))
+      if (key === undefined || signature === undefined) return undefined
+      if (!cryptoVerify(hashOf(key.alg), Buffer.from(`${head}.${body}`), keyInput(key.alg, key.publicKey), Buffer.from(signature, 'base64url'))) return undefined
+      const payload = JSON.parse(Buffer.from(body!, 'base64url').toString()) as Record<string, unknown>
+      if (!(typeof payload.exp === 'number' && payload.exp * 1000 > Date.now())) return undefined
+      const account = users.get(payload.sub as string)
+      return account === undefined ? { id: payload.sub, aud: payload.aud, role: payload.role, email: payload.email } : userJson(account)
+    } catch {
+      return undefined
+    }
+  }
+
   const server = createServer((request, response) => {
     const path = String(request.url).split('?')[0]
     if (path === '/auth/v1/user' && request.method === 'GET') return user(request, response)
+    if (path === '/auth/v1/token' && request.method === 'POST') {
+      // a client that goes away mid-body: the connection is dropped, the server goes on
+      token(request, response).catch(() => response.destroy())
+      return
+    }
+    if (path === '/auth/v1/logout' && request.method === 'POST') {
+      response.writeHead(204).end()
+      return
+    }
     if (path !== '/auth/v1/.well-known/jwks.json' && path !== '/.well-known/jwks.json') {
       response.writeHead(404, { 'content-type': 'application/json' }).end('{"code":404,"msg":"not found"}')
       return
@@ -239,6 +382,12 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     return key
   }
 
+  function sign (claims: Record<string, unknown> = {}, signOptions: SignOptions = {}): string {
+    const key = signOptions.kid === undefined ? current : findKey(signOptions.kid)
+    const header = withoutUndefined({ alg: key.alg, kid: key.kid, typ: 'JWT', ...signOptions.header })
+    return signJwt(header, accessClaims(claims), key.privateKey)
+  }
+
   return {
     url,
     issuer,
@@ -247,11 +396,14 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     get connections () { return connections },
     get currentKey () { return current },
     get keys () { return [...keys] },
-    sign (claims = {}, signOptions = {}) {
-      const key = signOptions.kid === undefined ? current : findKey(signOptions.kid)
-      const header = withoutUndefined({ alg: key.alg, kid: key.kid, typ: 'JWT', ...signOptions.header })
-      return signJwt(header, accessClaims(claims), key.privateKey)
+    sign,
+    addUser ({ email, password, id = randomUUID(), user_metadata: userMetadata = {}, app_metadata: appMetadata = { provider: 'email', providers: ['email'] } }) {
+      const account = { id, email, password, user_metadata: userMetadata, app_metadata: appMetadata }
+      users.set(id, account)
+      return account
     },
+    session,
+    get tokenRequests () { return tokenRequests },
     legacySecret,
     apiKey,
     get userRequests () { return userRequests },

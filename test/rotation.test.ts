@@ -108,9 +108,18 @@ t.test('refresh ahead: past cacheTtl the held set verifies while one background 
   issuer.unpublish(a.kid)
   await sleep(250)
   t.match(app.supabaseJwks.stats(), { state: 'stale', nextRetryAt: null }, 'past cacheTtl, idle: the next request refreshes')
+  // the JWKS answers the background fetch only when released: its state is seen while it runs
+  let release!: () => void
+  const released = new Promise<void>((resolve) => { release = resolve })
+  issuer.respondWith((_request, response) => {
+    released.then(() => response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(issuer.jwks())))
+    return true
+  })
   t.equal((await getMe(app, tokenA)).statusCode, 200, 'within cacheTtl + timeout: the held set answers while the refresh runs')
   t.equal(app.supabaseJwks.stats().state, 'refreshing')
-  await sleep(100)
+  release()
+  for (let i = 0; i < 200 && app.supabaseJwks.stats().state !== 'fresh'; i++) await sleep(10)
+  issuer.respondWith(undefined)
   t.equal(issuer.jwksRequests, 2, 'one background fetch')
   t.equal(app.supabaseJwks.stats().state, 'fresh')
   t.equal(codeOf(await getMe(app, tokenA)), 'FST_SUPABASE_JWKS_UNKNOWN_KID', 'the new set no longer has it')

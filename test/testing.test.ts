@@ -105,7 +105,7 @@ t.test('GET /auth/v1/user answers as the gateway and GoTrue do: apikey required,
   const refused: Array<[string, Record<string, string>]> = [
     ['no bearer', { apikey: issuer.apiKey }],
     ['not a JWT', { apikey: issuer.apiKey, authorization: 'Bearer abc' }],
-    ['signed with another key', { apikey: issuer.apiKey, authorization: `Bearer ${issuer.sign()}` }],
+    ['signed with another key', { apikey: issuer.apiKey, authorization: `Bearer ${signJwt({ alg: 'RS256', kid: issuer.currentKey.kid }, { exp: 2e9 }, generateTestKey().privateKey)}` }],
     ['expired', { apikey: issuer.apiKey, authorization: `Bearer ${issuer.signLegacy({ exp: 1 })}` }],
     ['a header that is not JSON', { apikey: issuer.apiKey, authorization: `Bearer ${hmac(`${b64('nope')}.${b64({ exp: 2e9 })}`)}` }],
     ['another alg', { apikey: issuer.apiKey, authorization: `Bearer ${hmac(`${b64({ alg: 'HS512' })}.${b64({ exp: 2e9 })}`)}` }]
@@ -119,4 +119,84 @@ t.test('GET /auth/v1/user answers as the gateway and GoTrue do: apikey required,
   issuer.respondToUserWith((_request, response) => { response.writeHead(500).end(); return true })
   t.equal((await user({ apikey: issuer.apiKey })).status, 500, 'respondToUserWith answers instead')
   issuer.respondToUserWith(undefined)
+})
+
+t.test('a client that goes away in the middle of a sign-in does not stop the issuer', async (t) => {
+  const { connect } = await import('node:net')
+  const issuer = await issuerFor(t)
+  const port = Number(new URL(issuer.url).port)
+  const socket = connect(port, '127.0.0.1')
+  await new Promise((resolve) => socket.once('connect', resolve))
+  socket.write(`POST /auth/v1/token?grant_type=password HTTP/1.1\r\nhost: 127.0.0.1\r\napikey: ${issuer.apiKey}\r\ncontent-length: 100\r\n\r\n{"email":`)
+  for (let i = 0; i < 100 && issuer.tokenRequests === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  t.equal(issuer.tokenRequests, 1)
+  socket.destroy()
+  t.equal((await fetch(issuer.jwksUrl)).status, 200, 'still serving')
+})
+
+t.test('supabase-js signs in, refreshes, reads the user and signs out against the issuer', async (t) => {
+  const { createClient } = await import('@supabase/supabase-js')
+  const { default: WebSocket } = await import('ws')
+  const issuer = await issuerFor(t)
+  const ada = issuer.addUser({ email: 'ada@example.com', password: 'pw', user_metadata: { name: 'Ada' } })
+  const supabase = createClient(issuer.url, issuer.apiKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { transport: WebSocket as never }
+  })
+  const wrong = await supabase.auth.signInWithPassword({ email: 'ada@example.com', password: 'nope' })
+  t.equal(wrong.error?.status, 400)
+  t.equal(wrong.error?.code, 'invalid_credentials')
+  const { data, error } = await supabase.auth.signInWithPassword({ email: 'ada@example.com', password: 'pw' })
+  t.error(error)
+  t.equal(data.user?.id, ada.id)
+  t.same(data.user?.user_metadata, { name: 'Ada' })
+  const claims = JSON.parse(Buffer.from(data.session!.access_token.split('.')[1]!, 'base64url').toString())
+  t.match(claims, { sub: ada.id, email: 'ada@example.com', iss: issuer.issuer, aud: 'authenticated', user_metadata: { name: 'Ada' } })
+  const got = await supabase.auth.getUser()
+  t.equal(got.data.user?.email, 'ada@example.com', 'GET /auth/v1/user with the access token')
+  const refreshed = await supabase.auth.refreshSession()
+  t.error(refreshed.error)
+  t.not(refreshed.data.session?.refresh_token, data.session?.refresh_token, 'refresh tokens rotate')
+  const reused = await supabase.auth.refreshSession({ refresh_token: data.session!.refresh_token })
+  t.equal(reused.error?.code, 'refresh_token_not_found', 'a used refresh token is refused')
+  t.error((await supabase.auth.signOut()).error)
+  t.equal(issuer.tokenRequests, 4)
+})
+
+t.test('the token endpoint and /user refuse what GoTrue refuses', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const user = issuer.addUser({ email: 'u@example.com', password: 'pw' })
+  const post = async (query: string, body: string, apikey = issuer.apiKey) => {
+    const response = await fetch(`${issuer.url}/auth/v1/token${query}`, { method: 'POST', headers: { apikey, 'content-type': 'application/json' }, body })
+    return { status: response.status, json: async () => await response.json() as Record<string, unknown> }
+  }
+  t.equal((await post('?grant_type=password', '{}', 'wrong')).status, 401, 'no apikey, no sign-in')
+  t.equal((await (await post('?grant_type=magic', '{}')).json()).error_code, 'unsupported_grant_type')
+  t.equal((await (await post('?grant_type=password', 'not json')).json()).error_code, 'invalid_credentials')
+  t.equal((await (await post('?grant_type=password', '"a string"')).json()).error_code, 'invalid_credentials')
+  t.equal((await (await post('?grant_type=password', 'x'.repeat(70_000))).json()).error_code, 'invalid_credentials', 'a body over 64 KiB')
+  t.equal((await (await post('?grant_type=refresh_token', '{}')).json()).error_code, 'refresh_token_not_found')
+
+  const session = issuer.session(user, { aal: 'aal2' })
+  t.match(session, { token_type: 'bearer', user: { id: user.id, email: 'u@example.com' } })
+  t.ok(session.expires_in > 3500 && session.expires_at > Date.now() / 1000)
+  const getUser = async (token: string) => {
+    const response = await fetch(`${issuer.url}/auth/v1/user`, { headers: { apikey: issuer.apiKey, authorization: `Bearer ${token}` } })
+    return { status: response.status, body: await response.json() as Record<string, unknown> }
+  }
+  t.equal((await getUser(session.access_token)).body.id, user.id)
+  t.same((await getUser(issuer.sign({ sub: 'not-a-user', email: 'x@example.com' }))).body,
+    { id: 'not-a-user', aud: 'authenticated', role: 'authenticated', email: 'x@example.com' }, 'a token of no added user')
+  const [head, body] = session.access_token.split('.')
+  const other = issuer.addKey({ publish: false })
+  const refused: Array<[string, string]> = [
+    ['expired', issuer.sign({ sub: user.id, exp: 1 })],
+    ['bad signature', `${head}.${body}.${'A'.repeat(86)}`],
+    ['no signature', `${head}.${body}`],
+    ['unknown kid', issuer.sign({}, { header: { kid: 'nope' } })],
+    ['an unpublished key', issuer.sign({}, { kid: other.kid })],
+    ['kid of another alg', issuer.sign({}, { header: { alg: 'ES384' } })],
+    ['no JSON', 'abc.def.ghi']
+  ]
+  for (const [what, token] of refused) t.equal((await getUser(token)).status, 401, what)
 })
