@@ -128,7 +128,14 @@ async function authorize (user: User, request: FastifyRequest, required: Require
 export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRequest) => Cookies) {
   const { maxTokenLength, cookieName, extractToken } = config
   async function extracted (request: FastifyRequest): Promise<string> {
-    const token = await extractToken!(request)
+    let token: unknown
+    try {
+      token = await extractToken!(request)
+    } catch (err) {
+      // whatever it throws (even an error carrying one of the plugin's codes) is a 401, never a 500
+      request.log.warn({ err }, 'supabase-jwks: extractToken threw: answered 401')
+      throw new TokenInvalidError('extractToken failed')
+    }
     if (token === undefined || token === null) throw new NoTokenError()
     return bounded(token, maxTokenLength)
   }

@@ -29,16 +29,23 @@ type Cookies = Readonly<Record<string, string | undefined>>
 
 /** The joined value of the session cookie, or `undefined` when the request has none. */
 function joined (cookies: Cookies, name: string): string | undefined {
-  const whole = cookies[name]
-  if (whole !== undefined && whole !== '') return whole
+  const whole = own(cookies, name)
+  if (whole !== '') return whole
   let value = ''
-  for (let i = 0; i < MAX_SESSION_COOKIE_CHUNKS; i++) {
-    const chunk = cookies[`${name}.${i}`]
-    if (chunk === undefined || chunk === '') return value === '' ? undefined : value
+  for (let i = 0; i <= MAX_SESSION_COOKIE_CHUNKS; i++) {
+    const chunk = own(cookies, `${name}.${i}`)
+    if (chunk === '') return value === '' ? undefined : value
+    if (i === MAX_SESSION_COOKIE_CHUNKS) break
     value += chunk
     if (value.length > MAX_SESSION_COOKIE_LENGTH) throw new MalformedCookieError('it is too large')
   }
   throw new MalformedCookieError('it has too many chunks')
+}
+
+/** A cookie's value, `''` when there is none: only the object's own string members count (not `constructor`). */
+function own (cookies: Cookies, name: string): string {
+  const value = Object.hasOwn(cookies, name) ? cookies[name] : undefined
+  return typeof value === 'string' ? value : ''
 }
 
 /**

@@ -58,7 +58,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       parseCookie = (fastify as unknown as { parseCookie?: (header: string) => Cookies }).parseCookie
       if (typeof parseCookie !== 'function') {
         throw new RegistrationError('the cookie option reads the session cookie through @fastify/cookie, which is not ' +
-          'registered: add app.register(require(\'@fastify/cookie\')) (npm install @fastify/cookie)')
+          'registered in the same or an enclosing context: add app.register(require(\'@fastify/cookie\')) (npm install @fastify/cookie)')
       }
     })
   }

@@ -95,9 +95,16 @@ t.test('a session big enough to be chunked, and the raw encoding', async (t) => 
   t.equal(broken.body.code, 'FST_SUPABASE_JWKS_MALFORMED_COOKIE')
   t.equal(broken.headers.get('www-authenticate'),
     'Bearer realm="api", error="invalid_token", error_description="The session cookie is malformed"')
+  // chunk .1 of another user's sign-in: the access token spans the chunks, so it no longer verifies
+  issuer.addUser({ email: 'other@example.com', password: 'pw', user_metadata: { bio } })
+  const other = await signIn(issuer, 'other@example.com', 'pw')
   const mixed = new Map(chunked)
+  mixed.set('sb-127-auth-token.1', other.get('sb-127-auth-token.1')!)
+  const two = await me(url, { cookie: cookieHeader(mixed) })
+  t.equal(two.status, 401, 'chunks of two sign-ins')
+  t.match(two.body.code, /^FST_SUPABASE_JWKS_(MALFORMED_COOKIE|TOKEN_INVALID)$/)
   mixed.set('sb-127-auth-token.1', raw.get('sb-127-auth-token.1')!)
-  t.equal((await me(url, { cookie: cookieHeader(mixed) })).body.code, 'FST_SUPABASE_JWKS_MALFORMED_COOKIE', 'chunks of two writes')
+  t.match((await me(url, { cookie: cookieHeader(mixed) })).body.message, /not base64url/, 'a raw chunk among base64 ones')
 })
 
 t.test('the Authorization header wins over the cookie', async (t) => {
@@ -151,11 +158,13 @@ t.test('malformed, tampered and oversized cookies: a coded 401, never a 5xx', as
   t.match(huge.json().message, /too large/)
   const manyBig = Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`${name}.${i}`, 'a'.repeat(3000)]))
   t.match((await app.inject({ method: 'GET', url: '/me', cookies: manyBig })).json().message, /too large/, 'chunks joined')
-  const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`${name}.${i}`, 'a']))
-  const tooMany = await app.inject({ method: 'GET', url: '/me', cookies: many })
+  const chunks = (count: number) => Object.fromEntries(Array.from({ length: count }, (_, i) => [`${name}.${i}`, 'a']))
+  t.match((await app.inject({ method: 'GET', url: '/me', cookies: chunks(32) })).json().message, /not a session/, '32 chunks are read')
+  const tooMany = await app.inject({ method: 'GET', url: '/me', cookies: chunks(33) })
   t.equal(codeOf(tooMany), 'FST_SUPABASE_JWKS_MALFORMED_COOKIE')
-  t.match(tooMany.json().message, /too many chunks/)
+  t.match(tooMany.json().message, /too many chunks/, 'a 33rd is refused')
   t.equal(issuer.jwksRequests, 1, 'one fetch for the genuine token\'s key; none for the malformed cookies')
+  t.equal(app.supabaseJwks.stats().rejected.FST_SUPABASE_JWKS_MALFORMED_COOKIE, 12, 'each refusal counted under its code: the eight cases, two too large, 32 and 33 chunks')
 })
 
 t.test('a cookie is never logged', async (t) => {
@@ -182,6 +191,8 @@ t.test('cookie: { name }, cookie: false, and @fastify/cookie registered after th
   const named = await cookieApp(t, issuer, { cookie: { name: 'my-app-session' } })
   t.equal((await me(named.url, { cookie: `my-app-session=${session}` })).body.sub, 'u-2')
   t.equal((await me(named.url, { cookie: `sb-127-auth-token=${session}` })).body.code, 'FST_SUPABASE_JWKS_NO_TOKEN')
+  const inherited = await cookieApp(t, issuer, { cookie: { name: 'constructor' } })
+  t.equal((await me(inherited.url, {})).body.code, 'FST_SUPABASE_JWKS_NO_TOKEN', 'a name of Object.prototype is no cookie')
   const off = await cookieApp(t, issuer, { cookie: false })
   t.equal((await me(off.url, { cookie: `sb-127-auth-token=${session}` })).body.code, 'FST_SUPABASE_JWKS_NO_TOKEN', 'off: cookies are not read')
 
@@ -200,6 +211,25 @@ t.test('cookie: { name }, cookie: false, and @fastify/cookie registered after th
   await unhooked.register(fastifyCookie, { hook: false })
   await appFor(t, { supabaseUrl: issuer.url, cookie: true }, unhooked)
   t.equal((await unhooked.inject({ method: 'GET', url: '/me', headers: { cookie: `sb-127-auth-token=${session}` } })).json().sub, 'u-2')
+})
+
+t.test('@fastify/cookie in an enclosing context serves the plugin in a child; in a child, not the plugin at the root', async (t) => {
+  const issuer = await issuerFor(t)
+  const session = `base64-${Buffer.from(JSON.stringify({ access_token: issuer.sign({ sub: 'u-3' }) })).toString('base64url')}`
+  const root = Fastify()
+  t.teardown(() => root.close())
+  await root.register(fastifyCookie)
+  await root.register(async function pages (child) {
+    await child.register(supabaseJwks, { supabaseUrl: issuer.url, cookie: true, warmStart: false })
+    child.get('/me', { preHandler: child.authenticate }, async (request) => request.user)
+  })
+  t.equal((await root.inject({ method: 'GET', url: '/me', headers: { cookie: `sb-127-auth-token=${session}` } })).json().sub, 'u-3')
+
+  const inverted = Fastify()
+  t.teardown(() => inverted.close())
+  await inverted.register(supabaseJwks, { supabaseUrl: issuer.url, cookie: true, warmStart: false })
+  await inverted.register(async function child (scope) { await scope.register(fastifyCookie) })
+  await t.rejects(async () => { await inverted.ready() }, { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /same or an enclosing context/ })
 })
 
 t.test('cookie without @fastify/cookie, and bad cookie options, fail at registration', async (t) => {
@@ -231,6 +261,7 @@ t.test('extractToken: any other place a token may come from', async (t) => {
     extractToken: (request) => {
       const query = request.query as Record<string, string>
       if (query.fail !== undefined) throw new Error('the extractor broke')
+      if (query.coded !== undefined) throw Object.assign(new Error('coded'), { code: 'FST_SUPABASE_JWKS_FORBIDDEN' })
       if (query.later !== undefined) return Promise.resolve(query.later)
       return query.access_token
     }
@@ -251,8 +282,33 @@ t.test('extractToken: any other place a token may come from', async (t) => {
   t.equal(codeOf(broke), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
   t.notMatch(broke.body, /extractor broke/)
   t.match(lines.join(''), /extractor broke/, 'the throw is logged at warn')
+  const coded = await get('/me?coded=1')
+  t.equal(coded.statusCode, 401, 'an error carrying one of the plugin\'s codes is still a 401')
+  t.equal(codeOf(coded), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
   t.equal(codeOf(await get(`/me?access_token=${'a'.repeat(17_000)}`)), 'FST_SUPABASE_JWKS_MALFORMED_TOKEN', 'bounded like a header')
 
   const alone = await appFor(t, { supabaseUrl: issuer.url, extractToken: () => null })
   t.equal(codeOf(await alone.inject({ method: 'GET', url: '/me' })), 'FST_SUPABASE_JWKS_NO_TOKEN', 'null is no token')
+})
+
+t.test('the README\'s CSRF layout: the cookie in one sibling context, the header only in the other', async (t) => {
+  const issuer = await issuerFor(t)
+  const session = `base64-${Buffer.from(JSON.stringify({ access_token: issuer.sign({ sub: 'u-4' }) })).toString('base64url')}`
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(fastifyCookie)
+  app.register(async function pages (scope) {
+    await scope.register(supabaseJwks, { supabaseUrl: issuer.url, cookie: true, warmStart: false })
+    scope.get('/api/profile', { preHandler: scope.authenticate }, async (request) => request.user)
+  })
+  app.register(async function writes (scope) {
+    await scope.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
+    scope.post('/api/orders', { preHandler: scope.authenticate }, async (request) => ({ by: request.user.sub }))
+  })
+  const cookie = `sb-127-auth-token=${session}`
+  t.equal((await app.inject({ method: 'GET', url: '/api/profile', headers: { cookie } })).json().sub, 'u-4')
+  const write = await app.inject({ method: 'POST', url: '/api/orders', headers: { cookie } })
+  t.equal(write.statusCode, 401, 'the cookie alone does not reach a state-changing route')
+  t.equal(codeOf(write), 'FST_SUPABASE_JWKS_NO_TOKEN')
+  t.equal((await app.inject({ method: 'POST', url: '/api/orders', headers: { authorization: `Bearer ${issuer.sign({ sub: 'u-4' })}` } })).json().by, 'u-4')
 })
