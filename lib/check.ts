@@ -47,7 +47,6 @@ Exit codes: 0 keys fine (and the token accepted), 1 a warning or the token rejec
 class UsageError extends Error {}
 
 interface Command {
-  url: string
   token: string | undefined
   json: boolean
   options: Record<string, unknown>
@@ -94,7 +93,6 @@ function parseCommand (argv: readonly string[]): Command | 'help' {
   const url = positionals[1]!
   const jwks = /\.json$/i.test(url) || url.includes('/.well-known/')
   return {
-    url,
     token: values.token,
     json: values.json === true,
     issuerGiven: values.issuer !== undefined,
