@@ -7,15 +7,21 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { delimiter, join } from 'node:path'
 import { createTestIssuer } from '../lib/testing'
 
 const root = join(__dirname, '..')
 // the file installs a project: more than the suite's 120 s may pass on a busy machine
 t.setTimeout(600_000)
 
-/** The environment for npm in the temporary project: none of the `npm test` run's own npm_* settings, but the same cache. */
-const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^npm_/i.test(name) || /^npm_config_(cache|registry|userconfig)$/i.test(name)))
+/**
+ * The environment of the temporary project, as a user's would be: none of the `npm test` run's own npm_*
+ * settings (but the same cache), and none of tap's (its loader in NODE_OPTIONS, its coverage recording).
+ */
+const env = Object.fromEntries(Object.entries(process.env).filter(([name]) =>
+  /^npm_config_(cache|registry|userconfig)$/i.test(name) || !/^(npm_|_?tap|node_options$|node_v8_coverage$|path$)/i.test(name)))
+// nor the node_modules/.bin folders that `npm run` puts on PATH
+env.PATH = (process.env.PATH ?? '').split(delimiter).filter((dir) => !/node_modules[\\/]\.bin|node-gyp-bin/.test(dir)).join(delimiter)
 
 /** Runs a command to its end (never synchronously: the test issuer answers from this process). */
 function run (command: string, args: string[], cwd: string, input = '') {
