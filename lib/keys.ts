@@ -85,7 +85,7 @@ export interface KeyResolver {
 }
 
 const MIN_RSA_BITS = 2048
-const MAX_KEYS = 100
+export const MAX_KEYS = 100
 const EC_CURVES: Record<string, Algorithm> = { 'P-256': 'ES256', 'P-384': 'ES384', 'P-521': 'ES512' }
 const RSA_ALGORITHMS: readonly Algorithm[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']
 
@@ -129,8 +129,20 @@ export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly str
   return { kid: jwk.kid, algorithms, checks }
 }
 
-/** The usable keys of a JWKS body, or `undefined` when it is not a JSON key set with at least one key. */
-export function parseKeySet (body: Buffer, allowed: readonly string[], log: FastifyBaseLogger, counts = UNCOUNTED): Map<string, CachedKey> | undefined {
+/** One entry of a JWKS as the plugin reads it: the key it verifies with, or why it is skipped. */
+export interface KeyEntry {
+  /** The entry as the JWKS sent it. */
+  jwk: unknown
+  key?: CachedKey
+  /** Why the plugin does not use it. */
+  skipped?: string
+}
+
+/**
+ * Every entry of a JWKS body as the plugin reads it, in order, or `undefined` when the body is not a
+ * JSON object with a `keys` list. Only the first `MAX_KEYS` entries are converted; the first of a duplicate kid wins.
+ */
+export function readKeySet (body: Buffer, allowed: readonly string[], counts = UNCOUNTED): KeyEntry[] | undefined {
   let document: unknown
   try {
     document = JSON.parse(body.toString('utf8'))
@@ -138,34 +150,48 @@ export function parseKeySet (body: Buffer, allowed: readonly string[], log: Fast
     return undefined
   }
   const list = (document as { keys?: unknown } | null)?.keys
-  if (!Array.isArray(list) || list.length === 0) return undefined
-  const keys = new Map<string, CachedKey>()
-  for (const jwk of list.slice(0, MAX_KEYS) as unknown[]) {
+  if (!Array.isArray(list)) return undefined
+  const kids = new Set<string>()
+  return (list as unknown[]).map((jwk, index): KeyEntry => {
+    if (index >= MAX_KEYS) return { jwk, skipped: `past the first ${MAX_KEYS} keys of the set` }
     try {
       if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new UnusableKeyError('not a JSON object')
-      const entry = toCachedKey(jwk as Record<string, unknown>, allowed, counts)
-      if (!keys.has(entry.kid)) keys.set(entry.kid, entry)
+      const key = toCachedKey(jwk as Record<string, unknown>, allowed, counts)
+      if (kids.has(key.kid)) return { jwk, skipped: 'an earlier key of the set has the same kid' }
+      kids.add(key.kid)
+      return { jwk, key }
     } catch (err) {
+      return { jwk, skipped: (err as Error).message }
+    }
+  })
+}
+
+/** The usable keys of a JWKS body, or `undefined` when it is not a JSON key set with at least one key. */
+export function parseKeySet (body: Buffer, allowed: readonly string[], log: FastifyBaseLogger, counts = UNCOUNTED): Map<string, CachedKey> | undefined {
+  const entries = readKeySet(body, allowed, counts)
+  return entries === undefined || entries.length === 0 ? undefined : usableKeys(entries, log)
+}
+
+function usableKeys (entries: readonly KeyEntry[], log: FastifyBaseLogger): Map<string, CachedKey> {
+  const keys = new Map<string, CachedKey>()
+  // entries past MAX_KEYS are not even looked at: not logged either
+  for (const { jwk, key, skipped } of entries.slice(0, MAX_KEYS)) {
+    if (key !== undefined) {
+      keys.set(key.kid, key)
+    } else {
       // safe values only: whatever the JWKS sent may not even turn into a string
       const kid = (jwk as { kid?: unknown } | null)?.kid
-      log.debug({ kid: typeof kid === 'string' ? kid.slice(0, 64) : typeof kid, reason: (err as Error).message }, 'supabase-jwks: JWK skipped')
+      log.debug({ kid: typeof kid === 'string' ? kid.slice(0, 64) : typeof kid, reason: skipped }, 'supabase-jwks: JWK skipped')
     }
   }
   return keys
 }
 
-/** Whether a body is a JSON object whose `keys` is an empty list: what a project on the legacy secret serves. */
-function emptyKeySet (body: Buffer): boolean {
-  try {
-    const keys = (JSON.parse(body.toString('utf8')) as { keys?: unknown } | null)?.keys
-    return Array.isArray(keys) && keys.length === 0
-  } catch {
-    return false
-  }
-}
+/** Why a fetch of an empty key set fails: what a project still on the legacy JWT secret serves. */
+export const EMPTY_SET = 'the JWKS has no keys: the project still signs with the legacy JWT secret (rotate to asymmetric keys)'
 
 /** What the JWKS server answered to the last fetch: status and body (bounded by the agent's size cap). */
-interface Answer { status: number, body: Buffer }
+export interface Answer { status: number, body: Buffer }
 const NO_ANSWER: Answer = { status: 0, body: Buffer.alloc(0) }
 /** Network codes of a connection closed under a request: worth one immediate new try. */
 const TRANSIENT = new Set<unknown>(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
@@ -225,7 +251,11 @@ function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
 /** Why a fetch runs: a kid not held (may start the unknown-kid cooldown), refresh() (ends it), a refresh ahead or the warm start (neither). */
 type FetchMode = 'lookup' | 'forced' | 'ahead'
 
-export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyResolver {
+/**
+ * The key resolver for one registration. `observe` (the `check` CLI) is told each complete answer
+ * of the JWKS server, status and body as fetched.
+ */
+export function createKeyResolver (config: Config, log: FastifyBaseLogger, observe?: (answer: Answer) => void): KeyResolver {
   const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs, jwksUrl } = config
   const clock = () => performance.now()
   let answer = NO_ANSWER
@@ -237,7 +267,10 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
     // one GET every few minutes: no idle connection kept for a server or load balancer to close under it
     pipelining: 0
   })
-  const dispatcher = agent.compose(observeAnswers(timeoutMs, (observed) => { answer = observed }))
+  const dispatcher = agent.compose(observeAnswers(timeoutMs, (observed) => {
+    answer = observed
+    observe?.(observed)
+  }))
   const jwks = buildGetJwks({
     jwksPath: jwksUrl.pathname + jwksUrl.search,
     ttl: cacheTtlMs,
@@ -319,12 +352,11 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger): KeyR
       return failed(String((error as Error).message), { code })
     }
     if (observed.status !== 200) return failed(`the JWKS answered HTTP ${observed.status}`, { status: observed.status })
-    const set = parseKeySet(observed.body, config.algorithms, log, stats)
-    if (set === undefined) {
-      return failed(emptyKeySet(observed.body)
-        ? 'the JWKS has no keys: the project still signs with the legacy JWT secret (rotate to asymmetric keys)'
-        : 'the body is not a JSON key set', { status: 200 })
+    const entries = readKeySet(observed.body, config.algorithms, stats)
+    if (entries === undefined || entries.length === 0) {
+      return failed(entries === undefined ? 'the body is not a JSON key set' : EMPTY_SET, { status: 200 })
     }
+    const set = usableKeys(entries, log)
     keys = set
     setAt = clock()
     lastFetchFailed = false

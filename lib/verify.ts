@@ -78,7 +78,7 @@ function canonicalTail (token: string): boolean {
 }
 
 /** A base64url segment that must be a JSON object (RFC 7515 §5.2, RFC 7519 §7.2). */
-function jsonObject (segment: string, name: string): Record<string, unknown> {
+export function jsonObject (segment: string, name: string): Record<string, unknown> {
   let value: unknown
   try {
     value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'))
@@ -89,7 +89,7 @@ function jsonObject (segment: string, name: string): Record<string, unknown> {
   return value as Record<string, unknown>
 }
 
-function plausibleSignature (alg: string, length: number): boolean {
+export function plausibleSignature (alg: string, length: number): boolean {
   const [min, max] = SIGNATURE_LENGTH[alg] ?? SIGNATURE_LENGTH[alg.slice(0, 2)]!
   return length >= min && length <= max
 }

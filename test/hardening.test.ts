@@ -7,16 +7,8 @@ import fastifyJwt from '@fastify/jwt'
 import supabaseJwks from '../lib/index'
 import { createKeyResolver, toCachedKey } from '../lib/keys'
 import { normalizeOptions, SUPPORTED_ALGORITHMS as ALL } from '../lib/options'
-import { generateTestKey, type TestIssuer } from '../lib/testing'
-import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
-
-/** Serves `keys` (any JSON values) as the JWKS body, with a 200. */
-function serve (issuer: TestIssuer, keys: unknown[]): void {
-  issuer.respondWith((_request, response) => {
-    response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys }))
-    return true
-  })
-}
+import { generateTestKey } from '../lib/testing'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor, serve } from './fixtures/helpers'
 
 t.test('a JWK whose kid cannot become a string crashes nothing: the fetch is good, the key beside it verifies', async (t) => {
   const issuer = await issuerFor(t)

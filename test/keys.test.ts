@@ -18,7 +18,8 @@ t.test('concurrent first requests cause one JWKS fetch', async (t) => {
 
 t.test('JWKS down at the first request: 503 with Retry-After, nothing leaked, then recovery', async (t) => {
   const issuer = await issuerFor(t)
-  const app = await appFor(t, { supabaseUrl: issuer.url, cooldown: 0.2 })
+  // the first retry waits cooldown / 16 (plus up to 20% jitter): 200 to 240 ms, so the second request comes within it on a busy machine too
+  const app = await appFor(t, { supabaseUrl: issuer.url, cooldown: 3.2 })
   issuer.respondWith((_request, response) => {
     response.writeHead(500, { 'content-type': 'text/html' }).end('<html>internal secret stack</html>')
     return true
