@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
+import { parse } from 'yaml'
 import { createTestIssuer, type TestIssuer, type TestIssuerOptions } from '../lib/testing'
 
 /** A tap subtest, as the callback of `t.test` gets it. */
@@ -154,3 +155,56 @@ for (const name of names) {
     await mod.default(t, contextFor(t, dir, issuer))
   })
 }
+
+/** Names and values that belong to a signer, never to an API that only verifies. */
+const SECRET_NAME = /SECRET|PASSWORD|PRIVATE|SERVICE_ROLE|JWT_KEYS|API_KEY|ANON_KEY|TOKEN/i
+const SECRET_VALUE = /^eyJ|sb_secret_|-----BEGIN|"d"\s*:|\$\{/
+
+t.test('examples/self-hosted/docker-compose.yml: the API gets URLs and no secret; GoTrue gets its signing key', async (t) => {
+  const dir = path.join(EXAMPLES, 'self-hosted')
+  const compose = parse(readFileSync(path.join(dir, 'docker-compose.yml'), 'utf8')) as {
+    services: Record<string, { environment?: Record<string, string>, env_file?: unknown, secrets?: unknown, volumes?: unknown, ports?: string[] }>
+  }
+  t.same(Object.keys(compose.services).sort(), ['api', 'auth', 'db'])
+  const { api, auth } = compose.services as Record<'api' | 'auth', { environment: Record<string, string>, env_file?: unknown, secrets?: unknown, volumes?: unknown }>
+
+  t.same(Object.keys(api.environment).sort(), ['ALLOW_INSECURE_JWKS_URL', 'HOST', 'PORT', 'SUPABASE_ISSUER', 'SUPABASE_JWKS_URL'],
+    'the api service is given exactly these variables')
+  for (const [name, value] of Object.entries(api.environment)) {
+    t.notMatch(name, SECRET_NAME, `${name} is not a secret's name`)
+    t.notMatch(String(value), SECRET_VALUE, `${name} holds no key, token or value read from .env`)
+  }
+  for (const name of ['SUPABASE_JWKS_URL', 'SUPABASE_ISSUER']) {
+    t.match(new URL(api.environment[name]!).protocol, /^https?:$/, `${name} is a URL`)
+  }
+  t.equal(api.env_file, undefined, 'no env_file: .env (GoTrue\'s secrets) never reaches the api service')
+  t.equal(api.secrets, undefined)
+  t.equal(api.volumes, undefined, 'no volume: nothing mounted into the api container')
+
+  const jwks = new URL(api.environment.SUPABASE_JWKS_URL!)
+  t.equal(`${jwks.hostname}:${jwks.port}${jwks.pathname}`, `auth:${auth.environment.GOTRUE_API_PORT}/.well-known/jwks.json`,
+    'the JWKS URL is the auth service\'s, at a bare GoTrue\'s root')
+  t.equal(api.environment.SUPABASE_ISSUER, auth.environment.GOTRUE_JWT_ISSUER, 'the expected issuer is GoTrue\'s GOTRUE_JWT_ISSUER')
+
+  t.match(auth.environment.GOTRUE_JWT_KEYS, /^\$\{GOTRUE_JWT_KEYS:\?/, 'GoTrue signs with GOTRUE_JWT_KEYS, required from .env')
+  t.match(auth.environment.GOTRUE_JWT_SECRET, /^\$\{GOTRUE_JWT_SECRET:\?/, 'GoTrue\'s required GOTRUE_JWT_SECRET comes from .env')
+  for (const [name, service] of Object.entries(compose.services)) {
+    for (const port of service.ports ?? []) t.match(port, /^127\.0\.0\.1:/, `${name} publishes ${port} on loopback only`)
+  }
+
+  const dockerfile = readFileSync(path.join(dir, 'Dockerfile'), 'utf8')
+  t.notMatch(dockerfile, /^\s*(ENV|ARG)\s/m, 'the API image sets no variables')
+  t.notMatch(dockerfile, /^\s*COPY\s+\.\s/m, 'the API image copies server.mjs only, not the folder with .env')
+  t.match(readFileSync(path.join(dir, '.dockerignore'), 'utf8'), /^\.env$/m, '.env is kept out of the build context')
+  t.match(readFileSync(path.join(ROOT, '.gitignore'), 'utf8'), /^\.env$/m, '.env is kept out of git')
+})
+
+t.test('examples/.env.example: SUPABASE_URL and nothing secret', async (t) => {
+  const lines = readFileSync(path.join(EXAMPLES, '.env.example'), 'utf8').split('\n')
+  const vars = lines.map((line) => /^#?\s*([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)).filter((match) => match !== null)
+  t.ok(lines.some((line) => /^SUPABASE_URL=https:\/\//.test(line)), 'SUPABASE_URL is set, to an https URL')
+  for (const [, name, value] of vars) {
+    t.notMatch(name!, SECRET_NAME, `${name} is not a secret's name`)
+    t.notMatch(value!, SECRET_VALUE, `${name} holds no key or token`)
+  }
+})
