@@ -22,6 +22,7 @@ t.test('the test job: .ci/run on Node 20, 22 and 24', async (t) => {
   const job = workflow.jobs.test!
   t.same(job.strategy?.matrix?.node?.map(String), ['20', '22', '24'])
   t.same(job.steps.map((step) => step.uses).filter(Boolean), ['actions/checkout@v4', 'actions/setup-node@v4'])
+  // eslint-disable-next-line no-template-curly-in-string -- a GitHub Actions expression, not a JS template
   t.same(job.steps.find((step) => step.uses === 'actions/setup-node@v4')?.with, { 'node-version': '${{ matrix.node }}', cache: 'npm' })
   t.same(job.steps.map((step) => step.run).filter(Boolean), ['bash .ci/run'], 'its only command is .ci/run itself')
   t.same(commandsOf(readFileSync(path.join(ROOT, '.ci/run'), 'utf8')), ['npm ci', 'npm test'], '.ci/run is npm ci, then npm test')
