@@ -21,7 +21,8 @@ type Test = Parameters<Parameters<typeof t.test>[0]>[0]
  *     t.equal(res.status, 200)
  *   }
  *
- * A new folder is picked up by itself; one without a check.mjs fails here.
+ * A new folder is picked up by itself; one without a check.mjs fails here. tap follows the spawned
+ * processes for coverage: package.json's "coverage-exclude" keeps examples/ out of it (lib/ is measured).
  */
 
 const ROOT = path.resolve(__dirname, '..')
@@ -66,15 +67,9 @@ interface CheckModule {
   issuerOptions?: TestIssuerOptions
 }
 
-/**
- * The environment of an example: the user's, without tap's instrumentation (its loaders and
- * coverage belong to the test process, and examples are not part of lib/'s coverage).
- */
+/** The test's environment with `extra` set (or, for `undefined`, removed). */
 function exampleEnv (extra: Record<string, string | undefined>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {}
-  for (const [name, value] of Object.entries(process.env)) {
-    if (!/^(NODE_OPTIONS|NODE_V8_COVERAGE|TAP|_TAPJS_)/.test(name)) env[name] = value
-  }
+  const env: NodeJS.ProcessEnv = { ...process.env }
   for (const [name, value] of Object.entries(extra)) {
     if (value === undefined) delete env[name]
     else env[name] = value
