@@ -1,6 +1,9 @@
 // Run by test/examples.test.ts: the API given a bare-GoTrue JWKS URL and an issuer (no secret),
 // and the keys that generate-keys.mjs makes for GoTrue.
-import { createPrivateKey } from 'node:crypto'
+import { createPrivateKey, createPublicKey } from 'node:crypto'
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import { signJwt } from 'fastify-supabase-jwks/testing'
 
 export const issuerOptions = { alg: 'ES256' }
 
@@ -38,4 +41,22 @@ export default async function check (t, { issuer, start, node }) {
   t.match(keys[0], { kty: 'EC', crv: 'P-256', alg: 'ES256', use: 'sig', kid: /^[0-9a-f-]{36}$/, d: /^[\w-]{43}$/ })
   t.equal(createPrivateKey({ key: keys[0], format: 'jwk' }).asymmetricKeyType, 'ec', 'a private key Node can load')
   t.ok(vars.GOTRUE_JWT_SECRET.length >= 32, 'GoTrue\'s required secret is long and random')
+
+  // the generated key end to end: its public half served as GoTrue serves it (internal/api/jwks.go:
+  // the public key of each entry, use "sig", key_ops ["verify"]), a token signed with the private one
+  const { kid, alg } = keys[0]
+  const privateKey = createPrivateKey({ key: keys[0], format: 'jwk' })
+  const jwks = JSON.stringify({ keys: [{ ...createPublicKey(privateKey).export({ format: 'jwk' }), kid, alg, use: 'sig', key_ops: ['verify'] }] })
+  const gotrue = createServer((request, response) => {
+    response.writeHead(request.url === '/.well-known/jwks.json' ? 200 : 404, { 'content-type': 'application/json' }).end(jwks)
+  }).listen(0, '127.0.0.1')
+  await once(gotrue, 'listening')
+  t.teardown(() => new Promise((resolve) => { gotrue.closeAllConnections(); gotrue.close(resolve) }))
+  const gotrueUrl = `http://127.0.0.1:${gotrue.address().port}`
+  const withKeys = await start('server.mjs', { ...env, SUPABASE_JWKS_URL: `${gotrueUrl}/.well-known/jwks.json`, SUPABASE_ISSUER: gotrueUrl })
+  const now = Math.floor(Date.now() / 1000)
+  const token = signJwt({ alg, kid, typ: 'JWT' }, { sub: 'user-3', aud: 'authenticated', role: 'authenticated', iss: gotrueUrl, iat: now, exp: now + 3600 }, privateKey)
+  const verified = await withKeys.request('/me', { token })
+  t.equal(verified.status, 200, 'a token signed with the generated GOTRUE_JWT_KEYS verifies with its published half')
+  t.equal(verified.json().id, 'user-3')
 }
