@@ -31,6 +31,7 @@ async function main () {
   for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => { app.close() })
 
   const address = await app.listen({ host: HOST, port: PORT })
+  console.log(`listening on ${address}`)
   if (issuer) {
     const token = issuer.sign({ email: 'demo@example.com' })
     const [head, body, signature] = token.split('.')

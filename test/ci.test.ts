@@ -1,0 +1,45 @@
+import t from 'tap'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { parse } from 'yaml'
+
+/* The public CI runs what .ci/run runs, on each supported Node.js line; they cannot drift apart. */
+
+const ROOT = path.resolve(__dirname, '..')
+
+interface Step { uses?: string, run?: string, with?: Record<string, unknown> }
+interface Job { if?: string, strategy?: { matrix?: { node?: unknown[] } }, steps: Step[] }
+const workflow = parse(readFileSync(path.join(ROOT, '.github/workflows/ci.yml'), 'utf8')) as { on: Record<string, unknown>, jobs: Record<string, Job> }
+const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+
+/** The commands a shell script runs, without comments, `set`, `cd` and version prints. */
+function commandsOf (script: string): string[] {
+  return script.split('\n').map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#') && !/^(set|cd) /.test(line) && !/ --version$/.test(line))
+}
+
+t.test('the test job: .ci/run on Node 20, 22 and 24', async (t) => {
+  const job = workflow.jobs.test!
+  t.same(job.strategy?.matrix?.node?.map(String), ['20', '22', '24'])
+  t.same(job.steps.map((step) => step.uses).filter(Boolean), ['actions/checkout@v4', 'actions/setup-node@v4'])
+  // eslint-disable-next-line no-template-curly-in-string -- a GitHub Actions expression, not a JS template
+  t.same(job.steps.find((step) => step.uses === 'actions/setup-node@v4')?.with, { 'node-version': '${{ matrix.node }}', cache: 'npm' })
+  t.same(job.steps.map((step) => step.run).filter(Boolean), ['bash .ci/run'], 'its only command is .ci/run itself')
+  t.same(commandsOf(readFileSync(path.join(ROOT, '.ci/run'), 'utf8')), ['npm ci', 'npm test'], '.ci/run is npm ci, then npm test')
+  for (const event of ['push', 'pull_request', 'workflow_dispatch']) t.ok(event in workflow.on, `runs on ${event}`)
+})
+
+t.test('the fuzz job: weekly (and on demand), npm run fuzz with a random seed printed in the log', async (t) => {
+  const cron = (workflow.on.schedule as Array<{ cron: string }>)[0]!.cron
+  t.match(cron, /^\d+ \d+ \* \* [0-6]$/, 'once a week')
+  const job = workflow.jobs.fuzz!
+  t.match(job.if, /github\.event_name == 'schedule'/)
+  t.match(workflow.jobs.test!.if, /github\.event_name != 'schedule'/, 'the weekly run is the fuzz alone')
+  const runs = job.steps.map((step) => step.run).filter((run): run is string => run !== undefined)
+  t.equal(runs[0], 'npm ci')
+  const fuzz = commandsOf(runs[1]!)
+  t.match(fuzz[0], /^seed=\$\(node -e .*randomInt/, 'the seed is chosen in the step')
+  t.match(fuzz[1], /^echo "FUZZ_SEED=\$seed/, 'and printed before the run')
+  t.equal(fuzz.at(-1), 'FUZZ_SEED=$seed npm run fuzz')
+  t.match(pkg.scripts.fuzz, /FUZZ_SEED=\$\{FUZZ_SEED:-random\} /, 'npm run fuzz takes FUZZ_SEED from the environment (random without it)')
+})
