@@ -25,7 +25,11 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *     answered 503;
  *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
  *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
- *     a 200 whose body is a JSON key set counts.
+ *     a 200 whose body is a JSON key set counts;
+ *   - with `discovery`, the JWKS URL is read first from the issuer's discovery document, through
+ *     the same agent and within the same `timeout`: again at the first fetch after `cacheTtl` and
+ *     after a failure. The document must name the configured issuer and an https `jwks_uri`.
+ * One resolver per issuer: with several issuers, each has its own key set, cooldown and backoff.
  * Durations are measured on the monotonic clock: a wall-clock step cannot extend a key's life.
  */
 

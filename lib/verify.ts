@@ -237,9 +237,10 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
     if (!plausibleSignature(alg as string, token.length - token.lastIndexOf('.') - 1)) {
       throw new TokenInvalidError('the signature is missing or has the wrong length')
     }
-    // the claims need no signature: an expired or foreign token costs no key lookup, fetch or signature check
+    // the issuer (several: by exact iss, with its own algorithms), then the claims, which need no
+    // signature: an expired or foreign token costs no key lookup, fetch or signature check
     const route = routeOf(payload)
-    if (!isLegacy && byIssuer !== undefined && !route.algorithms.has(alg as string)) throw algorithmNotAllowed(alg, payload)
+    if (byIssuer !== undefined && !route.algorithms.has(alg as string)) throw algorithmNotAllowed(alg, payload)
     route.checkClaims(payload)
     if (isLegacy) return verifyLegacy(token, head, header, payload)
     const key = route.keys.held(kid as string)
