@@ -247,10 +247,11 @@ function observeAnswers (timeoutMs: number, onAnswer: (answer: Answer) => void):
   }
 }
 
-function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
+/** `promise`, or a rejection after `ms` (what is left of the fetch's `timeoutMs`, which the message names). */
+function withTimeout<T> (promise: Promise<T>, ms: number, timeoutMs: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`JWKS fetch timed out after ${ms} ms`)), ms)
+    timer = setTimeout(() => reject(new Error(`JWKS fetch timed out (timeout ${timeoutMs} ms)`)), ms)
   })
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
@@ -336,7 +337,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger)
     pending.catch(() => {}) // settled after the timeout: nothing left to tell
     let error: unknown
     try {
-      await withTimeout(pending, ms)
+      await withTimeout(pending, ms, timeoutMs)
     } catch (err) {
       error = err
     }

@@ -101,12 +101,15 @@ t.test('discovery: a document that is not acceptable leaves the keys unavailable
     ['not JSON', (_request, response) => json(response, 200, '<html>'), /not a JSON object/],
     ['JSON but not an object', (_request, response) => json(response, 200, 'null'), /not a JSON object/],
     ['HTTP 500', (_request, response) => json(response, 500, {}), /answered HTTP 500/, { status: 500 }],
-    ['a redirect', (_request, response) => { response.writeHead(302, { location: 'https://elsewhere.example.com/' }).end(); return true }, /./],
-    ['a reset connection', (request) => { request.socket.destroy(); return true }, /fetch failed/, { code: 'UND_ERR_SOCKET' }]
+    ['a redirect', (_request, response) => { response.writeHead(302, { location: 'https://elsewhere.example.com/' }).end(); return true }, /answered HTTP 302/, { status: 302 }],
+    ['a reset connection', (request) => { request.socket.destroy(); return true }, /fetch failed/, { code: 'UND_ERR_SOCKET' }],
+    ['larger than maxResponseSize', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: provider.jwksUrl, pad: 'x'.repeat(70_000) }), /terminated/, { code: 'UND_ERR_RES_EXCEEDED_MAX_SIZE' }],
+    ['compressed', (_request, response) => { response.writeHead(200, { 'content-encoding': 'gzip' }).end('x'); return true }, /fetch failed/],
+    ['hanging', () => true, /JWKS fetch timed out \(timeout 1000 ms\)/]
   ]
   for (const [name, responder, reason, extra] of cases) {
     provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration' ? responder(request, response) : false)
-    const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE }, 'warn')
+    const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, timeout: 1 }, 'warn')
     const before = provider.jwksRequests
     const res = await getMe(app, token)
     t.equal(codeOf(res), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', name)
