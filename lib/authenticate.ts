@@ -110,6 +110,7 @@ export async function checkRevoked (config: Config, claims: User, request: Fasti
 async function authorize (user: User, request: FastifyRequest, required: Requirements): Promise<void> {
   if (required.aal === 'aal2' && user.aal !== 'aal2') throw new ForbiddenError('the route requires aal2 (multi-factor authentication)')
   if (required.anonymous === false && user.is_anonymous === true) throw new ForbiddenError('anonymous users are not allowed')
+  if (required.issuers !== undefined && !required.issuers.includes(user.iss as string)) throw new ForbiddenError('the route does not accept tokens of this issuer')
   if (required.check === undefined) return
   let allowed: unknown
   try {
@@ -166,8 +167,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, r
     let required = byRoute.get(routeConfig)
     if (required === undefined) {
       const own = routeConfig.supabaseJwks
-      const merged = { ...config.require, ...(typeof own === 'object' ? requirements('config.supabaseJwks', own) : {}) }
-      required = merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined ? merged : null
+      const merged = { ...config.require, ...(typeof own === 'object' ? requirements('config.supabaseJwks', own, config.knownIssuers) : {}) }
+      required = merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
       byRoute.set(routeConfig, required)
     }
     return required

@@ -9,7 +9,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { bounded, extractBearer, toAuthError } from './authenticate'
 import { algorithmNotAllowed } from './errors'
 import { EMPTY_SET, MAX_KEYS, createKeyResolver, readKeySet, type Answer, type KeyEntry, type KeyResolver } from './keys'
-import { normalizeOptions, type Config } from './options'
+import { normalizeOptions, type Config, type IssuerConfig } from './options'
 import { TokenCache } from './token-cache'
 import { checkStructure, createTokenVerifier, jsonObject, plausibleSignature } from './verify'
 
@@ -203,7 +203,7 @@ function rsaBits (n: unknown): number | null {
   return first === -1 ? 0 : (bytes.length - first) * 8 - Math.clz32(bytes[first]!) + 24
 }
 
-function keyReport ({ jwk, key, skipped }: KeyEntry, config: Config): KeyReport {
+function keyReport ({ jwk, key, skipped }: KeyEntry, config: IssuerConfig): KeyReport {
   const kty = field(jwk, 'kty')
   const algorithms = key === undefined ? [] : [...key.checks.keys()]
   let reason = skipped
@@ -226,7 +226,7 @@ function keyReport ({ jwk, key, skipped }: KeyEntry, config: Config): KeyReport 
 /** Share of maxResponseSize past which a key set is too close to the cap: a rotation adds a key. */
 const NEAR_MAX = 0.75
 
-function keyWarnings (entries: readonly KeyEntry[], keys: readonly KeyReport[], bytes: number, config: Config): Warning[] {
+function keyWarnings (entries: readonly KeyEntry[], keys: readonly KeyReport[], bytes: number, config: IssuerConfig): Warning[] {
   const warnings: Warning[] = []
   if (entries.length === 0) {
     warnings.push({ code: 'empty-key-set', message: `${EMPTY_SET}: every token is answered 503 FST_SUPABASE_JWKS_KEYS_UNAVAILABLE` })
@@ -306,7 +306,7 @@ function allowedStep (check: 'iss' | 'aud', value: unknown, accepted: string[] |
   return { check, result: ok ? 'pass' : 'fail', detail: `${clean(value)}${ok ? '' : `, accepted: ${clean(accepted.join(', '))}`}` }
 }
 
-function claimSteps (payload: Record<string, unknown>, config: Config): Step[] {
+function claimSteps (payload: Record<string, unknown>, config: IssuerConfig): Step[] {
   const tolerance = config.clockToleranceMs
   const { exp, nbf, sub } = payload
   const now = Date.now()
@@ -328,7 +328,7 @@ function claimSteps (payload: Record<string, unknown>, config: Config): Step[] {
 }
 
 /** The checks of the header and the signature, with the held key set. */
-async function keySteps (token: string, header: Record<string, unknown>, payload: Record<string, unknown>, config: Config, keys: KeyResolver): Promise<Step[]> {
+async function keySteps (token: string, header: Record<string, unknown>, payload: Record<string, unknown>, config: IssuerConfig, keys: KeyResolver): Promise<Step[]> {
   const { alg, kid } = header
   if (typeof alg !== 'string' || !(config.algorithms as string[]).includes(alg)) {
     return [
@@ -356,7 +356,8 @@ const ORDER: readonly StepName[] = ['structure', 'algorithm', 'kid', 'signature'
 
 /** The walk through the checks, then the plugin's own verdict from its verifier. */
 async function checkToken (input: string, config: Config, keys: KeyResolver): Promise<TokenReport> {
-  const verify = createTokenVerifier(config, keys, new TokenCache(0), fetchLog(() => {}))
+  const verify = createTokenVerifier(config, [keys], new TokenCache(0), fetchLog(() => {}))
+  const issuer = config.issuers[0]!
   let verdict: Pick<TokenReport, 'accepted' | 'statusCode' | 'code' | 'message'>
   let token = ''
   try {
@@ -384,8 +385,8 @@ async function checkToken (input: string, config: Config, keys: KeyResolver): Pr
   }
   const steps = [
     { check: 'structure', result: 'pass', detail: 'three base64url segments, a JSON header and payload' } satisfies Step,
-    ...await keySteps(token, header, payload, config, keys),
-    ...claimSteps(payload, config)
+    ...await keySteps(token, header, payload, issuer, keys),
+    ...claimSteps(payload, issuer)
   ]
   return { ...verdict, steps, header, claims: shownClaims(payload) }
 }
@@ -393,20 +394,22 @@ async function checkToken (input: string, config: Config, keys: KeyResolver): Pr
 async function check (config: Config, token: string | undefined): Promise<Report> {
   let answer: Answer | undefined
   let failure: string | undefined
-  const keys = createKeyResolver(config, fetchLog((reason) => { failure = reason }), (observed) => { answer ??= observed })
+  // the CLI checks one issuer, given by its supabaseUrl or jwksUrl (never by discovery)
+  const issuer = config.issuers[0]!
+  const keys = createKeyResolver(issuer, fetchLog((reason) => { failure = reason }), (observed) => { answer ??= observed })
   const report: Report = {
-    jwksUrl: config.jwksUrl.href,
-    issuer: config.issuer ?? false,
-    audience: config.audience ?? false,
-    algorithms: config.algorithms,
-    maxResponseSize: config.maxResponseSize,
+    jwksUrl: issuer.jwksUrl!.href,
+    issuer: issuer.issuer ?? false,
+    audience: issuer.audience ?? false,
+    algorithms: issuer.algorithms,
+    maxResponseSize: issuer.maxResponseSize,
     fetch: { ok: false },
     keys: [],
     warnings: [],
     token: undefined,
     exitCode: 0
   }
-  if (config.insecureJwksUrl) {
+  if (issuer.insecureJwksUrl) {
     report.warnings.push({
       code: 'insecure-url',
       message: 'the JWKS URL is plain http on a host that is not loopback: anyone on the network path can swap the keys, ' +
@@ -415,13 +418,13 @@ async function check (config: Config, token: string | undefined): Promise<Report
   }
   try {
     await keys.refresh()
-    const entries = answer?.status === 200 ? readKeySet(answer.body, config.algorithms) : undefined
+    const entries = answer?.status === 200 ? readKeySet(answer.body, issuer.algorithms) : undefined
     if (entries === undefined) {
       report.fetch.error = failure!
     } else {
       report.fetch = { ok: true, status: 200, bytes: answer!.body.length }
-      report.keys = entries.slice(0, MAX_KEYS).map((entry) => keyReport(entry, config))
-      report.warnings.push(...keyWarnings(entries, report.keys, answer!.body.length, config))
+      report.keys = entries.slice(0, MAX_KEYS).map((entry) => keyReport(entry, issuer))
+      report.warnings.push(...keyWarnings(entries, report.keys, answer!.body.length, issuer))
     }
     if (token !== undefined) report.token = await checkToken(token, config, keys)
   } finally {

@@ -5,9 +5,9 @@ import fp from 'fastify-plugin'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, type Cookies } from './authenticate'
 import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
-import { createKeyResolver, type KeyStats } from './keys'
+import { combineStats, createKeyResolver, type KeyStats } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
-import { normalizeOptions, requirements, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
+import { normalizeOptions, requirements, type IssuerOptions, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
@@ -22,18 +22,28 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       'another context): with the app\'s own @fastify/jwt at the root, register this plugin once, at the root too')
   }
   const config = normalizeOptions(options)
-  if (config.insecureJwksUrl) {
-    fastify.log.warn({ jwksUrl: config.jwksUrl.href }, 'supabase-jwks: the JWKS is fetched over plain http')
-  }
+  // one key resolver per issuer; with several, each logs with its issuer
+  const resolvers = config.issuers.map((issuer) => {
+    const log = config.routed ? fastify.log.child({ issuer: issuer.issuer![0] }) : fastify.log
+    if (issuer.insecureJwksUrl) {
+      log.warn({ jwksUrl: issuer.jwksUrl?.href, discoveryUrl: issuer.discovery?.urls[0]!.href }, 'supabase-jwks: the JWKS is fetched over plain http')
+    }
+    return createKeyResolver(issuer, log)
+  })
   if (config.legacy?.insecure) {
     fastify.log.warn({ userUrl: config.legacy.userUrl.href }, 'supabase-jwks: legacy tokens are checked over plain http')
   }
-  const keys = createKeyResolver(config, fastify.log)
-  const legacy = config.legacy && createLegacyChecker(config, config.legacy, fastify.log)
+  const legacy = config.legacy && createLegacyChecker(config.issuers[0]!, config.tokenCache, config.legacy, fastify.log)
   fastify.addHook('onClose', async function closeSupabaseJwks () {
-    await keys.close()
+    await Promise.all(resolvers.map((keys) => keys.close()))
     await legacy?.close()
   })
+  /** Key stats: the one issuer's, or with several the sums and each issuer's own. */
+  function keyStats (): KeyStats & { issuers?: Record<string, KeyStats> } {
+    if (!config.routed) return resolvers[0]!.stats()
+    const each = resolvers.map((keys) => keys.stats())
+    return { ...combineStats(each), issuers: Object.fromEntries(config.issuers.map((issuer, index) => [issuer.issuer![0]!, each[index]!])) }
+  }
 
   // @fastify/jwt is the Fastify face: it owns `request.user` (its decorator and its FastifyJWT typing),
   // under a namespace of its own so that an app's own @fastify/jwt keeps working beside it.
@@ -50,7 +60,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   face.sign = function supabaseJwksNoSign () { throw new NotSupportedError('fastify.jwt.supabase.sign()') }
 
   const tokens = new TokenCache(config.tokenCache)
-  const verifyToken = createTokenVerifier(config, keys, tokens, fastify.log, legacy)
+  const verifyToken = createTokenVerifier(config, resolvers, tokens, fastify.log, legacy)
   // the session cookie is read through @fastify/cookie: request.cookies once its hook has run, else its parser
   let parseCookie: ((header: string) => Cookies) | undefined
   if (config.cookieName !== undefined) {
@@ -66,11 +76,12 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     return (request as { cookies?: Cookies | null }).cookies ?? parseCookie!(request.headers.cookie ?? '')
   })
   const answers = new Answers()
-  const authenticate = buildAuthenticate(config, verifyToken, keys.retryAfter, tokenOf, answers)
+  // Retry-After: the longest wait of the issuers (one that is not failing says 1)
+  const authenticate = buildAuthenticate(config, verifyToken, () => Math.max(...resolvers.map((keys) => keys.retryAfter())), tokenOf, answers)
   // warm start: the first request finds the keys held; a JWKS down now is logged, and start-up goes on
   if (config.warmStart) {
     fastify.addHook('onReady', async function warmSupabaseJwks () {
-      await keys.warm()
+      await Promise.all(resolvers.map((keys) => keys.warm()))
     })
   }
   fastify.decorate('authenticate', authenticate)
@@ -89,10 +100,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     },
     refresh: async () => {
       tokens.clear()
-      await keys.refresh()
+      await Promise.all(resolvers.map((keys) => keys.refresh()))
     },
     stats: () => ({
-      ...keys.stats(),
+      ...keyStats(),
       cachedTokens: tokens.size,
       tokenCacheHits: tokens.hits,
       tokenCacheMisses: tokens.misses,
@@ -105,7 +116,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   // a route's requirements are checked when it is declared (routes declared before the plugin: on their first request)
   fastify.addHook('onRoute', function checkSupabaseJwksRequirements (route) {
     const own = (route.config as { supabaseJwks?: unknown } | undefined)?.supabaseJwks
-    if (typeof own === 'object') requirements(`config.supabaseJwks of ${route.method} ${route.url}`, own)
+    if (typeof own === 'object') requirements(`config.supabaseJwks of ${route.method} ${route.url}`, own, config.knownIssuers)
   })
 
   if (config.hook) {
@@ -122,9 +133,19 @@ fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
 
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
-  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, Requirements }
-  /** What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on. */
+  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements }
+  /**
+   * What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on.
+   * With the `issuers` option, the key fields add up every issuer's (see `issuers` for each).
+   */
   export interface Stats extends KeyStats, Partial<LegacyStats> {
+    /**
+     * Only with the `issuers` option: each issuer's key stats, by its `iss`. The top-level counts
+     * are their sums, `lastSuccessAt` / `lastFailureAt` the latest, `nextRetryAt` the earliest;
+     * `state` is `unavailable` only when no issuer can verify, `stale` when some issuer is stale or
+     * unavailable, `refreshing` when some refreshes, else `fresh`.
+     */
+    issuers?: Record<string, KeyStats>
     /** Verified tokens held by the token cache now. */
     cachedTokens: number
     /** Verifications answered from the token cache. */
@@ -164,7 +185,7 @@ declare namespace fastifySupabaseJwks {
      * to offer a purge). Resolves when the fetch is over, whether or not it succeeded.
      */
     refresh (): Promise<void>
-    /** Activity so far: JWKS fetches, failures, keys held, and the token cache's size and hits. */
+    /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */
     stats (): Stats
   }
   export { fastifySupabaseJwks as default, fastifySupabaseJwks }

@@ -4,7 +4,7 @@ import buildGetJwks from 'get-jwks'
 import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { KeysUnavailableError, UnknownKeyError } from './errors'
-import type { Algorithm, Config } from './options'
+import { isLoopback, type Algorithm, type DiscoveryConfig, type IssuerConfig } from './options'
 import { signatureCheck, type SignatureCheck, type SignatureCounts } from './signature'
 
 /*
@@ -25,7 +25,11 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *     answered 503;
  *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
  *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
- *     a 200 whose body is a JSON key set counts.
+ *     a 200 whose body is a JSON key set counts;
+ *   - with `discovery`, the JWKS URL is read first from the issuer's discovery document, through
+ *     the same agent and within the same `timeout`: again at the first fetch after `cacheTtl` and
+ *     after a failure. The document must name the configured issuer and an https `jwks_uri`.
+ * One resolver per issuer: with several issuers, each has its own key set, cooldown and backoff.
  * Durations are measured on the monotonic clock: a wall-clock step cannot extend a key's life.
  */
 
@@ -82,6 +86,35 @@ export interface KeyResolver {
   retryAfter (): number
   stats (): KeyStats
   close (): Promise<void>
+}
+
+/**
+ * The key stats of several issuers as one: counts added up, the latest success and failure, the
+ * earliest retry; `unavailable` only when no issuer can verify, `stale` while some issuer is stale
+ * or unavailable, `refreshing` while some refreshes, else `fresh`.
+ */
+export function combineStats (list: readonly KeyStats[]): KeyStats {
+  const sum = (field: 'fetches' | 'failures' | 'keys' | 'signaturesOffLoop' | 'signaturesOnLoop') =>
+    list.reduce((total, stats) => total + stats[field], 0)
+  const times = (field: 'lastSuccessAt' | 'lastFailureAt' | 'nextRetryAt') =>
+    list.map((stats) => stats[field]).filter((time): time is number => time !== null)
+  const latest = (field: 'lastSuccessAt' | 'lastFailureAt') => times(field).length === 0 ? null : Math.max(...times(field))
+  const retries = times('nextRetryAt')
+  const states = new Set(list.map((stats) => stats.state))
+  const state: KeyState = states.size === 1
+    ? list[0]!.state
+    : states.has('stale') || states.has('unavailable') ? 'stale' : 'refreshing'
+  return {
+    fetches: sum('fetches'),
+    failures: sum('failures'),
+    keys: sum('keys'),
+    lastSuccessAt: latest('lastSuccessAt'),
+    lastFailureAt: latest('lastFailureAt'),
+    state,
+    nextRetryAt: retries.length === 0 ? null : Math.min(...retries),
+    signaturesOffLoop: sum('signaturesOffLoop'),
+    signaturesOnLoop: sum('signaturesOnLoop')
+  }
 }
 
 const MIN_RSA_BITS = 2048
@@ -240,10 +273,11 @@ function observeAnswers (timeoutMs: number, onAnswer: (answer: Answer) => void):
   }
 }
 
-function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
+/** `promise`, or a rejection after `ms` (what is left of the fetch's `timeoutMs`, which the message names). */
+function withTimeout<T> (promise: Promise<T>, ms: number, timeoutMs: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`JWKS fetch timed out after ${ms} ms`)), ms)
+    timer = setTimeout(() => reject(new Error(`JWKS fetch timed out (timeout ${timeoutMs} ms)`)), ms)
   })
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
@@ -252,11 +286,11 @@ function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
 type FetchMode = 'lookup' | 'forced' | 'ahead'
 
 /**
- * The key resolver for one registration. `observe` (the `check` CLI) is told each complete answer
+ * The key resolver for one issuer. `observe` (the `check` CLI) is told each complete answer
  * of the JWKS server, status and body as fetched.
  */
-export function createKeyResolver (config: Config, log: FastifyBaseLogger, observe?: (answer: Answer) => void): KeyResolver {
-  const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs, jwksUrl } = config
+export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger, observe?: (answer: Answer) => void): KeyResolver {
+  const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs } = config
   const clock = () => performance.now()
   let answer = NO_ANSWER
   const agent = new Agent({
@@ -271,17 +305,24 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger, obser
     answer = observed
     observe?.(observed)
   }))
-  const jwks = buildGetJwks({
-    jwksPath: jwksUrl.pathname + jwksUrl.search,
-    ttl: cacheTtlMs,
-    fetchOptions: {
-      dispatcher,
-      redirect: 'error',
-      headers: { accept: 'application/json', 'accept-encoding': 'identity' }
-    } as unknown as RequestInit
-  })
-  // get-jwks' caches are lru-caches behind a narrower type; the stale one last, clearing the other fills it
-  const jwksCaches = [jwks.cache, jwks.staleCache] as unknown as Array<{ clear (): void }>
+  // every GET (the JWKS, a discovery document) goes through the same bounded agent, with no redirects
+  const fetchOptions = {
+    dispatcher,
+    redirect: 'error',
+    headers: { accept: 'application/json', 'accept-encoding': 'identity' }
+  } as unknown as RequestInit
+  /** The JWKS URL: configured, or read from the discovery document (and then re-read once per `cacheTtl`). */
+  let jwksUrl = config.jwksUrl
+  let discoveredAt = Number.NEGATIVE_INFINITY
+  /** get-jwks for the JWKS URL (its path is fixed when it is built: a new one if discovery names another URL). */
+  let getter: { href: string, jwks: ReturnType<typeof buildGetJwks> } | undefined
+  function jwksAt (url: URL): ReturnType<typeof buildGetJwks> {
+    if (getter?.href !== url.href) getter = { href: url.href, jwks: buildGetJwks({ jwksPath: url.pathname + url.search, ttl: cacheTtlMs, fetchOptions }) }
+    const jwks = getter.jwks
+    // get-jwks' caches are lru-caches behind a narrower type; the stale one last, clearing the other fills it
+    for (const cache of [jwks.cache, jwks.staleCache] as unknown as Array<{ clear (): void }>) cache.clear()
+    return jwks
+  }
 
   let keys = new Map<string, CachedKey>()
   let setAt = Number.NEGATIVE_INFINITY // monotonic time of the last good fetch
@@ -301,30 +342,35 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger, obser
     stats.failures++
     stats.lastFailureAt = Date.now()
     // the reason only: a GetJwksError also carries the response, which is not ours to log
-    log.warn({ jwksUrl: jwksUrl.href, ...extra, reason }, 'supabase-jwks: JWKS fetch failed')
+    log.warn({ jwksUrl: jwksUrl?.href, ...extra, reason }, 'supabase-jwks: JWKS fetch failed')
+  }
+
+  /** A failure where a value was expected: `undefined` after `failed`. */
+  function nothing (reason: string, extra: Record<string, unknown>): undefined {
+    failed(reason, extra)
+    return undefined
   }
 
   /** After a good fetch: says at warn when the set holds no key that `algorithms` lets verify anything. */
-  function warnIfUnusable (set: Map<string, CachedKey>): void {
+  function warnIfUnusable (set: Map<string, CachedKey>, url: URL): void {
     if ([...set.values()].some((key) => key.checks.size > 0)) return
     const offered = [...new Set([...set.values()].flatMap((key) => key.algorithms))]
-    log.warn({ jwksUrl: jwksUrl.href, algorithms: config.algorithms, offered },
+    log.warn({ jwksUrl: url.href, algorithms: config.algorithms, offered },
       offered.length === 0
         ? 'supabase-jwks: the JWKS holds no usable signing key: every token will be refused'
         : `supabase-jwks: the JWKS holds no key for the algorithms option (${config.algorithms.join(', ')}); ` +
           `its keys sign with ${offered.join(', ')}: add those to algorithms`)
   }
 
-  /** One request through get-jwks; what the server answered, as the interceptor saw it, and why not if nothing. */
-  async function attempt (kid: string, ms: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
-    for (const cache of jwksCaches) cache.clear()
+  /** One request (`run`, through the agent); what the server answered, as the interceptor saw it, and why not if nothing. */
+  async function attempt (run: () => Promise<unknown>, ms: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
     answer = NO_ANSWER
     // get-jwks may throw before it returns a promise (it URI-encodes the kid): keep that inside the promise
-    const lookup = (async () => await jwks.getJwk({ domain: jwksUrl.origin, alg: undefined as unknown as string, kid }))()
-    lookup.catch(() => {}) // settled after the timeout: nothing left to tell
+    const pending = (async () => await run())()
+    pending.catch(() => {}) // settled after the timeout: nothing left to tell
     let error: unknown
     try {
-      await withTimeout(lookup, ms)
+      await withTimeout(pending, ms, timeoutMs)
     } catch (err) {
       error = err
     }
@@ -333,20 +379,78 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger, obser
   }
 
   /**
-   * One fetch for `kid`, with one more try after a reset connection. Its outcome is judged by what the server answered, seen by the
+   * One bounded GET, with one more try after a reset connection: a kept-alive connection that the
+   * server (or a load balancer) closed while idle. Both tries end by `deadline`.
+   */
+  async function get (run: () => Promise<unknown>, deadline: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
+    const result = await attempt(run, Math.max(1, deadline - clock()))
+    const left = deadline - clock()
+    if (result.observed.status === 0 && TRANSIENT.has(result.code) && left >= 1) return attempt(run, left)
+    return result
+  }
+
+  /** The `jwks_uri` of a discovery document, or `undefined` (and a failure) when the document is not acceptable. */
+  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | undefined {
+    const where = { discoveryUrl: source.href }
+    let document: { issuer?: unknown, jwks_uri?: unknown } | null
+    try {
+      document = JSON.parse(body.toString('utf8')) as typeof document
+    } catch {
+      document = null
+    }
+    if (typeof document !== 'object' || document === null) return nothing('the discovery document is not a JSON object', where)
+    if (document.issuer !== discovery.issuer) {
+      // the configured issuer must be the document's, exactly (OpenID Connect Discovery 1.0 §4.3, RFC 8414 §3.3)
+      const received = typeof document.issuer === 'string' ? document.issuer.slice(0, 200) : typeof document.issuer
+      return nothing('the discovery document names another issuer: set issuer to exactly the one it names, or fix the URL',
+        { ...where, issuer: discovery.issuer, documentIssuer: received })
+    }
+    let url: URL | undefined
+    try {
+      url = new URL(document.jwks_uri as string)
+    } catch {}
+    if (typeof document.jwks_uri !== 'string' || url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
+      return nothing('the discovery document has no jwks_uri that is an http(s) URL', where)
+    }
+    if (url.username || url.password || url.hash) return nothing('the discovery document\'s jwks_uri carries credentials or a fragment', where)
+    if (url.protocol === 'http:' && !isLoopback(url.hostname) && !config.allowInsecure) {
+      return nothing('the discovery document\'s jwks_uri is plain http on a non-loopback host: keys fetched so could be swapped on the way',
+        { ...where, jwksUri: url.href })
+    }
+    return url
+  }
+
+  /** Reads the JWKS URL from the discovery document: the next URL only after a 404. `undefined` after a failure. */
+  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | undefined> {
+    for (const source of discovery.urls) {
+      const { observed, code, error } = await get(() => fetch(source, fetchOptions).then((response) => response.arrayBuffer()), deadline)
+      if (observed.status === 404) continue
+      if (observed.status === 0) return nothing(String((error as Error).message), { discoveryUrl: source.href, code })
+      if (observed.status !== 200) return nothing(`the discovery document answered HTTP ${observed.status}`, { discoveryUrl: source.href, status: observed.status })
+      return jwksUriOf(observed.body, discovery, source)
+    }
+    return nothing('no discovery document: every discovery URL answered HTTP 404', { discoveryUrls: discovery.urls.map((url) => url.href) })
+  }
+
+  /**
+   * One fetch for `kid` (after the discovery document, when it is due). Its outcome is judged by what the server answered, seen by the
    * interceptor, never by get-jwks' own lookup (which throws on odd entries and depends on the
    * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
    * unknown-kid cooldown; any other fetch that does not find its kid starts one.
    */
   async function fetchSet (kid: string, mode: FetchMode): Promise<void> {
     stats.fetches++
-    log.info({ jwksUrl: jwksUrl.href, kid }, 'supabase-jwks: fetching JWKS')
     const deadline = clock() + timeoutMs
-    let { observed, code, error } = await attempt(kid, timeoutMs)
-    // a kept-alive connection that the server (or a load balancer) closed while idle: one new try at
-    // once, within what is left of `timeout` (both tries together never take longer)
-    const left = deadline - clock()
-    if (observed.status === 0 && TRANSIENT.has(code) && left >= 1) ({ observed, code, error } = await attempt(kid, left))
+    // the discovery document: read first, then again once per cacheTtl, and after any failure
+    if (config.discovery !== undefined && (jwksUrl === undefined || lastFetchFailed || clock() >= discoveredAt + cacheTtlMs)) {
+      const found = await discover(config.discovery, deadline)
+      if (found === undefined) return
+      jwksUrl = found
+      discoveredAt = clock()
+    }
+    const url = jwksUrl!
+    log.info({ jwksUrl: url.href, kid }, 'supabase-jwks: fetching JWKS')
+    const { observed, code, error } = await get(() => jwksAt(url).getJwk({ domain: url.origin, alg: undefined as unknown as string, kid }), deadline)
     if (observed.status === 0) {
       // no complete answer: refused, reset, timed out, too large, compressed, redirected
       return failed(String((error as Error).message), { code })
@@ -365,7 +469,7 @@ export function createKeyResolver (config: Config, log: FastifyBaseLogger, obser
     else if (mode === 'lookup' && !set.has(kid)) unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
     stats.keys = set.size
     stats.lastSuccessAt = Date.now()
-    warnIfUnusable(set)
+    warnIfUnusable(set, url)
   }
 
   function fetchOnce (kid: string, mode: FetchMode = 'lookup'): Promise<void> {

@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks'
 import { Agent, request } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { AuthUnavailableError, TokenInvalidError } from './errors'
-import type { Config, LegacyConfig } from './options'
+import type { IssuerConfig, LegacyConfig } from './options'
 
 /*
  * The migration off the legacy JWT secret (the `legacyTokens` option). Supabase's own
@@ -65,7 +65,8 @@ function apiKeyRefused (body: string): boolean {
   }
 }
 
-export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: FastifyBaseLogger): LegacyChecker {
+/** `config`: the project's (legacy tokens need exactly one issuer); `tokenCache`: the option, which sizes the memory of accepted tokens. */
+export function createLegacyChecker (config: IssuerConfig, tokenCache: number, legacy: LegacyConfig, log: FastifyBaseLogger): LegacyChecker {
   const { timeoutMs } = config
   const agent = new Agent({
     connect: { timeout: timeoutMs },
@@ -85,7 +86,7 @@ export function createLegacyChecker (config: Config, legacy: LegacyConfig, log: 
    * keep (over 4 KiB, many claims, `tokenCache: 0`, evicted) still costs one call, not one per request.
    */
   const accepted = new Map<string, number>()
-  const maxAccepted = Math.max(MIN_ACCEPTED, config.tokenCache)
+  const maxAccepted = Math.max(MIN_ACCEPTED, tokenCache)
 
   // said at start, then every hour and when the window closes: an operator must not forget it is open
   let timer: NodeJS.Timeout | undefined

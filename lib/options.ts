@@ -82,6 +82,25 @@ export interface Requirements {
   anonymous?: boolean
   /** Your own rule: `true` lets the request in; `false`, a rejection or a throw is a 403. */
   check?: (user: Readonly<SupabaseAccessTokenClaims>, request: FastifyRequest) => boolean | Promise<boolean>
+  /**
+   * The issuers whose tokens the route accepts (their exact `iss`, as configured): a token another
+   * configured issuer verified is a 403. Each must be a configured issuer. Default: every one.
+   */
+  issuers?: string[]
+}
+
+/**
+ * One issuer of the `issuers` option: a Supabase project (`supabaseUrl`), or any OpenID Connect /
+ * OAuth 2.0 issuer (`issuer` with `jwksUrl` or `discovery`). Options it does not set come from the
+ * top level. Every duration is in seconds.
+ */
+export interface IssuerOptions extends Pick<SupabaseJwksOptions, 'supabaseUrl' | 'jwksUrl' | 'discovery' | 'audience' | 'algorithms' |
+'clockTolerance' | 'cacheTtl' | 'cooldown' | 'staleIfError' | 'timeout' | 'maxResponseSize'> {
+  /**
+   * The exact `iss` of this issuer's tokens: what tokens are routed by (one string). Default with
+   * `supabaseUrl`: `${supabaseUrl}/auth/v1`; required otherwise.
+   */
+  issuer?: string
 }
 
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
@@ -105,8 +124,24 @@ export interface SupabaseJwksOptions {
    */
   issuer?: string | string[] | false
   /**
+   * `true`: the JWKS URL is read from the issuer's discovery document,
+   * `${issuer}/.well-known/openid-configuration` (on a 404, the RFC 8414 forms), fetched like the
+   * JWKS and re-read with it once per `cacheTtl`. Needs `issuer` as one string (not with
+   * `jwksUrl`), and `audience`. The document's `issuer` must equal it, and its `jwks_uri` must be
+   * https (or loopback): otherwise no key is had (503) and a warning says why. Default `false`.
+   */
+  discovery?: boolean
+  /**
+   * Several issuers in one registration, each with its own key set, cache, cooldown and claim
+   * rules; a token goes to the entry configured for exactly its `iss` (any other `iss` is a 401,
+   * with no fetch). Not with `supabaseUrl`, `jwksUrl`, `issuer`, `discovery` or `legacyTokens` at
+   * the top level, whose other per-issuer options are then the entries' defaults.
+   */
+  issuers?: IssuerOptions[]
+  /**
    * Accepted `aud` values; `false` skips the check. Default `'authenticated'` (Supabase user
-   * access tokens). When set, a token without `aud` is rejected: this keeps OIDC ID tokens out.
+   * access tokens): set it for any other issuer (required with `discovery` and in `issuers` entries
+   * other than Supabase projects). When set, a token without `aud` is rejected: this keeps OIDC ID tokens out.
    */
   audience?: string | string[] | false
   /**
@@ -190,9 +225,20 @@ export interface SupabaseJwksOptions {
   extractToken?: (request: FastifyRequest) => string | undefined | null | Promise<string | undefined | null>
 }
 
-/** The options after validation, in the units the code uses. */
-export interface Config {
-  jwksUrl: URL
+/** Where an issuer's discovery document is: the OIDC form first, then the RFC 8414 forms (each tried on a 404 of the one before). */
+export interface DiscoveryConfig {
+  /** The configured issuer: the document's `issuer` must equal it. */
+  issuer: string
+  urls: URL[]
+}
+
+/** One issuer's options after validation, in the units the code uses. */
+export interface IssuerConfig {
+  /** The JWKS URL; `undefined` with discovery (the document names it). */
+  jwksUrl: URL | undefined
+  discovery: DiscoveryConfig | undefined
+  /** `${supabaseUrl}/auth/v1` when the issuer is a Supabase project. */
+  authBase: string | undefined
   issuer: string[] | undefined
   audience: string[] | undefined
   algorithms: Algorithm[]
@@ -202,11 +248,24 @@ export interface Config {
   staleIfErrorMs: number
   timeoutMs: number
   maxResponseSize: number
+  /** The JWKS URL (or the discovery document's) is plain http on a non-loopback host. */
+  insecureJwksUrl: boolean
+  /** `allowInsecureJwksUrl`: a discovered `jwks_uri` may be plain http too. */
+  allowInsecure: boolean
+}
+
+/** The options after validation, in the units the code uses. */
+export interface Config {
+  /** One entry, or with the `issuers` option one per issuer (each with exactly one `issuer`). */
+  issuers: IssuerConfig[]
+  /** The `issuers` option: tokens are routed to an entry by their exact `iss`. */
+  routed: boolean
+  /** Every `iss` value accepted: what `issuers` requirements may name. */
+  knownIssuers: ReadonlySet<string>
   maxTokenLength: number
   tokenCache: number
   hook: false | 'onRequest' | 'preHandler'
   realm: string
-  insecureJwksUrl: boolean
   legacy: LegacyConfig | undefined
   warmStart: boolean
   require: Requirements
@@ -216,13 +275,21 @@ export interface Config {
   extractToken: SupabaseJwksOptions['extractToken']
 }
 
+/** The options each issuer has: at the top level, or per entry of `issuers`. */
+const ISSUER_OPTIONS = new Set<string>([
+  'supabaseUrl', 'jwksUrl', 'issuer', 'discovery', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
+  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize'
+])
+/** Where the keys come from: per entry only once there are `issuers`. */
+const SOURCE_OPTIONS = ['supabaseUrl', 'jwksUrl', 'issuer', 'discovery']
 const KNOWN_OPTIONS = new Set<string>([
   // what Fastify itself may pass to a plugin
   'prefix', 'logLevel', 'logSerializers',
-  'supabaseUrl', 'jwksUrl', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
-  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
+  ...ISSUER_OPTIONS, 'issuers', 'maxTokenLength', 'tokenCache', 'hook', 'realm',
   'allowInsecureJwksUrl', 'legacyTokens', 'warmStart', 'require', 'isRevoked', 'cookie', 'extractToken'
 ])
+/** More issuers than this in one registration is a configuration generated by mistake. */
+export const MAX_ISSUERS = 50
 const LEGACY_OPTIONS = new Set(['until', 'apiKey', 'userUrl', 'maxCallsPerSecond', 'maxConcurrentCalls'])
 
 function fail (message: string): never {
@@ -241,7 +308,7 @@ function parseUrl (name: string, value: unknown): URL {
   return url
 }
 
-function isLoopback (hostname: string): boolean {
+export function isLoopback (hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname)
 }
 
@@ -275,12 +342,23 @@ function integer (name: string, value: unknown, fallback: number, min = 1, max =
   return value as number
 }
 
-/** Checks a `Requirements` object (the `require` option or a route's `config.supabaseJwks`). */
-export function requirements (name: string, value: unknown): Requirements {
+/** Checks a `Requirements` object (the `require` option or a route's `config.supabaseJwks`); `issuers` may name only `known` ones. */
+export function requirements (name: string, value: unknown, known: ReadonlySet<string>): Requirements {
   if (value === undefined) return {}
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`${name} must be an object { aal, anonymous, check }`)
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`${name} must be an object { aal, anonymous, check, issuers }`)
   const given = value as Record<string, unknown>
-  for (const key of Object.keys(given)) if (!['aal', 'anonymous', 'check'].includes(key)) fail(`unknown requirement ${name}.${key}`)
+  for (const key of Object.keys(given)) if (!['aal', 'anonymous', 'check', 'issuers'].includes(key)) fail(`unknown requirement ${name}.${key}`)
+  if (given.issuers !== undefined) {
+    const list = given.issuers
+    if (!Array.isArray(list) || list.length === 0 || !list.every((item) => typeof item === 'string')) {
+      fail(`${name}.issuers must be a non-empty array of issuer strings`)
+    }
+    const unknown = list.find((item) => !known.has(item))
+    if (unknown !== undefined) {
+      fail(`${name}.issuers names ${JSON.stringify(unknown)}, which is not a configured issuer` +
+        (known.size === 0 ? ' (no issuer is checked)' : ` (${[...known].join(', ')})`))
+    }
+  }
   if (given.aal !== undefined && given.aal !== 'aal1' && given.aal !== 'aal2') fail(`${name}.aal must be 'aal1' or 'aal2'`)
   if (given.anonymous !== undefined && typeof given.anonymous !== 'boolean') fail(`${name}.anonymous must be a boolean`)
   if (given.check !== undefined && typeof given.check !== 'function') fail(`${name}.check must be a function (user, request) => boolean`)
@@ -298,7 +376,7 @@ function cookieOption (value: unknown, supabaseUrl: URL | undefined): string | u
   if (value === undefined || value === false) return undefined
   if (value === true) {
     if (supabaseUrl === undefined) {
-      fail('cookie: true derives the cookie name from supabaseUrl: with jwksUrl alone, give cookie: { name: \'sb-<ref>-auth-token\' }')
+      fail('cookie: true derives the cookie name from supabaseUrl: without it (jwksUrl alone, or issuers), give cookie: { name: \'sb-<ref>-auth-token\' }')
     }
     return sessionCookieName(supabaseUrl)
   }
@@ -317,9 +395,9 @@ function boolean (name: string, value: unknown, fallback: boolean): boolean {
   return value
 }
 
-function algorithmList (value: unknown): Algorithm[] {
+function algorithmList (name: string, value: unknown): Algorithm[] {
   if (value === undefined) return [...DEFAULT_ALGORITHMS]
-  if (!Array.isArray(value) || value.length === 0) fail('algorithms must be a non-empty array')
+  if (!Array.isArray(value) || value.length === 0) fail(`${name} must be a non-empty array`)
   for (const alg of value) {
     if (typeof alg === 'string' && (/^HS/i.test(alg) || alg.toLowerCase() === 'none')) {
       fail(`algorithm ${alg} is refused: this plugin verifies only asymmetric signatures ` +
@@ -382,6 +460,129 @@ function legacyWindow (value: unknown, authBase: string | undefined, allowInsecu
   }
 }
 
+/** The discovery documents of `issuer`: the OIDC form, then RFC 8414's (`oauth-authorization-server`, and `openid-configuration` after the host for an issuer with a path). */
+function discoveryUrls (name: string, issuer: string, allowInsecure: boolean): { discovery: DiscoveryConfig, insecure: boolean } {
+  const url = parseUrl(name, issuer)
+  if (url.search || url.hash || /[?#]/.test(issuer) || url.username || url.password) {
+    fail(`${name} must not carry a query string, a fragment or credentials for discovery (OpenID Connect Discovery 1.0 §4)`)
+  }
+  const insecure = url.protocol === 'http:' && !isLoopback(url.hostname)
+  if (insecure && !allowInsecure) {
+    fail(`${name} ${issuer} uses plain http on a non-loopback host: its discovery document and keys could be swapped on the way; use https`)
+  }
+  const path = url.pathname.replace(/\/$/, '')
+  const urls = [new URL(`${url.origin}${path}/.well-known/openid-configuration`), new URL(`${url.origin}/.well-known/oauth-authorization-server${path}`)]
+  if (path !== '') urls.push(new URL(`${url.origin}/.well-known/openid-configuration${path}`))
+  return { discovery: { issuer, urls }, insecure }
+}
+
+/**
+ * One issuer's options: `own` are the entry's (the top-level options themselves without `issuers`),
+ * `defaults` the top-level ones it falls back on. `prefix` names the entry in messages.
+ */
+function issuerConfig (prefix: string, own: Record<string, unknown>, defaults: Record<string, unknown>, allowInsecure: boolean, routed: boolean): IssuerConfig {
+  const name = (key: string): string => prefix + key
+  /** A per-issuer value: the entry's own, else the top level's (named where it was given; the entry's when neither was). */
+  const pick = (key: string): [string, unknown] => defaults[key] === undefined || own[key] !== undefined ? [name(key), own[key]] : [key, defaults[key]]
+
+  let jwksUrl: URL | undefined
+  let authBase: string | undefined
+  if (own.supabaseUrl !== undefined) {
+    const base = parseUrl(name('supabaseUrl'), own.supabaseUrl)
+    if (base.search || base.hash || /[?#]/.test(own.supabaseUrl as string)) {
+      fail(`${name('supabaseUrl')} must not carry a query string or a fragment: use the project URL (e.g. ${base.origin})`)
+    }
+    if (/\/auth\/v1\/?$/.test(base.pathname)) {
+      fail(`${name('supabaseUrl')} is the project URL, without /auth/v1 (e.g. ${base.origin}): the plugin adds it`)
+    }
+    if (base.pathname !== '/') {
+      fail(`${name('supabaseUrl')} is the project URL without a path (e.g. ${base.origin}): the plugin adds /auth/v1. ` +
+        'For a JWKS at another place (a self-hosted GoTrue), set jwksUrl and issuer instead')
+    }
+    authBase = `${base.origin}/auth/v1`
+    jwksUrl = new URL(`${authBase}/.well-known/jwks.json`)
+  }
+  const discovery = boolean(name('discovery'), own.discovery, false)
+  if (own.jwksUrl !== undefined) {
+    if (discovery) fail(`${name('discovery')} reads the JWKS URL from the issuer's discovery document: remove ${name('jwksUrl')}, or discovery`)
+    jwksUrl = parseUrl(name('jwksUrl'), own.jwksUrl)
+  } else if (authBase === undefined && !discovery) {
+    fail(routed ? `${prefix}supabaseUrl, ${prefix}jwksUrl or ${prefix}discovery is required` : 'supabaseUrl or jwksUrl is required')
+  }
+  if (jwksUrl?.username || jwksUrl?.password) fail(`${name('jwksUrl')} must not carry credentials`)
+  if (jwksUrl?.hash) fail(`${name('jwksUrl')} must not carry a fragment`)
+  let insecureJwksUrl = jwksUrl !== undefined && jwksUrl.protocol === 'http:' && !isLoopback(jwksUrl.hostname)
+  if (insecureJwksUrl && !allowInsecure) {
+    fail(`the JWKS URL ${jwksUrl!.href} uses plain http on a non-loopback host; use https, ` +
+      'or set allowInsecureJwksUrl: true if the network path is trusted')
+  }
+
+  // tokens are routed by their exact iss, and a discovery document is found (and checked) by it: one string
+  const single = routed || discovery
+  if (single && own.issuer !== undefined && (typeof own.issuer !== 'string' || own.issuer === '')) {
+    fail(`${name('issuer')} must be one non-empty string ${routed
+      ? 'in an issuers entry: tokens are routed to the entry configured for exactly their iss'
+      : 'with discovery: its discovery document is found by it and must name it'}`)
+  }
+  if (single && own.issuer === undefined && authBase === undefined) {
+    fail(`${name('issuer')} is required ${routed ? 'in an issuers entry without supabaseUrl' : 'with discovery'}: the exact iss of the tokens`)
+  }
+  const issuer = stringList(name('issuer'), own.issuer, authBase)
+  let discoveryConfig: DiscoveryConfig | undefined
+  if (discovery) {
+    const found = discoveryUrls(name('issuer'), issuer![0]!, allowInsecure)
+    discoveryConfig = found.discovery
+    insecureJwksUrl = found.insecure
+  }
+
+  // 'authenticated' is Supabase's audience: any other issuer's tokens need theirs named
+  const [audienceName, audienceValue] = pick('audience')
+  if (audienceValue === undefined && authBase === undefined && single) {
+    fail(`${audienceName} is required for an issuer that is not a Supabase project (the 'authenticated' default is Supabase's): ` +
+      'the aud your API\'s tokens carry (e.g. https://api.example.com), or false to skip the check')
+  }
+  return {
+    jwksUrl,
+    discovery: discoveryConfig,
+    authBase,
+    issuer,
+    audience: stringList(audienceName, audienceValue, DEFAULT_AUDIENCE),
+    algorithms: algorithmList(...pick('algorithms')),
+    clockToleranceMs: seconds(...pick('clockTolerance'), DEFAULT_CLOCK_TOLERANCE, 0, MAX_CLOCK_TOLERANCE),
+    cacheTtlMs: seconds(...pick('cacheTtl'), DEFAULT_CACHE_TTL, 0.001, MAX_CACHE_TTL),
+    cooldownMs: seconds(...pick('cooldown'), DEFAULT_COOLDOWN, 0, MAX_COOLDOWN),
+    staleIfErrorMs: seconds(...pick('staleIfError'), DEFAULT_STALE_IF_ERROR, 0, MAX_STALE_IF_ERROR),
+    timeoutMs: seconds(...pick('timeout'), DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT),
+    maxResponseSize: integer(...pick('maxResponseSize'), DEFAULT_MAX_RESPONSE_SIZE),
+    insecureJwksUrl,
+    allowInsecure
+  }
+}
+
+/** The `issuers` option: at least one entry, each a distinct issuer. */
+function issuerList (options: Record<string, unknown>, allowInsecure: boolean): IssuerConfig[] {
+  for (const key of SOURCE_OPTIONS) {
+    if (options[key] !== undefined) fail(`${key} does not go with issuers: give each issuer its own entry in issuers`)
+  }
+  if (options.legacyTokens !== undefined) {
+    fail('legacyTokens does not go with issuers: it is for one Supabase project\'s move off the legacy secret; register the plugin for that project alone meanwhile')
+  }
+  const list = options.issuers
+  if (!Array.isArray(list) || list.length === 0) fail('issuers must be a non-empty array of issuer entries ({ supabaseUrl } or { issuer, jwksUrl | discovery, audience })')
+  if (list.length > MAX_ISSUERS) fail(`issuers has ${list.length} entries, more than the ${MAX_ISSUERS} allowed`)
+  const seen = new Set<string>()
+  return list.map((entry: unknown, index) => {
+    const prefix = `issuers[${index}].`
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) fail(`issuers[${index}] must be an object`)
+    for (const key of Object.keys(entry)) if (!ISSUER_OPTIONS.has(key)) fail(`unknown option ${prefix}${key}`)
+    const config = issuerConfig(prefix, entry as Record<string, unknown>, options, allowInsecure, true)
+    const iss = config.issuer![0]!
+    if (seen.has(iss)) fail(`${prefix}issuer ${iss} is configured twice: each entry of issuers is a distinct issuer`)
+    seen.add(iss)
+    return config
+  })
+}
+
 /** Validates the options once, at registration, and turns them into a Config. */
 export function normalizeOptions (input: unknown): Config {
   if (input === null || typeof input !== 'object') fail('options must be an object')
@@ -394,42 +595,10 @@ export function normalizeOptions (input: unknown): Config {
     if (!KNOWN_OPTIONS.has(name)) fail(`unknown option ${name}`)
   }
   const opts = options as SupabaseJwksOptions
-
-  let jwksUrl: URL
-  let derivedIssuer: string | undefined
-  let base: URL | undefined
-  if (opts.supabaseUrl !== undefined) {
-    base = parseUrl('supabaseUrl', opts.supabaseUrl)
-    if (base.search || base.hash || /[?#]/.test(opts.supabaseUrl as string)) {
-      fail(`supabaseUrl must not carry a query string or a fragment: use the project URL (e.g. ${base.origin})`)
-    }
-    if (/\/auth\/v1\/?$/.test(base.pathname)) {
-      fail(`supabaseUrl is the project URL, without /auth/v1 (e.g. ${base.origin}): the plugin adds it`)
-    }
-    if (base.pathname !== '/') {
-      fail(`supabaseUrl is the project URL without a path (e.g. ${base.origin}): the plugin adds /auth/v1. ` +
-        'For a JWKS at another place (a self-hosted GoTrue), set jwksUrl and issuer instead')
-    }
-    const root = base.origin
-    derivedIssuer = `${root}/auth/v1`
-    jwksUrl = new URL(`${derivedIssuer}/.well-known/jwks.json`)
-  }
-  if (opts.jwksUrl !== undefined) {
-    jwksUrl = parseUrl('jwksUrl', opts.jwksUrl)
-  } else if (derivedIssuer === undefined) {
-    fail('supabaseUrl or jwksUrl is required')
-  }
-  jwksUrl = jwksUrl!
-  if (jwksUrl.username || jwksUrl.password) fail('jwksUrl must not carry credentials')
-  if (jwksUrl.hash) fail('jwksUrl must not carry a fragment')
-  if (opts.allowInsecureJwksUrl !== undefined && typeof opts.allowInsecureJwksUrl !== 'boolean') {
-    fail('allowInsecureJwksUrl must be a boolean')
-  }
-  const insecureJwksUrl = jwksUrl.protocol === 'http:' && !isLoopback(jwksUrl.hostname)
-  if (insecureJwksUrl && opts.allowInsecureJwksUrl !== true) {
-    fail(`the JWKS URL ${jwksUrl.href} uses plain http on a non-loopback host; use https, ` +
-      'or set allowInsecureJwksUrl: true if the network path is trusted')
-  }
+  const allowInsecure = boolean('allowInsecureJwksUrl', opts.allowInsecureJwksUrl, false)
+  const routed = opts.issuers !== undefined
+  const issuers = routed ? issuerList(options, allowInsecure) : [issuerConfig('', options, options, allowInsecure, false)]
+  const knownIssuers = new Set(issuers.flatMap((entry) => entry.issuer ?? []))
 
   const hook = opts.hook ?? false
   if (hook !== false && hook !== 'onRequest' && hook !== 'preHandler') {
@@ -441,26 +610,19 @@ export function normalizeOptions (input: unknown): Config {
   }
 
   return {
-    jwksUrl,
-    issuer: stringList('issuer', opts.issuer, derivedIssuer),
-    audience: stringList('audience', opts.audience, DEFAULT_AUDIENCE),
-    algorithms: algorithmList(opts.algorithms),
-    clockToleranceMs: seconds('clockTolerance', opts.clockTolerance, DEFAULT_CLOCK_TOLERANCE, 0, MAX_CLOCK_TOLERANCE),
-    cacheTtlMs: seconds('cacheTtl', opts.cacheTtl, DEFAULT_CACHE_TTL, 0.001, MAX_CACHE_TTL),
-    cooldownMs: seconds('cooldown', opts.cooldown, DEFAULT_COOLDOWN, 0, MAX_COOLDOWN),
-    staleIfErrorMs: seconds('staleIfError', opts.staleIfError, DEFAULT_STALE_IF_ERROR, 0, MAX_STALE_IF_ERROR),
-    timeoutMs: seconds('timeout', opts.timeout, DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT),
-    maxResponseSize: integer('maxResponseSize', opts.maxResponseSize, DEFAULT_MAX_RESPONSE_SIZE),
+    issuers,
+    routed,
+    knownIssuers,
     maxTokenLength: integer('maxTokenLength', opts.maxTokenLength, DEFAULT_MAX_TOKEN_LENGTH),
     tokenCache: integer('tokenCache', opts.tokenCache, DEFAULT_TOKEN_CACHE, 0, MAX_TOKEN_CACHE),
     hook,
     realm,
-    insecureJwksUrl,
-    legacy: legacyWindow(opts.legacyTokens, derivedIssuer, opts.allowInsecureJwksUrl === true),
+    legacy: legacyWindow(opts.legacyTokens, issuers[0]!.authBase, allowInsecure),
     warmStart: boolean('warmStart', opts.warmStart, true),
-    require: requirements('require', opts.require),
+    require: requirements('require', opts.require, knownIssuers),
     isRevoked: functionOption('isRevoked', opts.isRevoked, '(claims, request) => boolean'),
-    cookieName: cookieOption(opts.cookie, base),
+    // supabaseUrl was checked with the issuer above; with issuers, the cookie's name is given
+    cookieName: cookieOption(opts.cookie, routed || opts.supabaseUrl === undefined ? undefined : new URL(opts.supabaseUrl)),
     extractToken: functionOption('extractToken', opts.extractToken, '(request) => string | undefined')
   }
 }

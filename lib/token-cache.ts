@@ -59,13 +59,13 @@ export class TokenCache {
     return this.#entries.size
   }
 
-  /** The entry for `token` if it may still be used: unexpired, and `current` says its key still verifies. */
-  get (token: string, current: (key: CachedKey) => boolean): VerifiedToken | undefined {
+  /** The entry for `token` if it may still be used: unexpired, and `current` says its key (of the issuer of its claims) still verifies. */
+  get (token: string, current: (key: CachedKey, claims: VerifiedToken['claims']) => boolean): VerifiedToken | undefined {
     if (this.#entries.size !== 0) {
       const id = tokenId(token)
       const entry = this.#entries.get(id)
       if (entry !== undefined && entry.token === token) {
-        if (Date.now() < entry.expiresAt && current(entry.key)) {
+        if (Date.now() < entry.expiresAt && current(entry.key, entry.claims)) {
           this.hits++
           return entry
         }

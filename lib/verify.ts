@@ -2,7 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { MalformedTokenError, TokenExpiredError, TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
 import type { CachedKey, KeyResolver } from './keys'
 import type { LegacyChecker } from './legacy'
-import type { Config } from './options'
+import type { Config, IssuerConfig } from './options'
 import { deepFreeze, type TokenCache } from './token-cache'
 
 /*
@@ -14,7 +14,10 @@ import { deepFreeze, type TokenCache } from './token-cache'
  *   3. cheap header checks, before any key lookup: algorithm allowlist, kid, no extensions,
  *      a signature of the algorithm's length;
  *   4. the claims, which need no signature: exp, nbf, iss, aud, sub (an expired or foreign token
- *      costs no key lookup, no fetch and no signature check);
+ *      costs no key lookup, no fetch and no signature check). With several issuers, the token's
+ *      `iss` first picks the issuer configured for exactly it (an `iss` not configured is refused
+ *      here), whose algorithms, claim rules and keys then apply: no key set is ever chosen by
+ *      anything but that exact match;
  *   5. the held key's signature check, built once when the key set was fetched (a key not held is
  *      resolved first, which may fetch the JWKS), on the libuv thread pool while it has room
  *      (see signature.ts);
@@ -103,17 +106,20 @@ function checkAllowed (claim: string, value: unknown, allowed: ReadonlySet<strin
   if (!values.some((item) => allowed.has(item as string))) throw new TokenInvalidError(`the ${claim} claim value is not allowed`)
 }
 
-/** Builds the verification path for one registration. */
-export function createTokenVerifier (config: Config, keys: KeyResolver, cache: TokenCache, log: FastifyBaseLogger,
-  legacy?: LegacyChecker): TokenVerifier {
-  const algorithms = new Set<string>(config.algorithms)
+/** One issuer's part of the path: its claim rules and its keys. */
+interface Route {
+  algorithms: ReadonlySet<string>
+  keys: KeyResolver
+  checkClaims (claims: Record<string, unknown>): void
+}
+
+/** The claim checks of one issuer (RFC 7519 §4.1, RFC 8725 §3.8-3.9). */
+function claimChecks (config: IssuerConfig, log: FastifyBaseLogger): Route['checkClaims'] {
   const issuers = config.issuer && new Set(config.issuer)
   const audiences = config.audience && new Set(config.audience)
   const required = ['exp', 'sub', ...(issuers ? ['iss'] : []), ...(audiences ? ['aud'] : [])]
   const tolerance = config.clockToleranceMs
-
-  /** Step 5: the claims of a token whose signature verified (RFC 7519 §4.1, RFC 8725 §3.8-3.9). */
-  function checkClaims (claims: Record<string, unknown>): void {
+  return function checkClaims (claims) {
     for (const claim of required) if (!(claim in claims)) throw new TokenInvalidError(`the ${claim} claim is required`)
     const now = Date.now()
     if ('nbf' in claims) {
@@ -132,6 +138,32 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     }
     if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
   }
+}
+
+/** Builds the verification path for one registration: `keys` are the resolvers of `config.issuers`, in order. */
+export function createTokenVerifier (config: Config, keys: readonly KeyResolver[], cache: TokenCache, log: FastifyBaseLogger,
+  legacy?: LegacyChecker): TokenVerifier {
+  const routes: Route[] = config.issuers.map((issuer, index) => ({
+    algorithms: new Set(issuer.algorithms),
+    keys: keys[index]!,
+    checkClaims: claimChecks(issuer, log)
+  }))
+  /** With several issuers: each by its exact `iss`. */
+  const byIssuer = config.routed ? new Map(config.issuers.map((issuer, index) => [issuer.issuer![0]!, routes[index]!])) : undefined
+  /** Step 3 asks for an algorithm some issuer allows; the issuer's own list is asked once the token is routed. */
+  const algorithms = new Set(routes.flatMap((route) => [...route.algorithms]))
+
+  /** The issuer a token goes to: the only one, or the one configured for exactly its `iss` (else a 401, before any key lookup). */
+  function routeOf (payload: Readonly<Record<string, unknown>>): Route {
+    if (byIssuer === undefined) return routes[0]!
+    const iss = payload.iss
+    const route = typeof iss === 'string' ? byIssuer.get(iss) : undefined
+    if (route !== undefined) return route
+    if (!('iss' in payload)) throw new TokenInvalidError('the iss claim is required')
+    if (typeof iss !== 'string') throw new TokenInvalidError('the iss claim must be a string')
+    log.debug({ expected: [...byIssuer.keys()], received: iss.slice(0, 200) }, 'supabase-jwks: token iss is not a configured issuer')
+    throw new TokenInvalidError('the iss claim value is not allowed')
+  }
 
   /*
    * The header segment of an issuer's tokens is the same for every token of a key: decoded once,
@@ -142,9 +174,9 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
 
   /** What the token cache holds legacy tokens under: usable only while the window is open. */
   const legacyKey: CachedKey = { kid: '', algorithms: ['HS256'], checks: new Map() }
-  /** Whether a cached token's key still verifies: a key still held and fresh, or the open legacy window. */
-  function current (key: CachedKey): boolean {
-    return key === legacyKey ? legacy!.active() : keys.held(key.kid) === key
+  /** Whether a cached token's key still verifies: a key its issuer still holds fresh, or the open legacy window. */
+  function current (key: CachedKey, claims: Claims): boolean {
+    return key === legacyKey ? legacy!.active() : routeOf(claims).keys.held(key.kid) === key
   }
 
   /** Step 6: the claims frozen, offered to the token cache (a legacy token at once), the header remembered. */
@@ -205,11 +237,14 @@ export function createTokenVerifier (config: Config, keys: KeyResolver, cache: T
     if (!plausibleSignature(alg as string, token.length - token.lastIndexOf('.') - 1)) {
       throw new TokenInvalidError('the signature is missing or has the wrong length')
     }
-    // the claims need no signature: an expired or foreign token costs no key lookup, fetch or signature check
-    checkClaims(payload)
+    // the issuer (several: by exact iss, with its own algorithms), then the claims, which need no
+    // signature: an expired or foreign token costs no key lookup, fetch or signature check
+    const route = routeOf(payload)
+    if (byIssuer !== undefined && !route.algorithms.has(alg as string)) throw algorithmNotAllowed(alg, payload)
+    route.checkClaims(payload)
     if (isLegacy) return verifyLegacy(token, head, header, payload)
-    const key = keys.held(kid as string)
+    const key = route.keys.held(kid as string)
     if (key !== undefined) return finish(token, head, header, payload, alg as string, key)
-    return keys.resolve(kid as string).then((resolved) => finish(token, head, header, payload, alg as string, resolved))
+    return route.keys.resolve(kid as string).then((resolved) => finish(token, head, header, payload, alg as string, resolved))
   }
 }

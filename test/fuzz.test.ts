@@ -65,29 +65,37 @@ function fieldMutation (where: 'header' | 'claims'): fc.Arbitrary<Mutation> {
 
 const mutation = fc.oneof(byteMutation, segmentMutation, fieldMutation('header'), fieldMutation('claims'))
 
-t.test(`fuzz: ${RUNS} mutated tokens (seed ${SEED}) are never accepted and never get a 5xx`, async (t) => {
-  const issuer = await issuerFor(t)
-  // a short cooldown: even `npm run fuzz` (about 20 s) outlasts it many times
-  const cooldown = 2
-  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'], cooldown })
-  const original = issuer.sign()
-  t.equal((await getMe(app, original)).statusCode, 200)
-  const started = Date.now()
-  const codes = new Set(Object.keys(errorCodes))
-  const seen = new Map<string, number>()
-  await fc.assert(fc.asyncProperty(fc.array(mutation, { minLength: 1, maxLength: 3 }), async (mutations) => {
-    const token = mutations.reduce((value, mutate) => mutate(value), original)
-    // spaces around the token only separate it from "Bearer" (RFC 6750 §2.1: 1*SP): not a mutation of it
-    fc.pre(token.replace(/^ +| +$/g, '') !== original)
-    const res = await getMe(app, undefined, `Bearer ${token}`)
-    const code = (res.json() as { code?: string }).code ?? ''
-    seen.set(code, (seen.get(code) ?? 0) + 1)
-    const ok = (res.statusCode === 400 || res.statusCode === 401) && codes.has(code)
-    if (!ok) t.comment(`failing answer after ${Date.now() - started} ms to ${token} (original ${original}): ${res.statusCode} ${res.body.slice(0, 300)}; stats ${JSON.stringify(app.supabaseJwks.stats())}`)
-    return ok
-  }), { seed: SEED, numRuns: RUNS })
-  t.ok(seen.size >= 4, `the mutations reached several checks: ${[...seen].map(([code, n]) => `${code.replace('FST_SUPABASE_JWKS_', '')}=${n}`).join(' ')}`)
-  // the fetch for the valid token, the first mutated kid, then at most one per cooldown
-  const allowed = 2 + Math.floor((Date.now() - started) / (cooldown * 1000))
-  t.ok(issuer.jwksRequests <= allowed, `mutated kids cost at most one fetch per cooldown: ${issuer.jwksRequests} of at most ${allowed}`)
-})
+// a short cooldown: even `npm run fuzz` (about 20 s) outlasts it many times
+const cooldown = 2
+
+for (const several of [false, true]) {
+  const setup = several ? ', with several issuers' : ''
+  t.test(`fuzz: ${RUNS} mutated tokens (seed ${SEED}) are never accepted and never get a 5xx${setup}`, async (t) => {
+    const issuer = await issuerFor(t)
+    const other = await issuerFor(t)
+    const app = await appFor(t, several
+      ? { issuers: [{ supabaseUrl: other.url }, { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'] }], cooldown }
+      : { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'], cooldown })
+    const original = issuer.sign()
+    t.equal((await getMe(app, original)).statusCode, 200)
+    const started = Date.now()
+    const codes = new Set(Object.keys(errorCodes))
+    const seen = new Map<string, number>()
+    await fc.assert(fc.asyncProperty(fc.array(mutation, { minLength: 1, maxLength: 3 }), async (mutations) => {
+      const token = mutations.reduce((value, mutate) => mutate(value), original)
+      // spaces around the token only separate it from "Bearer" (RFC 6750 §2.1: 1*SP): not a mutation of it
+      fc.pre(token.replace(/^ +| +$/g, '') !== original)
+      const res = await getMe(app, undefined, `Bearer ${token}`)
+      const code = (res.json() as { code?: string }).code ?? ''
+      seen.set(code, (seen.get(code) ?? 0) + 1)
+      const ok = (res.statusCode === 400 || res.statusCode === 401) && codes.has(code)
+      if (!ok) t.comment(`failing answer after ${Date.now() - started} ms to ${token} (original ${original}): ${res.statusCode} ${res.body.slice(0, 300)}; stats ${JSON.stringify(app.supabaseJwks.stats())}`)
+      return ok
+    }), { seed: SEED, numRuns: RUNS })
+    t.ok(seen.size >= 4, `the mutations reached several checks: ${[...seen].map(([code, n]) => `${code.replace('FST_SUPABASE_JWKS_', '')}=${n}`).join(' ')}`)
+    // the fetch for the valid token, the first mutated kid, then at most one per cooldown
+    const allowed = 2 + Math.floor((Date.now() - started) / (cooldown * 1000))
+    t.ok(issuer.jwksRequests <= allowed, `mutated kids cost at most one fetch per cooldown: ${issuer.jwksRequests} of at most ${allowed}`)
+    t.ok(other.jwksRequests <= allowed - 1, `the other issuer is asked only for tokens claiming it: ${other.jwksRequests}`)
+  })
+}

@@ -92,7 +92,7 @@ t.test('a fetch that rejects unexpectedly counts as a failure and rejects nothin
     warn (_object: object, message: string) { warned.push(message) },
     debug () {}
   } as unknown as Parameters<typeof createKeyResolver>[1]
-  const keys = createKeyResolver(normalizeOptions({ supabaseUrl: issuer.url }), log)
+  const keys = createKeyResolver(normalizeOptions({ supabaseUrl: issuer.url }).issuers[0]!, log)
   t.teardown(() => keys.close())
   await t.resolves(keys.refresh())
   t.equal(keys.stats().failures, 1)

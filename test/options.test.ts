@@ -2,6 +2,12 @@ import t from 'tap'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
 import { normalizeOptions } from '../lib/options'
+
+/** The one issuer's options, with the shared ones. */
+function single (options: unknown) {
+  const config = normalizeOptions(options)
+  return { ...config, ...config.issuers[0]! }
+}
 import { registrationError } from './fixtures/helpers'
 
 const URL = 'https://abc.supabase.co'
@@ -74,14 +80,14 @@ t.test('options that are not an object are refused', async (t) => {
 
 t.test('supabaseUrl gives the hosted JWKS URL and issuer, with or without a trailing slash', async (t) => {
   for (const supabaseUrl of ['https://abc.supabase.co', 'https://abc.supabase.co/']) {
-    const config = normalizeOptions({ supabaseUrl })
-    t.equal(config.jwksUrl.href, 'https://abc.supabase.co/auth/v1/.well-known/jwks.json')
+    const config = single({ supabaseUrl })
+    t.equal(config.jwksUrl?.href, 'https://abc.supabase.co/auth/v1/.well-known/jwks.json')
     t.same(config.issuer, ['https://abc.supabase.co/auth/v1'])
   }
 })
 
 t.test('defaults', async (t) => {
-  const config = normalizeOptions({ supabaseUrl: 'http://127.0.0.1:54321' })
+  const config = single({ supabaseUrl: 'http://127.0.0.1:54321' })
   t.same(config.algorithms, ['RS256'])
   t.same(config.audience, ['authenticated'])
   t.same(config.issuer, ['http://127.0.0.1:54321/auth/v1'])
@@ -99,7 +105,7 @@ t.test('defaults', async (t) => {
 })
 
 t.test('explicit values: jwksUrl wins, issuer and audience lists or false, seconds become ms', async (t) => {
-  const config = normalizeOptions({
+  const config = single({
     supabaseUrl: 'https://abc.supabase.co',
     jwksUrl: 'https://auth.example.com/.well-known/jwks.json?v=1',
     issuer: ['https://a', 'https://b'],
@@ -117,7 +123,7 @@ t.test('explicit values: jwksUrl wins, issuer and audience lists or false, secon
     realm: 'my api',
     allowInsecureJwksUrl: false
   })
-  t.equal(config.jwksUrl.href, 'https://auth.example.com/.well-known/jwks.json?v=1')
+  t.equal(config.jwksUrl?.href, 'https://auth.example.com/.well-known/jwks.json?v=1')
   t.same(config.issuer, ['https://a', 'https://b'])
   t.equal(config.audience, undefined)
   t.same(config.algorithms, ['ES256', 'RS256'], 'deduplicated')
@@ -128,11 +134,11 @@ t.test('explicit values: jwksUrl wins, issuer and audience lists or false, secon
   t.equal(config.hook, 'onRequest')
   t.equal(config.tokenCache, 0)
   t.equal(config.realm, 'my api')
-  t.same(normalizeOptions({ jwksUrl: 'http://localhost:9999/.well-known/jwks.json', issuer: false }).issuer, undefined)
-  t.equal(normalizeOptions({ supabaseUrl: 'https://abc.supabase.co/' }).jwksUrl.href, 'https://abc.supabase.co/auth/v1/.well-known/jwks.json', 'a trailing slash is fine')
-  const bounds = normalizeOptions({ supabaseUrl: URL, clockTolerance: 300, cacheTtl: 86_400, cooldown: 3600, staleIfError: 604_800, timeout: 60 })
+  t.same(single({ jwksUrl: 'http://localhost:9999/.well-known/jwks.json', issuer: false }).issuer, undefined)
+  t.equal(single({ supabaseUrl: 'https://abc.supabase.co/' }).jwksUrl?.href, 'https://abc.supabase.co/auth/v1/.well-known/jwks.json', 'a trailing slash is fine')
+  const bounds = single({ supabaseUrl: URL, clockTolerance: 300, cacheTtl: 86_400, cooldown: 3600, staleIfError: 604_800, timeout: 60 })
   t.same([bounds.clockToleranceMs, bounds.cacheTtlMs, bounds.cooldownMs, bounds.staleIfErrorMs, bounds.timeoutMs], [300_000, 86_400_000, 3_600_000, 604_800_000, 60_000], 'each bound itself is accepted')
-  t.equal(normalizeOptions({ supabaseUrl: URL, audience: 'x' }).audience?.[0], 'x')
+  t.equal(single({ supabaseUrl: URL, audience: 'x' }).audience?.[0], 'x')
 })
 
 t.test('plain http off loopback is allowed only when asked, with a warning in the log', async (t) => {
@@ -146,7 +152,7 @@ t.test('plain http off loopback is allowed only when asked, with a warning in th
   t.equal(warning.level, 40)
   t.equal(warning.jwksUrl, 'http://gotrue.internal:9999/auth/v1/.well-known/jwks.json')
   for (const host of ['127.0.0.1', 'localhost', '[::1]']) {
-    t.equal(normalizeOptions({ supabaseUrl: `http://${host}:54321` }).insecureJwksUrl, false, host)
+    t.equal(single({ supabaseUrl: `http://${host}:54321` }).insecureJwksUrl, false, host)
   }
 })
 

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectType } from 'tsd'
-import supabaseJwks, { type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
+import supabaseJwks, { type IssuerOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
 import { createTestIssuer, type TestIssuer } from '../dist/testing'
 
 declare module '..' {
@@ -48,6 +48,27 @@ app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyToken
 expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { apiKey: 'k' } }))
 expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { until: new Date(), apiKey: 'k', secret: 'shh' } }))
 expectType<Promise<SupabaseUser>>(app.supabaseJwks.verify('token'))
+
+// any OpenID Connect issuer: discovery, and several issuers in one registration
+app.register(supabaseJwks, { discovery: true, issuer: 'https://tenant.eu.auth0.com/', audience: 'https://api.example.com' })
+app.register(supabaseJwks, {
+  audience: 'https://api.example.com',
+  cacheTtl: 300,
+  issuers: [
+    { supabaseUrl: 'https://prod.supabase.co', algorithms: ['ES256'] },
+    { supabaseUrl: 'https://staging.supabase.co', cooldown: 60 },
+    { issuer: 'https://keycloak.example.com/realms/api', discovery: true, audience: 'account' },
+    { issuer: 'https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc', jwksUrl: 'https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json', audience: false }
+  ],
+  require: { issuers: ['https://prod.supabase.co/auth/v1'] }
+})
+expectAssignable<IssuerOptions>({ issuer: 'https://id.example.com', jwksUrl: 'https://id.example.com/jwks', audience: ['a', 'b'], clockTolerance: 5, staleIfError: 0, timeout: 2, maxResponseSize: 1000 })
+expectError(app.register(supabaseJwks, { issuers: [{ issuer: false, supabaseUrl: 'https://prod.supabase.co' }] }))
+expectError(app.register(supabaseJwks, { issuers: [{ supabaseUrl: 'https://prod.supabase.co', hook: 'onRequest' }] }))
+expectError(app.register(supabaseJwks, { discovery: 'yes', issuer: 'https://id.example.com', audience: 'a' }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', require: { issuers: 'https://abc.supabase.co/auth/v1' } }))
+app.get('/prod', { preHandler: app.authenticate, config: { supabaseJwks: { issuers: ['https://prod.supabase.co/auth/v1'] } } }, async () => 'ok')
+expectType<Record<string, KeyStats> | undefined>(app.supabaseJwks.stats().issuers)
 
 app.get('/me', { preHandler: app.authenticate }, async (request) => {
   expectType<SupabaseUser>(request.user)

@@ -1,0 +1,171 @@
+/*
+ * `discovery: true`: the JWKS URL comes from the issuer's discovery document, read with the JWKS
+ * fetch's bounds, checked (its issuer, an https jwks_uri), cached and re-read with the key set.
+ */
+import t from 'tap'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { normalizeOptions } from '../lib/options'
+import { appFor, codeOf, getMe, loggedAppFor, registrationError } from './fixtures/helpers'
+import { RESOURCE, providerFor, providerKey } from './fixtures/oidc'
+
+function json (response: ServerResponse, status: number, body: unknown): true {
+  response.writeHead(status, { 'content-type': 'application/json' }).end(typeof body === 'string' ? body : JSON.stringify(body))
+  return true
+}
+
+const pathOf = (request: IncomingMessage) => String(request.url).split('?')[0]
+
+t.test('discovery: the JWKS URL is read from the provider\'s discovery document, cached, and re-read with the key set', async (t) => {
+  const provider = await providerFor(t, [providerKey('RS256')])
+  const app = await appFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, cacheTtl: 0.2 })
+  const token = await provider.token()
+  t.equal((await getMe(app, token)).statusCode, 200)
+  t.same([provider.discoveryRequests, provider.jwksRequests], [1, 1])
+  t.equal(app.supabaseJwks.stats().fetches, 1, 'the document and the JWKS are one fetch of the key set')
+
+  await app.supabaseJwks.refresh()
+  t.same([provider.discoveryRequests, provider.jwksRequests], [1, 2], 'the document is not read again within cacheTtl')
+
+  // past cacheTtl, the document is read again with the key set, and the JWKS URL it names now is followed
+  let moved = 0
+  provider.respondWith((request, response) => {
+    if (pathOf(request) === '/.well-known/openid-configuration') {
+      return json(response, 200, { issuer: provider.issuer, jwks_uri: `${provider.issuer}/jwks?v=2` })
+    }
+    if (String(request.url).endsWith('/jwks?v=2')) moved++
+    return false
+  })
+  await sleep(250) // past cacheTtl
+  await app.supabaseJwks.refresh()
+  t.equal(provider.discoveryRequests, 2)
+  t.equal(moved, 1, 'the new jwks_uri is fetched')
+  t.equal((await getMe(app, await provider.token())).statusCode, 200)
+
+  // after a failed fetch, the document is read again at the next one
+  provider.respondWith((request, response) => String(request.url).includes('jwks') ? json(response, 500, '{}') : false)
+  await app.supabaseJwks.refresh()
+  t.equal(app.supabaseJwks.stats().failures, 1)
+  t.equal(provider.discoveryRequests, 2, 'the document was fresh')
+  provider.respondWith(undefined)
+  await app.supabaseJwks.refresh()
+  t.equal(provider.discoveryRequests, 3, 're-read after the failure')
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', failures: 1 })
+})
+
+t.test('discovery: an issuer with a path; on a 404, the RFC 8414 forms are tried in turn', async (t) => {
+  const provider = await providerFor(t, [providerKey('RS256')], '/tenant')
+  const document = { issuer: provider.issuer, jwks_uri: provider.jwksUrl }
+  const origin = new URL(provider.issuer).origin
+  const forms = [
+    ['/tenant/.well-known/openid-configuration', 'the OIDC form'],
+    ['/.well-known/oauth-authorization-server/tenant', 'the RFC 8414 form'],
+    ['/.well-known/openid-configuration/tenant', 'openid-configuration after the host']
+  ] as const
+  for (const [index, [path, name]] of forms.entries()) {
+    const asked: string[] = []
+    provider.respondWith((request, response) => {
+      const at = pathOf(request)!
+      if (!at.includes('/.well-known/')) return false
+      asked.push(at)
+      return at === path ? json(response, 200, document) : json(response, 404, { error: 'not found' })
+    })
+    const app = await appFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE })
+    t.equal((await getMe(app, await provider.token())).statusCode, 200, name)
+    t.same(asked, forms.slice(0, index + 1).map(([form]) => form), `${name}: tried in order, up to the one that answers`)
+  }
+
+  provider.respondWith((request, response) => pathOf(request)!.includes('/.well-known/') ? json(response, 404, {}) : false)
+  const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE }, 'warn')
+  const res = await getMe(app, await provider.token())
+  t.equal(res.statusCode, 503)
+  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE')
+  const warning = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
+  t.match(warning, { reason: /every discovery URL answered HTTP 404/, discoveryUrls: forms.map(([form]) => `${origin}${form}`) })
+})
+
+t.test('discovery: a document that is not acceptable leaves the keys unavailable (503), and a warning says why', async (t) => {
+  const provider = await providerFor(t, [providerKey('RS256')])
+  const token = await provider.token()
+  const cases: Array<[string, (request: IncomingMessage, response: ServerResponse) => boolean, RegExp, Record<string, unknown>?]> = [
+    ['another issuer', (_request, response) => json(response, 200, { issuer: `${provider.issuer}/other`, jwks_uri: provider.jwksUrl }),
+      /names another issuer/, { issuer: provider.issuer, documentIssuer: `${provider.issuer}/other` }],
+    ['no issuer', (_request, response) => json(response, 200, { jwks_uri: provider.jwksUrl }), /names another issuer/, { documentIssuer: 'undefined' }],
+    ['a plain http jwks_uri off loopback', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'http://keys.example.com/jwks' }),
+      /jwks_uri is plain http on a non-loopback host/, { jwksUri: 'http://keys.example.com/jwks' }],
+    ['no jwks_uri', (_request, response) => json(response, 200, { issuer: provider.issuer }), /no jwks_uri that is an http\(s\) URL/],
+    ['a jwks_uri that is no URL', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'not a url' }), /no jwks_uri that is an http\(s\) URL/],
+    ['a jwks_uri that is not http(s)', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'file:///etc/keys' }), /no jwks_uri that is an http\(s\) URL/],
+    ['a jwks_uri with credentials', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'https://user:pass@keys.example.com/jwks' }),
+      /jwks_uri carries credentials or a fragment/],
+    ['not JSON', (_request, response) => json(response, 200, '<html>'), /not a JSON object/],
+    ['JSON but not an object', (_request, response) => json(response, 200, 'null'), /not a JSON object/],
+    ['HTTP 500', (_request, response) => json(response, 500, {}), /answered HTTP 500/, { status: 500 }],
+    ['a redirect', (_request, response) => { response.writeHead(302, { location: 'https://elsewhere.example.com/' }).end(); return true }, /answered HTTP 302/, { status: 302 }],
+    ['a reset connection', (request) => { request.socket.destroy(); return true }, /fetch failed/, { code: 'UND_ERR_SOCKET' }],
+    ['larger than maxResponseSize', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: provider.jwksUrl, pad: 'x'.repeat(70_000) }), /terminated/, { code: 'UND_ERR_RES_EXCEEDED_MAX_SIZE' }],
+    ['compressed', (_request, response) => { response.writeHead(200, { 'content-encoding': 'gzip' }).end('x'); return true }, /fetch failed/],
+    ['hanging', () => true, /JWKS fetch timed out \(timeout 1000 ms\)/]
+  ]
+  for (const [name, responder, reason, extra] of cases) {
+    provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration' ? responder(request, response) : false)
+    const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, timeout: 1 }, 'warn')
+    const before = provider.jwksRequests
+    const res = await getMe(app, token)
+    t.equal(codeOf(res), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', name)
+    t.equal(provider.jwksRequests, before, `${name}: no JWKS fetched`)
+    const warning = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')
+    t.match(warning, { level: 40, reason, discoveryUrl: `${provider.issuer}/.well-known/openid-configuration`, ...extra }, name)
+  }
+})
+
+t.test('discovery: allowInsecureJwksUrl lets a plain http issuer and jwks_uri off loopback through, with a warning', async (t) => {
+  const provider = await providerFor(t, [providerKey('RS256')])
+  // 0.0.0.0 is not a loopback name, though a connection to it reaches this machine
+  const port = new URL(provider.issuer).port
+  const issuer = `http://0.0.0.0:${port}`
+  provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration'
+    ? json(response, 200, { issuer, jwks_uri: `${issuer}/jwks` })
+    : false)
+  t.match((await registrationError({ discovery: true, issuer, audience: RESOURCE })).message, /uses plain http on a non-loopback host/)
+  const { app, entries } = await loggedAppFor(t, { discovery: true, issuer, audience: RESOURCE, allowInsecureJwksUrl: true }, 'warn')
+  t.match(entries().find((entry) => /plain http/.test(entry.msg)), { discoveryUrl: `${issuer}/.well-known/openid-configuration` })
+  // the token's iss is the provider's own: here only its keys matter
+  const res = await getMe(app, await provider.token())
+  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_TOKEN_INVALID', 'the iss is the provider\'s, not the configured one')
+  await app.supabaseJwks.refresh()
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', keys: 1, failures: 0 }, 'the keys were fetched from the plain http jwks_uri')
+})
+
+t.test('discovery options are checked at registration', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['without issuer', { discovery: true, audience: 'a' }, /issuer is required with discovery/],
+    ['with jwksUrl', { discovery: true, issuer: 'https://id.example.com', jwksUrl: 'https://id.example.com/jwks', audience: 'a' }, /discovery reads the JWKS URL from the issuer's discovery document: remove jwksUrl/],
+    ['with a list of issuers', { discovery: true, issuer: ['https://a.example.com', 'https://b.example.com'], audience: 'a' }, /issuer must be one non-empty string with discovery/],
+    ['with issuer false', { discovery: true, issuer: false, audience: 'a' }, /issuer must be one non-empty string with discovery/],
+    ['not a boolean', { discovery: 'yes', issuer: 'https://id.example.com', audience: 'a' }, /discovery must be a boolean/],
+    ['without audience', { discovery: true, issuer: 'https://id.example.com' }, /audience is required for an issuer that is not a Supabase project/],
+    ['an issuer with a query', { discovery: true, issuer: 'https://id.example.com/?tenant=1', audience: 'a' }, /must not carry a query string, a fragment or credentials/],
+    ['an issuer with credentials', { discovery: true, issuer: 'https://u:p@id.example.com', audience: 'a' }, /must not carry a query string, a fragment or credentials/],
+    ['an issuer that is not a URL', { discovery: true, issuer: 'id.example.com', audience: 'a' }, /issuer is not a valid URL/]
+  ]
+  for (const [name, options, message] of cases) {
+    const err = await registrationError(options)
+    t.equal(err.code, 'FST_SUPABASE_JWKS_OPTION', name)
+    t.match(err.message, message, name)
+  }
+  const auth0 = normalizeOptions({ discovery: true, issuer: 'https://tenant.eu.auth0.com/', audience: 'https://api.example.com' }).issuers[0]!
+  t.same(auth0.discovery?.urls.map(String), [
+    'https://tenant.eu.auth0.com/.well-known/openid-configuration',
+    'https://tenant.eu.auth0.com/.well-known/oauth-authorization-server'
+  ], 'an issuer without a path (a trailing slash is kept in the issuer, not doubled in the URL)')
+  t.equal(auth0.discovery?.issuer, 'https://tenant.eu.auth0.com/')
+  t.equal(auth0.jwksUrl, undefined)
+  const supabase = normalizeOptions({ discovery: true, supabaseUrl: 'https://abc.supabase.co' }).issuers[0]!
+  t.same(supabase.discovery?.urls.map(String), [
+    'https://abc.supabase.co/auth/v1/.well-known/openid-configuration',
+    'https://abc.supabase.co/.well-known/oauth-authorization-server/auth/v1',
+    'https://abc.supabase.co/.well-known/openid-configuration/auth/v1'
+  ], 'a Supabase project: its issuer, and the Supabase audience default')
+  t.same(supabase.audience, ['authenticated'])
+})
