@@ -312,3 +312,19 @@ t.test('the README\'s CSRF layout: the cookie in one sibling context, the header
   t.equal(codeOf(write), 'FST_SUPABASE_JWKS_NO_TOKEN')
   t.equal((await app.inject({ method: 'POST', url: '/api/orders', headers: { authorization: `Bearer ${issuer.sign({ sub: 'u-4' })}` } })).json().by, 'u-4')
 })
+
+t.test('cookie with several issuers: the name is given, and the cookie\'s token is routed by its iss', async (t) => {
+  const one = await issuerFor(t)
+  const two = await issuerFor(t)
+  const err = await registrationError({ issuers: [{ supabaseUrl: one.url }, { supabaseUrl: two.url }], cookie: true })
+  t.match(err.message, /without it \(jwksUrl alone, or issuers\), give cookie: \{ name/)
+  const app = Fastify()
+  await app.register(fastifyCookie)
+  await appFor(t, { issuers: [{ supabaseUrl: one.url }, { supabaseUrl: two.url }], cookie: { name: 'sb-app-auth-token' } }, app)
+  const session = (token: string) => `base64-${Buffer.from(JSON.stringify({ access_token: token })).toString('base64url')}`
+  for (const [issuer, sub] of [[one, 'from-one'], [two, 'from-two']] as const) {
+    const answer = await app.inject({ method: 'GET', url: '/me', cookies: { 'sb-app-auth-token': session(issuer.sign({ sub })) } })
+    t.equal(answer.json().sub, sub)
+    t.equal(answer.json().iss, issuer.issuer)
+  }
+})
