@@ -314,6 +314,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   /** The JWKS URL: configured, or read from the discovery document (and then re-read once per `cacheTtl`). */
   let jwksUrl = config.jwksUrl
   let discoveredAt = Number.NEGATIVE_INFINITY
+  let warnedInsecure: string | undefined
   /** get-jwks for the JWKS URL (its path is fixed when it is built: a new one if discovery names another URL). */
   let getter: { href: string, jwks: ReturnType<typeof buildGetJwks> } | undefined
   function jwksAt (url: URL): ReturnType<typeof buildGetJwks> {
@@ -417,6 +418,12 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       return nothing('the discovery document\'s jwks_uri is plain http on a non-loopback host: keys fetched so could be swapped on the way',
         { ...where, jwksUri: url.href })
     }
+    if (url.protocol === 'http:' && !isLoopback(url.hostname) && url.href !== warnedInsecure) {
+      // allowed by allowInsecureJwksUrl: said once per jwks_uri, as a configured plain http URL is at start
+      warnedInsecure = url.href
+      log.warn({ ...where, jwksUri: url.href }, 'supabase-jwks: the JWKS is fetched over plain http')
+    }
+    if (url.pathname === '/') return nothing('the discovery document\'s jwks_uri has no path: it must name the JWKS document', { ...where, jwksUri: url.href })
     return url
   }
 
@@ -441,8 +448,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   async function fetchSet (kid: string, mode: FetchMode): Promise<void> {
     stats.fetches++
     const deadline = clock() + timeoutMs
-    // the discovery document: read first, then again once per cacheTtl, and after any failure
-    if (config.discovery !== undefined && (jwksUrl === undefined || lastFetchFailed || clock() >= discoveredAt + cacheTtlMs)) {
+    // the discovery document: read first, then again once per cacheTtl, after any failure, and at each refresh()
+    if (config.discovery !== undefined && (jwksUrl === undefined || mode === 'forced' || lastFetchFailed || clock() >= discoveredAt + cacheTtlMs)) {
       const found = await discover(config.discovery, deadline)
       if (found === undefined) return
       jwksUrl = found

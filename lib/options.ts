@@ -511,6 +511,8 @@ function issuerConfig (prefix: string, own: Record<string, unknown>, defaults: R
   }
   if (jwksUrl?.username || jwksUrl?.password) fail(`${name('jwksUrl')} must not carry credentials`)
   if (jwksUrl?.hash) fail(`${name('jwksUrl')} must not carry a fragment`)
+  // get-jwks would fetch /.well-known/jwks.json for a bare origin: the URL of the document itself, always
+  if (jwksUrl?.pathname === '/') fail(`${name('jwksUrl')} has no path: give the JWKS document's URL (e.g. ${jwksUrl.origin}/.well-known/jwks.json)`)
   let insecureJwksUrl = jwksUrl !== undefined && jwksUrl.protocol === 'http:' && !isLoopback(jwksUrl.hostname)
   if (insecureJwksUrl && !allowInsecure) {
     fail(`the JWKS URL ${jwksUrl!.href} uses plain http on a non-loopback host; use https, ` +

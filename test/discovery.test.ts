@@ -18,16 +18,20 @@ const pathOf = (request: IncomingMessage) => String(request.url).split('?')[0]
 
 t.test('discovery: the JWKS URL is read from the provider\'s discovery document, cached, and re-read with the key set', async (t) => {
   const provider = await providerFor(t, [providerKey('RS256')])
-  const app = await appFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, cacheTtl: 0.2 })
+  const app = await appFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, cacheTtl: 2, cooldown: 0 })
   const token = await provider.token()
   t.equal((await getMe(app, token)).statusCode, 200)
   t.same([provider.discoveryRequests, provider.jwksRequests], [1, 1])
   t.equal(app.supabaseJwks.stats().fetches, 1, 'the document and the JWKS are one fetch of the key set')
 
-  await app.supabaseJwks.refresh()
+  // a kid the set lacks, within cacheTtl: the JWKS is fetched again, the document is not
+  const [, body, signature] = token.split('.')
+  const head = JSON.parse(Buffer.from(token.split('.')[0]!, 'base64url').toString())
+  const unknownKid = `${Buffer.from(JSON.stringify({ ...head, kid: 'not-published' })).toString('base64url')}.${body}.${signature}`
+  t.equal(codeOf(await getMe(app, unknownKid)), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
   t.same([provider.discoveryRequests, provider.jwksRequests], [1, 2], 'the document is not read again within cacheTtl')
 
-  // past cacheTtl, the document is read again with the key set, and the JWKS URL it names now is followed
+  // refresh() reads the document again at once: a provider that moved its JWKS is followed
   let moved = 0
   provider.respondWith((request, response) => {
     if (pathOf(request) === '/.well-known/openid-configuration') {
@@ -36,20 +40,26 @@ t.test('discovery: the JWKS URL is read from the provider\'s discovery document,
     if (String(request.url).endsWith('/jwks?v=2')) moved++
     return false
   })
-  await sleep(250) // past cacheTtl
   await app.supabaseJwks.refresh()
   t.equal(provider.discoveryRequests, 2)
   t.equal(moved, 1, 'the new jwks_uri is fetched')
   t.equal((await getMe(app, await provider.token())).statusCode, 200)
 
-  // after a failed fetch, the document is read again at the next one
+  // past cacheTtl, a request refreshes the set ahead, and the document is read again with it
+  await sleep(2100)
+  t.equal((await getMe(app, token)).statusCode, 200, 'the held set answers meanwhile')
+  for (let i = 0; i < 200 && moved < 2; i++) await sleep(10)
+  t.same([provider.discoveryRequests, moved], [3, 2], 'document and JWKS read again in the background')
+
+  // after a failed fetch, the next fetch reads the document again (within cacheTtl too)
   provider.respondWith((request, response) => String(request.url).includes('jwks') ? json(response, 500, '{}') : false)
   await app.supabaseJwks.refresh()
   t.equal(app.supabaseJwks.stats().failures, 1)
-  t.equal(provider.discoveryRequests, 2, 'the document was fresh')
+  t.equal(provider.discoveryRequests, 4)
   provider.respondWith(undefined)
-  await app.supabaseJwks.refresh()
-  t.equal(provider.discoveryRequests, 3, 're-read after the failure')
+  for (let i = 0; i < 300 && app.supabaseJwks.stats().nextRetryAt! > Date.now(); i++) await sleep(10) // the backoff after the failure
+  t.equal(codeOf(await getMe(app, unknownKid)), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(provider.discoveryRequests, 5, 're-read after the failure')
   t.match(app.supabaseJwks.stats(), { state: 'fresh', failures: 1 })
 })
 
@@ -94,6 +104,7 @@ t.test('discovery: a document that is not acceptable leaves the keys unavailable
     ['a plain http jwks_uri off loopback', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'http://keys.example.com/jwks' }),
       /jwks_uri is plain http on a non-loopback host/, { jwksUri: 'http://keys.example.com/jwks' }],
     ['no jwks_uri', (_request, response) => json(response, 200, { issuer: provider.issuer }), /no jwks_uri that is an http\(s\) URL/],
+    ['a jwks_uri without a path', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: new URL(provider.issuer).origin }), /jwks_uri has no path/],
     ['a jwks_uri that is no URL', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'not a url' }), /no jwks_uri that is an http\(s\) URL/],
     ['a jwks_uri that is not http(s)', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'file:///etc/keys' }), /no jwks_uri that is an http\(s\) URL/],
     ['a jwks_uri with credentials', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: 'https://user:pass@keys.example.com/jwks' }),
@@ -101,14 +112,22 @@ t.test('discovery: a document that is not acceptable leaves the keys unavailable
     ['not JSON', (_request, response) => json(response, 200, '<html>'), /not a JSON object/],
     ['JSON but not an object', (_request, response) => json(response, 200, 'null'), /not a JSON object/],
     ['HTTP 500', (_request, response) => json(response, 500, {}), /answered HTTP 500/, { status: 500 }],
-    ['a redirect', (_request, response) => { response.writeHead(302, { location: 'https://elsewhere.example.com/' }).end(); return true }, /answered HTTP 302/, { status: 302 }],
+    // to a document that would be acceptable, on this very server: never followed
+    ['a redirect', (_request, response) => { response.writeHead(302, { location: `${provider.issuer}/moved-configuration` }).end(); return true }, /answered HTTP 302/, { status: 302 }],
     ['a reset connection', (request) => { request.socket.destroy(); return true }, /fetch failed/, { code: 'UND_ERR_SOCKET' }],
     ['larger than maxResponseSize', (_request, response) => json(response, 200, { issuer: provider.issuer, jwks_uri: provider.jwksUrl, pad: 'x'.repeat(70_000) }), /terminated/, { code: 'UND_ERR_RES_EXCEEDED_MAX_SIZE' }],
     ['compressed', (_request, response) => { response.writeHead(200, { 'content-encoding': 'gzip' }).end('x'); return true }, /fetch failed/],
     ['hanging', () => true, /JWKS fetch timed out \(timeout 1000 ms\)/]
   ]
+  let movedRequests = 0
   for (const [name, responder, reason, extra] of cases) {
-    provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration' ? responder(request, response) : false)
+    provider.respondWith((request, response) => {
+      if (pathOf(request) === '/moved-configuration') {
+        movedRequests++
+        return json(response, 200, { issuer: provider.issuer, jwks_uri: provider.jwksUrl })
+      }
+      return pathOf(request) === '/.well-known/openid-configuration' ? responder(request, response) : false
+    })
     const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, timeout: 1 }, 'warn')
     const before = provider.jwksRequests
     const res = await getMe(app, token)
@@ -117,6 +136,7 @@ t.test('discovery: a document that is not acceptable leaves the keys unavailable
     const warning = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')
     t.match(warning, { level: 40, reason, discoveryUrl: `${provider.issuer}/.well-known/openid-configuration`, ...extra }, name)
   }
+  t.equal(movedRequests, 0, 'the redirect was not followed')
 })
 
 t.test('discovery: allowInsecureJwksUrl lets a plain http issuer and jwks_uri off loopback through, with a warning', async (t) => {
@@ -135,6 +155,10 @@ t.test('discovery: allowInsecureJwksUrl lets a plain http issuer and jwks_uri of
   t.equal(codeOf(res), 'FST_SUPABASE_JWKS_TOKEN_INVALID', 'the iss is the provider\'s, not the configured one')
   await app.supabaseJwks.refresh()
   t.match(app.supabaseJwks.stats(), { state: 'fresh', keys: 1, failures: 0 }, 'the keys were fetched from the plain http jwks_uri')
+  await app.supabaseJwks.refresh()
+  const told = entries().filter((entry) => entry.msg === 'supabase-jwks: the JWKS is fetched over plain http' && entry.jwksUri !== undefined)
+  t.equal(told.length, 1, 'once, though the document was read twice')
+  t.match(told[0], { level: 40, jwksUri: `${issuer}/jwks` }, 'the discovered plain http jwks_uri is logged at warn')
 })
 
 t.test('discovery options are checked at registration', async (t) => {

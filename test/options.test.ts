@@ -62,6 +62,7 @@ t.test('a bad option fails ready() with a clear message', async (t) => {
     ['cooldown in ms', { supabaseUrl: URL, cooldown: 30_000 }, /cooldown is 30000 seconds, more than the 3600 allowed/],
     ['staleIfError in ms', { supabaseUrl: URL, staleIfError: 3_600_000 }, /staleIfError is 3600000 seconds, more than the 604800 allowed/],
     ['jwksUrl with a fragment', { jwksUrl: 'https://a.example/.well-known/jwks.json#x', issuer: false }, /jwksUrl must not carry a fragment/],
+    ['jwksUrl without a path', { jwksUrl: 'https://auth.example.com', issuer: false }, /jwksUrl has no path: give the JWKS document's URL \(e\.g\. https:\/\/auth\.example\.com\/\.well-known\/jwks\.json\)/],
     ['hook unknown', { supabaseUrl: URL, hook: 'onSend' }, /hook must be false, "onRequest" or "preHandler"/],
     ['realm with a quote', { supabaseUrl: URL, realm: 'a"b' }, /realm must be a printable ASCII string/],
     ['realm not a string', { supabaseUrl: URL, realm: 5 }, /realm must be a printable ASCII string/]
