@@ -153,7 +153,7 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
 }
 
 /** Verifies the request's token; decorates `request.user` or throws the answer. */
-export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, retryAfter: () => number,
+export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
   tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
   const { realm } = config
   /*
@@ -191,8 +191,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, r
       // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
       if (reply === undefined) throw err
       if (err instanceof KeysUnavailableError) {
-        // the time until the next fetch is allowed: a client that honours it gets its answer
-        reply.header('retry-after', String(retryAfter()))
+        // the time until the issuer's next fetch is allowed: a client that honours it gets its answer
+        reply.header('retry-after', String((err as { retryAfter?: number }).retryAfter))
       } else if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) {
         // a legacy token's call caps refill within a second; isRevoked may answer at the next try
         reply.header('retry-after', '1')

@@ -76,8 +76,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     return (request as { cookies?: Cookies | null }).cookies ?? parseCookie!(request.headers.cookie ?? '')
   })
   const answers = new Answers()
-  // Retry-After: the longest wait of the issuers (one that is not failing says 1)
-  const authenticate = buildAuthenticate(config, verifyToken, () => Math.max(...resolvers.map((keys) => keys.retryAfter())), tokenOf, answers)
+  const authenticate = buildAuthenticate(config, verifyToken, tokenOf, answers)
   // warm start: the first request finds the keys held; a JWKS down now is logged, and start-up goes on
   if (config.warmStart) {
     fastify.addHook('onReady', async function warmSupabaseJwks () {

@@ -497,6 +497,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     return inStaleWindow(now) ? keys.get(kid) : undefined
   }
 
+  /** Seconds until the next fetch is allowed, for `Retry-After` (at least 1). */
+  function retryAfter (): number {
+    return Math.max(1, Math.ceil((retryAt - clock()) / 1000))
+  }
+
   /** After a fetch: the key, a stale key while the JWKS fails, or the reason there is none. */
   function settle (kid: string): CachedKey {
     if (!lastFetchFailed) {
@@ -505,7 +510,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       return entry
     }
     const stale = staleKey(kid, clock())
-    if (stale === undefined) throw new KeysUnavailableError()
+    // Retry-After: this issuer's own wait (with several issuers, another one's backoff is not this one's)
+    if (stale === undefined) throw Object.assign(new KeysUnavailableError(), { retryAfter: retryAfter() })
     return stale
   }
 
@@ -556,9 +562,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     async warm () {
       await fetchOnce('', 'ahead')
     },
-    retryAfter () {
-      return Math.max(1, Math.ceil((retryAt - clock()) / 1000))
-    },
+    retryAfter,
     stats () {
       const now = clock()
       return {

@@ -5,6 +5,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import supabaseJwks from '../lib/index'
 import { combineStats, type KeyStats } from '../lib/keys'
 import { appFor, codeOf, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
@@ -105,6 +106,25 @@ t.test('one issuer down: its tokens get 503 with Retry-After, the other\'s keep 
   t.match(stats, { state: 'stale', failures: 1, fetches: 2 }, 'one issuer unavailable: stale, not unavailable')
   t.equal(stats.nextRetryAt, stats.issuers![a.issuer]!.nextRetryAt)
   t.match(stats.issuers, { [a.issuer]: { state: 'unavailable', failures: 1 }, [b.issuer]: { state: 'fresh', failures: 0 } })
+})
+
+t.test('Retry-After is the wait of the token\'s own issuer, not another one\'s longer backoff', async (t) => {
+  const a = await issuerFor(t)
+  const b = await issuerFor(t)
+  // a: backoff 1 s, then 2 s; b: cooldown 1.6 s, so its first retry waits 0.1 s
+  const app = await appFor(t, { issuers: [{ supabaseUrl: a.url, staleIfError: 0 }, { supabaseUrl: b.url, staleIfError: 0, cooldown: 1.6 }] })
+  const down = (_request: unknown, response: { writeHead (status: number): { end (): void } }) => { response.writeHead(500).end(); return true }
+  a.respondWith(down)
+  b.respondWith(down)
+  t.equal(codeOf(await getMe(app, a.sign())), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE')
+  for (let i = 0; i < 300 && app.supabaseJwks.stats().issuers![a.issuer]!.nextRetryAt! > Date.now(); i++) await sleep(10)
+  const fromA = await getMe(app, a.sign())
+  t.equal(app.supabaseJwks.stats().issuers![a.issuer]!.failures, 2, 'a failed twice: its backoff is now 2 s or more')
+  t.ok(Number(fromA.headers['retry-after']) >= 2, `a's 503 says ${fromA.headers['retry-after']}`)
+  const fromB = await getMe(app, b.sign())
+  t.equal(codeOf(fromB), 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE')
+  t.equal(fromB.headers['retry-after'], '1', 'b\'s 503 says b\'s own wait')
+  await t.rejects(app.supabaseJwks.verify(b.sign()), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', retryAfter: 1 }, 'verify() rejects with it too')
 })
 
 t.test('the token cache serves several issuers, each entry retired with its own issuer\'s key', async (t) => {
