@@ -451,9 +451,14 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     // the discovery document: read first, then again once per cacheTtl, after any failure, and at each refresh()
     if (config.discovery !== undefined && (jwksUrl === undefined || mode === 'forced' || lastFetchFailed || clock() >= discoveredAt + cacheTtlMs)) {
       const found = await discover(config.discovery, deadline)
-      if (found === undefined) return
-      jwksUrl = found
-      discoveredAt = clock()
+      if (found !== undefined) {
+        jwksUrl = found
+        discoveredAt = clock()
+      } else if (jwksUrl === undefined || clock() >= deadline) {
+        return
+      }
+      // a document that cannot be read now (its failure logged and counted): the jwks_uri it named last is
+      // fetched, so that an outage of the discovery endpoint alone is no outage of the keys
     }
     const url = jwksUrl!
     log.info({ jwksUrl: url.href, kid }, 'supabase-jwks: fetching JWKS')

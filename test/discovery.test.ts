@@ -63,6 +63,25 @@ t.test('discovery: the JWKS URL is read from the provider\'s discovery document,
   t.match(app.supabaseJwks.stats(), { state: 'fresh', failures: 1 })
 })
 
+t.test('discovery: an outage of the discovery endpoint alone is no outage of the keys (the last jwks_uri is fetched)', async (t) => {
+  const provider = await providerFor(t, [providerKey('RS256')])
+  const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE, timeout: 1 }, 'warn')
+  const token = await provider.token()
+  t.equal((await getMe(app, token)).statusCode, 200)
+  provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration' ? json(response, 503, '{}') : false)
+  await app.supabaseJwks.refresh()
+  t.same([provider.discoveryRequests, provider.jwksRequests], [2, 2], 'the document failed; the JWKS it named before was fetched')
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', failures: 1, keys: 1 })
+  t.match(entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed'), { reason: /discovery document answered HTTP 503/ })
+  t.equal((await getMe(app, await provider.token())).statusCode, 200)
+
+  // a document that takes the whole timeout leaves no time for the JWKS: that fetch fails as a whole
+  provider.respondWith((request) => pathOf(request) === '/.well-known/openid-configuration')
+  await app.supabaseJwks.refresh()
+  t.same([provider.discoveryRequests, provider.jwksRequests], [3, 2], 'no JWKS request after a document that timed out')
+  t.match(app.supabaseJwks.stats(), { failures: 2, state: 'stale' })
+})
+
 t.test('discovery: an issuer with a path; on a 404, the RFC 8414 forms are tried in turn', async (t) => {
   const provider = await providerFor(t, [providerKey('RS256')], '/tenant')
   const document = { issuer: provider.issuer, jwks_uri: provider.jwksUrl }
