@@ -172,6 +172,12 @@ t.test('examples/self-hosted/docker-compose.yml: the API gets URLs and no secret
   for (const name of ['SUPABASE_JWKS_URL', 'SUPABASE_ISSUER']) {
     t.match(new URL(api.environment[name]!).protocol, /^https?:$/, `${name} is a URL`)
   }
+  t.same(Object.keys(api).sort(), ['build', 'depends_on', 'environment', 'ports'],
+    'the api service has nothing else: no env_file, secrets, configs, volumes, volumes_from or extends')
+  t.equal((api as { build?: unknown }).build, '.', 'built from its folder, with no build args or secrets')
+  for (const override of ['docker-compose.override.yml', 'docker-compose.override.yaml', 'compose.override.yml', 'compose.override.yaml']) {
+    t.notOk(existsSync(path.join(dir, override)), `no ${override}, which compose would load on top`)
+  }
   t.equal(api.env_file, undefined, 'no env_file: .env (GoTrue\'s secrets) never reaches the api service')
   t.equal(api.secrets, undefined)
   t.equal(api.volumes, undefined, 'no volume: nothing mounted into the api container')

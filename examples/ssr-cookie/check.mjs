@@ -12,7 +12,7 @@ function keep (jar, response) {
 }
 const cookie = (jar) => [...jar].map(([name, value]) => `${name}=${value}`).join('; ')
 
-export default async function check (t, { issuer, start }) {
+export default async function check (t, { issuer, start, node }) {
   issuer.addUser({ email: 'grace@example.com', password: 'pw', user_metadata: { name: 'Grace' } })
   const api = await start('server.mjs', { SUPABASE_PUBLISHABLE_KEY: issuer.apiKey })
   const json = { 'content-type': 'application/json' }
@@ -24,6 +24,7 @@ export default async function check (t, { issuer, start }) {
   t.equal(login.status, 200)
   keep(jar, login)
   t.ok(jar.has('sb-127-auth-token'), 'the session cookie @supabase/ssr writes')
+  t.match(login.headers.get('cache-control'), /private.*no-store/, 'never cached: the headers @supabase/ssr asks for')
 
   const me = await api.request('/api/me', { headers: { cookie: cookie(jar) } })
   t.equal(me.status, 200, 'the cookie signs the request in')
@@ -31,6 +32,10 @@ export default async function check (t, { issuer, start }) {
   t.equal((await api.request('/api/me')).json().code, 'FST_SUPABASE_JWKS_NO_TOKEN', 'no cookie: 401')
   const header = await api.request('/api/me', { token: issuer.sign({ email: 'bearer@example.com' }), headers: { cookie: cookie(jar) } })
   t.equal(header.json().email, 'bearer@example.com', 'an Authorization header wins over the cookie')
+
+  const keyless = await node(['server.mjs'], { SUPABASE_URL: 'https://abcdefgh.supabase.co', SUPABASE_PUBLISHABLE_KEY: undefined })
+  t.equal(keyless.code, 1, 'a real project without a publishable key does not start')
+  t.match(keyless.stderr, /set SUPABASE_PUBLISHABLE_KEY/)
 
   const forged = await api.request('/api/notes', { method: 'POST', headers: { ...json, cookie: cookie(jar) }, body: '{"text":"hi"}' })
   t.equal(forged.status, 403, 'the cookie alone cannot change state: what a cross-site form would send')

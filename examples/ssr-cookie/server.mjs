@@ -14,7 +14,11 @@ const issuer = process.env.SUPABASE_URL ? undefined : await createTestIssuer()
 issuer?.addUser({ email: 'ada@example.com', password: 'correct horse', user_metadata: { name: 'Ada' } })
 const supabaseUrl = process.env.SUPABASE_URL || issuer.url
 // the publishable (or anon) key: public, what the browser client uses too
-const publishableKey = process.env.SUPABASE_PUBLISHABLE_KEY || issuer.apiKey
+const publishableKey = process.env.SUPABASE_PUBLISHABLE_KEY || issuer?.apiKey
+if (!publishableKey) {
+  console.error('set SUPABASE_PUBLISHABLE_KEY to the project\'s publishable (sb_publishable_...) or anon key: it is public')
+  process.exit(1)
+}
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
 await app.register(fastifyCookie)
@@ -26,7 +30,12 @@ function supabaseFor (request, reply) {
   return createServerClient(supabaseUrl, publishableKey, {
     cookies: {
       getAll: () => Object.entries(request.cookies).map(([name, value]) => ({ name, value })),
-      setAll: (cookies) => { for (const { name, value, options } of cookies) reply.setCookie(name, value, options) }
+      // the session cookies, and the headers @supabase/ssr asks for with them (Cache-Control: private,
+      // no-store…): a cached answer must never hand one user's session to another
+      setAll: (cookies, headers = {}) => {
+        for (const { name, value, options } of cookies) reply.setCookie(name, value, options)
+        reply.headers(headers)
+      }
     },
     realtime: { transport: WebSocket } // Node 20 has no global WebSocket
   })

@@ -7,14 +7,27 @@ export default async function check (t, { issuer, start }) {
   const url = `${api.url.replace('http', 'ws')}/ws`
 
   const good = new WebSocket(url)
+  const answers = []
+  good.on('message', (message) => answers.push(JSON.parse(String(message))))
   await once(good, 'open')
+  // the token and a message right behind it, before the token has verified: the message waits, never lost
   good.send(issuer.sign({ sub: 'user-1' }))
-  t.same(JSON.parse(String((await once(good, 'message'))[0])), { type: 'welcome', id: 'user-1' }, 'a valid token: welcome')
+  good.send('early')
+  while (answers.length < 2) await once(good, 'message')
+  t.same(answers, [{ type: 'welcome', id: 'user-1' }, { type: 'echo', from: 'user-1', text: 'early' }], 'a valid token: welcome, then the message sent behind it')
   good.send('ping')
-  t.same(JSON.parse(String((await once(good, 'message'))[0])), { type: 'echo', from: 'user-1', text: 'ping' }, 'then messages are handled')
+  await once(good, 'message')
+  t.same(answers[2], { type: 'echo', from: 'user-1', text: 'ping' }, 'then messages are handled')
   const closed = once(good, 'close')
   good.close()
   await closed
+
+  // a socket that never sends its token is closed at the deadline (200 ms here)
+  const quick = await start('server.mjs', { TOKEN_DEADLINE_MS: '200' })
+  const silent = new WebSocket(`${quick.url.replace('http', 'ws')}/ws`)
+  const [silentCode, silentReason] = await once(silent, 'close')
+  t.equal(silentCode, 1008, 'no token: closed with 1008')
+  t.equal(String(silentReason), 'no token')
 
   for (const [label, token, code] of [
     ['an expired token', issuer.sign({ exp: Math.floor(Date.now() / 1000) - 60 }), 'FST_SUPABASE_JWKS_TOKEN_EXPIRED'],
