@@ -10,12 +10,18 @@ import { bounded, extractBearer, toAuthError } from './authenticate'
 import { algorithmNotAllowed } from './errors'
 import { EMPTY_SET, MAX_KEYS, createKeyResolver, readKeySet, type Answer, type KeyEntry, type KeyResolver } from './keys'
 import { normalizeOptions, type Config, type IssuerConfig } from './options'
-import { TokenCache } from './token-cache'
+import { TokenCache, deepFreeze } from './token-cache'
 import { checkStructure, createTokenVerifier, jsonObject, plausibleSignature } from './verify'
 
-/** Where the CLI reads and writes: `process` itself, or streams of a test. */
+/** Where the CLI reads and writes: the process's streams (see cli.ts), or streams of a test. */
 export interface CliIO {
-  stdin: NodeJS.ReadableStream & { isTTY?: boolean }
+  stdin: NodeJS.ReadableStream
+  /**
+   * Whether stdin is a pipe (a FIFO) or a file: only then is the token read from it without
+   * `--token -`. Never a terminal or a socket (an ssh session, a spawn's default stdio), which may
+   * stay open with nothing ever written: the CLI would wait forever.
+   */
+  stdinIsPipe: boolean
   stdout: { write (text: string): unknown }
   stderr: { write (text: string): unknown }
 }
@@ -30,7 +36,8 @@ walks the plugin's checks and gives the answer the plugin would give.
   <jwksUrl>       a URL ending in .json or containing /.well-known/ is taken as the JWKS URL itself
 
 Options:
-  --token <token>          a token to check (or "-", or pipe it on stdin); never printed
+  --token <token>          a token to check, never printed; "-" reads it from stdin, as does a
+                           pipe or a file on stdin without --token
   --alg <list>             allowed algorithms, comma-separated (the algorithms option); default RS256
   --issuer <iss>           accepted iss (repeatable; "false" skips the check);
                            default <supabaseUrl>/auth/v1, required with a jwksUrl and a token
@@ -41,7 +48,7 @@ Options:
   -h, --help               this text
 
 Exit codes: 0 keys fine (and the token accepted), 1 a warning or the token rejected,
-2 a usage error or the JWKS could not be fetched.
+2 a usage error, the JWKS could not be fetched, or an unexpected error.
 `
 
 class UsageError extends Error {}
@@ -61,6 +68,32 @@ function listOption (values: string[] | undefined): string[] | false | undefined
 
 function numberOption (value: string | undefined): number | undefined {
   return value === undefined ? undefined : Number(value)
+}
+
+/** A JWT, or "Bearer <jwt>": three base64url segments, the first a JSON object's. */
+function looksLikeToken (value: string): boolean {
+  const match = /^(?:bearer\s+)?([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/i.exec(value.trim())
+  return match !== null && Buffer.from(match[1]!, 'base64url').toString().trimStart().startsWith('{')
+}
+
+/** Something the user gave, as a message may show it: never in full (it may be a token or a key), at most its first 12 characters. */
+function short (value: string): string {
+  return clean(value.length > 13 ? `${value.slice(0, 12)}…` : value)
+}
+
+/**
+ * A message with every value of `given` longer than 13 characters (the arguments, their parts
+ * around "=", "," and spaces, the token) cut by `short`: the options' messages quote what they
+ * refuse, and parseArgs names what it does not know.
+ */
+function scrub (message: string, given: readonly unknown[]): string {
+  const values = given.filter((value): value is string => typeof value === 'string')
+    .flatMap((value) => [value, ...value.split(/[\s=,]+/)])
+    .filter((value) => value.length > 13)
+    // the longest first: a value that holds a shorter one is cut whole
+    .sort((a, b) => b.length - a.length)
+  for (const value of values) message = message.split(value).join(short(value))
+  return message
 }
 
 function parseCommand (argv: readonly string[]): Command | 'help' {
@@ -85,8 +118,13 @@ function parseCommand (argv: readonly string[]): Command | 'help' {
   }
   const { values, positionals } = parsed
   if (values.help === true || positionals[0] === 'help') return 'help'
+  // a token where the command or the URL goes: said so, and never echoed
+  const given = [...positionals, ...Object.entries(values).flatMap(([name, value]) => name === 'token' ? [] : [value].flat())]
+  if (given.some((value) => typeof value === 'string' && looksLikeToken(value))) {
+    throw new UsageError('an argument looks like a token: pass it with --token or on stdin (it is never printed)')
+  }
   if (positionals[0] !== 'check') {
-    throw new UsageError(positionals.length === 0 ? 'a command is required: check' : `unknown command ${JSON.stringify(positionals[0])}: the command is check`)
+    throw new UsageError(positionals.length === 0 ? 'a command is required: check' : `unknown command "${short(positionals[0]!)}": the command is check`)
   }
   if (positionals.length !== 2) throw new UsageError('check takes one URL: a supabaseUrl or a jwksUrl')
   if (values.token === '') throw new UsageError('--token needs a token (or "-" to read it from stdin)')
@@ -124,9 +162,26 @@ async function readStdin (stdin: CliIO['stdin']): Promise<string> {
   return text
 }
 
-/** A value from the network or a token, safe for a terminal: control and direction characters escaped, at most 200 characters. */
+/** Levels of objects and arrays shown of a value from the JWKS or a token; deeper ones are NESTED. */
+const SHOWN_DEPTH = 4
+const NESTED = '(nested)'
+
+/**
+ * A copy of a JSON value to show, its objects and arrays deeper than SHOWN_DEPTH levels replaced by
+ * NESTED: a value nested thousands deep (which JSON.parse reads) would overflow the stack of
+ * JSON.stringify, or of any printer.
+ */
+function shallow (value: unknown, depth = 0): unknown {
+  if (typeof value !== 'object' || value === null) return value
+  if (depth >= SHOWN_DEPTH) return NESTED
+  return Array.isArray(value)
+    ? value.map((item: unknown) => shallow(item, depth + 1))
+    : Object.fromEntries(Object.entries(value).map(([name, item]) => [name, shallow(item, depth + 1)]))
+}
+
+/** A value from the network or a token, safe for a terminal: control and direction characters escaped, nesting bounded, at most 200 characters. */
 function clean (value: unknown): string {
-  const text = typeof value === 'string' ? value : JSON.stringify(value)
+  const text = typeof value === 'string' ? value : JSON.stringify(shallow(value))
   return escapeText(JSON.stringify(text.length > 200 ? `${text.slice(0, 200)}…` : text).slice(1, -1))
 }
 
@@ -203,11 +258,30 @@ function rsaBits (n: unknown): number | null {
   return first === -1 ? 0 : (bytes.length - first) * 8 - Math.clz32(bytes[first]!) + 24
 }
 
+/** Longest kid the plugin looks up: MAX_KID_LENGTH of verify.ts. */
+const MAX_KID_LENGTH = 256
+
+/**
+ * Why the plugin refuses a token's kid before any key lookup (UNKNOWN_KID), or undefined: the very
+ * rule of createTokenVerifier in verify.ts (`typeof kid !== 'string' || kid === '' ||
+ * kid.length > MAX_KID_LENGTH || !kid.isWellFormed()`), which it does not export.
+ */
+function kidProblem (kid: unknown): string | undefined {
+  if (typeof kid !== 'string' || kid === '') return 'the header has no kid'
+  if (kid.length > MAX_KID_LENGTH) return `the kid is longer than ${MAX_KID_LENGTH} characters`
+  if (!kid.isWellFormed()) return 'the kid is not well-formed Unicode (a lone surrogate)'
+  return undefined
+}
+
 function keyReport ({ jwk, key, skipped }: KeyEntry, config: IssuerConfig): KeyReport {
   const kty = field(jwk, 'kty')
-  const algorithms = key === undefined ? [] : [...key.checks.keys()]
+  // a key held under a kid no token may name verifies nothing
+  const kid = key === undefined ? undefined : kidProblem(key.kid)
+  const algorithms = key === undefined || kid !== undefined ? [] : [...key.checks.keys()]
   let reason = skipped
-  if (key !== undefined && algorithms.length === 0) {
+  if (kid !== undefined) {
+    reason = `${kid}: the plugin refuses every token that names it (UNKNOWN_KID)`
+  } else if (key !== undefined && algorithms.length === 0) {
     reason = `${key.algorithms.join(', ')} not in the allowed algorithms (${config.algorithms.join(', ')})`
   }
   return {
@@ -235,14 +309,17 @@ function keyWarnings (entries: readonly KeyEntry[], keys: readonly KeyReport[], 
   keys.forEach((key, index) => {
     const name = `key ${key.kid ?? `#${index + 1}`}`
     const entry = entries[index]!
-    if (entry.key !== undefined && !key.used) {
-      const wanted = [...new Set([...config.algorithms, ...entry.key.algorithms])].join(',')
+    if (entry.key !== undefined && !key.used && kidProblem(entry.key.kid) === undefined) {
+      // an RSA JWK without alg verifies all six RSA algorithms: RS256 (first, and Supabase's) is suggested, the others named
+      const [usual, ...others] = entry.key.algorithms as [string, ...string[]]
+      const wanted = [...new Set([...config.algorithms, usual])]
       warnings.push({
         code: 'algorithm-not-allowed',
         message: `${name} signs with ${entry.key.algorithms.join(' or ')}, which the allowed algorithms (${allowed}) leave out: ` +
-          `tokens it signs are answered 401 FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED; set algorithms: ${JSON.stringify(wanted.split(','))} (--alg ${wanted})`
+          `tokens it signs are answered 401 FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED; set algorithms: ${JSON.stringify(wanted)} (--alg ${wanted.join(',')})` +
+          (others.length === 0 ? '' : `, if its tokens use ${usual} (the usual one; the JWK has no alg), else the one of ${others.join(', ')} they use`)
       })
-    } else if (entry.key === undefined) {
+    } else if (!key.used) {
       warnings.push({ code: 'unusable-key', message: `${name} is skipped by the plugin: ${key.reason!}` })
     }
   })
@@ -297,12 +374,18 @@ function when (seconds: number): string {
   return `${new Date(seconds * 1000).toISOString()}, ${distance} ${seconds * 1000 < Date.now() ? 'ago' : 'from now'}`
 }
 
-/** `aud` or `iss` against the accepted values (RFC 7519 §4.1.1, §4.1.3). */
+/**
+ * `aud` or `iss` against the accepted values (RFC 7519 §4.1.1, §4.1.3), by the rule of checkAllowed
+ * in verify.ts (not exported): every value a string (`aud` may be a list of them), and one of them accepted.
+ */
 function allowedStep (check: 'iss' | 'aud', value: unknown, accepted: string[] | undefined): Step {
   if (accepted === undefined) return { check, result: 'skip', detail: 'not checked (false)' }
   if (value === undefined) return { check, result: 'fail', detail: `the ${check} claim is required` }
-  const values = check === 'aud' && Array.isArray(value) ? value : [value]
-  const ok = values.some((item) => typeof item === 'string' && accepted.includes(item))
+  const values: unknown[] = check === 'aud' && Array.isArray(value) ? value : [value]
+  if (!values.every((item) => typeof item === 'string')) {
+    return { check, result: 'fail', detail: `${clean(value)}: the ${check} claim must be a string${check === 'aud' ? ' or an array of strings' : ''}` }
+  }
+  const ok = values.some((item) => accepted.includes(item as string))
   return { check, result: ok ? 'pass' : 'fail', detail: `${clean(value)}${ok ? '' : `, accepted: ${clean(accepted.join(', '))}`}` }
 }
 
@@ -338,9 +421,11 @@ async function keySteps (token: string, header: Record<string, unknown>, payload
     ]
   }
   const steps: Step[] = [{ check: 'algorithm', result: 'pass', detail: `${alg}, allowed` }]
-  const key = typeof kid === 'string' ? keys.held(kid) : undefined
+  // a kid the plugin refuses before any lookup (UNKNOWN_KID), even when the key set holds a key by that name
+  const problem = kidProblem(kid)
+  const key = problem === undefined ? keys.held(kid as string) : undefined
   if (key === undefined) {
-    const detail = typeof kid !== 'string' || kid === '' ? 'the header has no kid' : `no key ${clean(kid)} in the key set`
+    const detail = problem ?? `no key ${clean(kid)} in the key set`
     return [...steps, { check: 'kid', result: 'fail', detail }, { check: 'signature', result: 'skip', detail: 'not checked: no key' }]
   }
   steps.push({ check: 'kid', result: 'pass', detail: `${clean(kid)}, in the key set` })
@@ -383,12 +468,20 @@ async function checkToken (input: string, config: Config, keys: KeyResolver): Pr
     steps[0] = { check: 'structure', result: 'fail', detail: (err as Error).message }
     return { ...verdict, steps }
   }
+  // the plugin freezes the claims it accepts with deepFreeze, which refuses claims nested too deep: the same call here
+  let structure: Step = { check: 'structure', result: 'pass', detail: 'three base64url segments, a JSON header and payload' }
+  try {
+    deepFreeze(payload)
+  } catch (err) {
+    structure = { check: 'structure', result: 'fail', detail: (err as Error).message }
+  }
   const steps = [
-    { check: 'structure', result: 'pass', detail: 'three base64url segments, a JSON header and payload' } satisfies Step,
+    structure,
     ...await keySteps(token, header, payload, issuer, keys),
     ...claimSteps(payload, issuer)
   ]
-  return { ...verdict, steps, header, claims: shownClaims(payload) }
+  // shown nested a few levels at most: the report is printed, or JSON.stringify'd
+  return { ...verdict, steps, header: shallow(header) as Record<string, unknown>, claims: shallow(shownClaims(payload)) as Record<string, unknown> }
 }
 
 async function check (config: Config, token: string | undefined): Promise<Report> {
@@ -478,40 +571,43 @@ function text (report: Report): string {
 
 /**
  * Runs the CLI with `argv` (the arguments after the program name); resolves to the exit code:
- * 0 keys fine (and the token accepted), 1 a warning or the token rejected, 2 a usage or fetch error.
+ * 0 keys fine (and the token accepted), 1 a warning or the token rejected, 2 a usage or fetch
+ * error, or an unexpected one (told in one line, the arguments and the token cut by `short`).
  */
 export async function main (argv: readonly string[], io: CliIO): Promise<number> {
-  let command: Command | 'help'
-  let config: Config
   let token: string | undefined
   try {
-    command = parseCommand(argv)
+    const command = parseCommand(argv)
     if (command === 'help') {
       io.stdout.write(HELP)
       return 0
     }
-    // "--token -", or no --token and a pipe on stdin: the token is read from stdin (an empty one is no token)
-    const fromStdin = command.token === '-' || (command.token === undefined && io.stdin.isTTY !== true)
+    // "--token -", or no --token and a pipe or a file on stdin: the token is read from stdin (an empty one is no token)
+    const fromStdin = command.token === '-' || (command.token === undefined && io.stdinIsPipe)
     token = fromStdin ? (await readStdin(io.stdin)).trim() || undefined : command.token
     const options = command.options
     // without a token the issuer matters not; with one, a jwksUrl alone needs --issuer, as the plugin needs issuer
     if (token === undefined && !command.issuerGiven && 'jwksUrl' in options) options.issuer = false
+    let config: Config
     try {
       config = normalizeOptions(options)
     } catch (err) {
       throw new UsageError((err as Error).message.replace(/^Invalid fastify-supabase-jwks option: /, '')
         .replace('issuer is required with jwksUrl alone', '--issuer is required with a jwksUrl and a token'))
     }
+    const report = await check(config, token)
+    if (command.json) {
+      io.stdout.write(`${escapeText(JSON.stringify(report, null, 2))}\n`)
+    } else {
+      io.stdout.write(text(report))
+      if (!report.fetch.ok) io.stderr.write(`fastify-supabase-jwks: the JWKS could not be fetched: ${clean(report.fetch.error)}\n`)
+    }
+    return report.exitCode
   } catch (err) {
-    io.stderr.write(`fastify-supabase-jwks: ${(err as Error).message}\nRun fastify-supabase-jwks --help for the usage.\n`)
+    // a usage error quotes at most a prefix of what it refuses; anything else is a bug, told in one line
+    io.stderr.write(err instanceof UsageError
+      ? `fastify-supabase-jwks: ${scrub(err.message, argv)}\nRun fastify-supabase-jwks --help for the usage.\n`
+      : `fastify-supabase-jwks: unexpected error: ${clean(scrub(String(err).split('\n')[0]!, [...argv, token]))}\n`)
     return 2
   }
-  const report = await check(config, token)
-  if (command.json) {
-    io.stdout.write(`${escapeText(JSON.stringify(report, null, 2))}\n`)
-  } else {
-    io.stdout.write(text(report))
-    if (!report.fetch.ok) io.stderr.write(`fastify-supabase-jwks: the JWKS could not be fetched: ${clean(report.fetch.error)}\n`)
-  }
-  return report.exitCode
 }

@@ -1,21 +1,24 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, type StdioOptions } from 'node:child_process'
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Readable } from 'node:stream'
-import { main, HELP, type Report } from '../lib/check'
+import { PassThrough, Readable } from 'node:stream'
+import { main, HELP, type CliIO, type Report } from '../lib/check'
 import { generateTestKey, signJwt, type TestIssuer } from '../lib/testing'
-import { b64 } from './fixtures/craft'
+import { b64, parts, signRaw } from './fixtures/craft'
 import { appFor, codeOf, getMe, issuerFor, serve } from './fixtures/helpers'
 
-/** Runs the CLI in-process; `stdin` is piped text, or a terminal when left out. */
-async function cli (argv: string[], stdin?: string) {
+/** Runs the CLI in-process; `stdin` is piped text, or a terminal when left out; `io` replaces any of the streams. */
+async function cli (argv: string[], stdin?: string, io: Partial<CliIO> = {}) {
   let stdout = ''
   let stderr = ''
-  const input = stdin === undefined ? Object.assign(Readable.from([]), { isTTY: true }) : Readable.from([Buffer.from(stdin)], { objectMode: false })
   const code = await main(argv, {
-    stdin: input,
+    stdin: Readable.from(stdin === undefined ? [] : [Buffer.from(stdin)], { objectMode: false }),
+    stdinIsPipe: stdin !== undefined,
     stdout: { write: (text: string) => { stdout += text } },
-    stderr: { write: (text: string) => { stderr += text } }
+    stderr: { write: (text: string) => { stderr += text } },
+    ...io
   })
   return { code, stdout, stderr }
 }
@@ -30,6 +33,16 @@ const codes = (r: Report) => r.warnings.map((warning) => warning.code)
 const now = () => Math.floor(Date.now() / 1000)
 /** The signature segment of a token. */
 const signatureOf = (token: string) => token.slice(token.lastIndexOf('.') + 1)
+/** JSON text of arrays nested `depth` deep: JSON.parse reads it, JSON.stringify could never write it back. */
+const nested = (depth: number) => `${'['.repeat(depth)}${']'.repeat(depth)}`
+/** A token of `issuer`'s current key with its default claims, `extra` (raw JSON text) added to the claims or the header. */
+function rawToken (issuer: TestIssuer, extra: { claims?: string, header?: string }): string {
+  const { claims } = parts(issuer.sign())
+  const key = issuer.currentKey
+  const header = JSON.stringify({ alg: 'RS256', kid: key.kid, typ: 'JWT' })
+  const add = (json: string, more: string | undefined) => more === undefined ? json : `${json.slice(0, -1)},${more}}`
+  return signRaw('RS256', add(header, extra.header), add(JSON.stringify(claims), extra.claims), key.privateKey)
+}
 
 t.test('keys listing: each key with its kid, alg, type, size or curve and use; exit 0; one fetch', async (t) => {
   const issuer = await issuerFor(t)
@@ -81,6 +94,19 @@ t.test('warning: ES256 keys while only RS256 is allowed (exit 1), gone with --al
   t.match(text.stdout, 'not used: ES256 not in the allowed algorithms (RS256)')
   t.equal((await cli(['check', issuer.url, '--alg', 'ES256,RS256'])).code, 0)
   t.equal((await cli(['check', issuer.url, '--alg', 'ES256', '--alg', 'RS256'])).code, 0, '--alg repeated')
+})
+
+t.test('warning: an RSA key without alg while only ES256 is allowed: RS256 suggested, the other RSA algorithms named', async (t) => {
+  const issuer = await issuerFor(t)
+  const { alg: _alg, ...noAlg } = issuer.currentKey.jwk
+  serve(issuer, [noAlg])
+  const json = await report(['check', issuer.url, '--alg', 'ES256'])
+  t.equal(json.code, 1)
+  t.same(codes(json), ['algorithm-not-allowed', 'no-usable-key'])
+  const { message } = json.warnings[0]!
+  t.match(message, 'set algorithms: ["ES256","RS256"] (--alg ES256,RS256), if its tokens use RS256 (the usual one; the JWK has no alg), ' +
+    'else the one of RS384, RS512, PS256, PS384, PS512 they use')
+  t.notMatch(message, /--alg [^ ]*RS384/, 'not all six')
 })
 
 t.test('warning: an empty key set (the project is still on the legacy secret); a token then gets 503', async (t) => {
@@ -139,17 +165,21 @@ t.test('warning: each key the plugin skips, with the reason; the first 100 keys 
     noKid,
     good,
     'x',
-    { ...good, kid: 'spoof\u202e\u0007' + 'k'.repeat(300) }
+    { ...good, kid: 'spoof\u202e\u0007' + 'k'.repeat(300) },
+    { ...good, kid: 'lone\ud800' }
   ])
   const json = await report(['check', issuer.url])
   t.equal(json.code, 1)
+  const refused = ': the plugin refuses every token that names it (UNKNOWN_KID)'
   t.same(json.keys.map((key) => key.reason), [
     undefined, 'a private key is published (d)', 'use is not "sig"', 'RSA modulus under 2048 bits', 'RSA modulus under 2048 bits',
-    'a private key is published (k)', 'no kid', 'no kid', 'an earlier key of the set has the same kid', 'not a JSON object', undefined
+    'a private key is published (k)', 'no kid', 'no kid', 'an earlier key of the set has the same kid', 'not a JSON object',
+    `the kid is longer than 256 characters${refused}`, `the kid is not well-formed Unicode (a lone surrogate)${refused}`
   ])
-  t.same(json.keys.map((key) => key.size), [2048, 2048, 2048, 0, 1024, null, null, 2048, 2048, null, 2048])
+  t.same(json.keys.map((key) => key.size), [2048, 2048, 2048, 0, 1024, null, null, 2048, 2048, null, 2048, 2048])
   t.same(json.keys[6], { kid: '42', alg: null, kty: 'RSA', size: null, curve: null, use: null, used: false, algorithms: [], reason: 'no kid' })
-  t.same(codes(json), Array(9).fill('unusable-key'))
+  t.match(json.keys.slice(10), [{ used: false, algorithms: [] }, { kid: 'lone\\ud800', used: false, algorithms: [] }], 'held by the plugin, yet never used')
+  t.same(codes(json), Array(11).fill('unusable-key'))
   t.match(json.warnings[5]!.message, 'key 42 is skipped by the plugin: no kid')
   t.match(json.warnings[6]!.message, 'key #8 is skipped by the plugin: no kid', 'a key without kid: by its place')
   const spoof = json.keys[10]!.kid!
@@ -197,9 +227,17 @@ t.test('fetch errors: exit 2 with the reason, nothing the server sent; a token t
 function rejections (issuer: TestIssuer) {
   const stranger = issuer.addKey({ publish: false })
   const ps = issuer.addKey({ alg: 'PS256' })
+  // published keys whose kid the plugin refuses in a token before any lookup
+  const long = issuer.addKey({ kid: 'k'.repeat(257) })
+  const lone = issuer.addKey({ kid: 'lone\ud800' })
   const kid = issuer.currentKey.kid
   const valid = issuer.sign()
   return [
+    { name: 'claims nested 5000 deep', token: rawToken(issuer, { claims: `"deep":${nested(5000)}` }), step: 'structure', code: 'FST_SUPABASE_JWKS_TOKEN_INVALID' },
+    { name: 'a kid longer than 256 characters', token: issuer.sign({}, { kid: long.kid }), step: 'kid', code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' },
+    { name: 'a kid not well-formed', token: issuer.sign({}, { kid: lone.kid }), step: 'kid', code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' },
+    { name: 'an aud list with a number', token: issuer.sign({ aud: ['authenticated', 5] }), step: 'aud', code: 'FST_SUPABASE_JWKS_TOKEN_INVALID' },
+    { name: 'an iss that is not a string', token: issuer.sign({ iss: 5 }), step: 'iss', code: 'FST_SUPABASE_JWKS_TOKEN_INVALID' },
     { name: 'not a JWS', token: 'not-a-token', step: 'structure', code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' },
     { name: 'a publishable key', token: issuer.apiKey, step: 'structure', code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' },
     { name: 'too long', token: `${valid}${'A'.repeat(16_384)}`, step: 'structure', code: 'FST_SUPABASE_JWKS_MALFORMED_TOKEN' },
@@ -242,6 +280,78 @@ t.test('each rejection: exit 1, the failing check named, and the very answer the
   }
 })
 
+t.test('the walk agrees with the verdict: accepted exactly when no check fails', async (t) => {
+  const issuer = await issuerFor(t)
+  const tokens = rejections(issuer).map(({ name, token }) => ({ name, token, good: false }))
+  const ps = issuer.keys.find((key) => key.alg === 'PS256')!
+  tokens.push(
+    { name: 'a good token', token: issuer.sign(), good: true },
+    { name: 'a good PS256 token', token: issuer.sign({}, { kid: ps.kid }), good: true },
+    { name: 'an aud list with one accepted', token: issuer.sign({ aud: ['other', 'authenticated'] }), good: true },
+    { name: 'a header field nested 5000 deep (the plugin reads the header shallow)', token: rawToken(issuer, { header: `"x":${nested(5000)}` }), good: true }
+  )
+  for (const { name, token, good } of tokens) {
+    const json = await report(['check', issuer.url, '--alg', 'RS256,PS256', '--token', token])
+    const failed = json.token!.steps.filter((step) => step.result === 'fail').map((step) => step.check)
+    t.equal(json.token!.accepted, good, `${name}: the verdict`)
+    t.equal(json.token!.accepted, failed.length === 0, `${name}: accepted exactly when no check fails (${failed.join(', ')})`)
+  }
+})
+
+t.test('values nested thousands deep, in the JWKS or a token: shown a few levels deep, never a stack overflow', async (t) => {
+  const issuer = await issuerFor(t)
+  const good = JSON.stringify(issuer.currentKey.jwk)
+  // 60 KB, under the 64 KB cap
+  issuer.respondWith((_request, response) => {
+    response.writeHead(200, { 'content-type': 'application/json' }).end(`{"keys":[${good},{"kty":"RSA","kid":${nested(30_000)}}]}`)
+    return true
+  })
+  const keys = await cli(['check', issuer.url])
+  t.equal(keys.code, 1, keys.stderr)
+  t.equal(keys.stderr, '')
+  t.match(keys.stdout, '[[[[\\"(nested)\\"]]]]')
+  t.match(keys.stdout, 'not used: no kid')
+  const keysJson = await report(['check', issuer.url])
+  t.equal(keysJson.code, 1)
+  t.match(keysJson.keys[1], { kid: '[[[[\\"(nested)\\"]]]]', used: false, reason: 'no kid' })
+  t.same(codes(keysJson), ['unusable-key', 'near-max-response-size'])
+  issuer.respondWith(undefined)
+
+  // within maxTokenLength (16 KiB)
+  const token = rawToken(issuer, { claims: `"deep":${nested(5000)}`, header: `"x":${nested(500)}` })
+  const text = await cli(['check', issuer.url, '--token', token])
+  t.equal(text.code, 1, text.stderr)
+  t.equal(text.stderr, '')
+  t.match(text.stdout, /\n {2}FAIL +structure +The token is invalid: the claims are nested deeper than 32 levels\n/)
+  t.match(text.stdout, /\n {2}deep +\[\[\["\(nested\)"\]\]\]\n/)
+  t.match(text.stdout, /\n {2}x +\[\[\["\(nested\)"\]\]\]\n/)
+  t.match(text.stdout, 'answer      401 FST_SUPABASE_JWKS_TOKEN_INVALID: The token is invalid: the claims are nested deeper than 32 levels')
+  const json = await report(['check', issuer.url, '--token', token])
+  t.equal(json.code, 1)
+  t.match(json.token, { accepted: false, code: 'FST_SUPABASE_JWKS_TOKEN_INVALID', header: { x: [[['(nested)']]] }, claims: { deep: [[['(nested)']]], sub: String } })
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const res = await getMe(app, token)
+  t.same([res.statusCode, codeOf(res)], [401, 'FST_SUPABASE_JWKS_TOKEN_INVALID'], 'what the plugin answers')
+})
+
+t.test('an unexpected error: one line on stderr, never the token, exit 2', async (t) => {
+  const issuer = await issuerFor(t)
+  const token = issuer.sign()
+  const broken = (message: string) => ({ write () { throw new Error(`${message}\n    at write (node:internal)`) } })
+  const write = await cli(['check', issuer.url, '--token', token], undefined, { stdout: broken(`EPIPE while writing ${token}`) })
+  t.equal(write.code, 2)
+  t.match(write.stderr, /^fastify-supabase-jwks: unexpected error: Error: EPIPE while writing eyJ[^\n]{0,20}…\n$/)
+  for (const output of [write.stderr, write.stdout]) {
+    t.notMatch(output, token, 'not the token')
+    t.notMatch(output, signatureOf(token), 'not its signature')
+  }
+  const stdin = new Readable({ read () { this.destroy(new Error('EIO: i/o error, read')) } })
+  const read = await cli(['check', issuer.url, '--token', '-'], undefined, { stdin })
+  t.same([read.code, read.stdout, read.stderr], [2, '', 'fastify-supabase-jwks: unexpected error: Error: EIO: i/o error, read\n'])
+  // main rejects only if stderr fails too
+  await t.rejects(main(['check', issuer.url], { stdin: Readable.from([]), stdinIsPipe: false, stdout: broken('EPIPE'), stderr: broken('EPIPE') }))
+})
+
 t.test('an accepted token: exit 0, every check passed, claims shown but user_metadata values, never the token', async (t) => {
   const issuer = await issuerFor(t)
   const token = issuer.sign({ user_metadata: { full_name: 'secret-name-marker', avatar: 'x' }, nbf: now() - 60 })
@@ -272,6 +382,15 @@ t.test('the token from stdin, from "--token -", or as a pasted Bearer header', a
   const issuer = await issuerFor(t)
   const token = issuer.sign()
   t.equal((await cli(['check', issuer.url], `${token}\n`)).code, 0, 'piped')
+  // a terminal or a socket nobody writes to (ssh, a spawn's default stdio) is not read without "--token -"
+  const open = new PassThrough()
+  const socket = await report(['check', issuer.url], undefined)
+  t.same([socket.code, socket.token], [0, undefined])
+  const waiting = await cli(['check', issuer.url, '--json'], undefined, { stdin: open, stdinIsPipe: false })
+  t.equal(waiting.code, 0, 'an open stream that is no pipe: never read, the keys listed')
+  t.equal((JSON.parse(waiting.stdout) as Report).token, undefined)
+  open.end(token)
+  t.equal((await cli(['check', issuer.url, '--token', '-'], undefined, { stdin: Readable.from([token]), stdinIsPipe: false })).code, 0, '--token - reads any stdin')
   t.equal((await cli(['check', issuer.url, '--token', '-'], token)).code, 0, '--token -')
   t.equal((await cli(['check', issuer.url], `Bearer ${token}`)).code, 0, 'Bearer <token>')
   const empty = await report(['check', issuer.url], '\n')
@@ -309,7 +428,12 @@ t.test('usage errors: exit 2 with the reason on stderr, nothing fetched', async 
     [['check', issuer.url, '--alg', ','], 'algorithms must be a non-empty array'],
     [['check', issuer.url, '--timeout', 'soon'], 'timeout must be a finite number'],
     [['check', issuer.url, '--token', ''], '--token needs a token'],
-    [['check', issuer.jwksUrl, '--token', issuer.sign()], '--issuer is required with a jwksUrl and a token']
+    [['check', issuer.jwksUrl, '--token', issuer.sign()], '--issuer is required with a jwksUrl and a token'],
+    // what the user gave is quoted by its first 12 characters at most: it may be a token or a key
+    [['a-long-command-name', issuer.url], 'unknown command "a-long-comma…": the command is check'],
+    [['check', 'abc.supabase.co'], 'supabaseUrl is not a valid URL: abc.supabase…'],
+    [['check', issuer.url, '--alg', 'RS256,sb_secret_0123456789abcdef'], 'unknown algorithm sb_secret_01…;'],
+    [['check', issuer.url, '--sb_secret_0123456789abcdef'], "Unknown option '--sb_secret_…'"]
   ]
   for (const [argv, message] of cases) {
     const run = await cli(argv)
@@ -317,7 +441,18 @@ t.test('usage errors: exit 2 with the reason on stderr, nothing fetched', async 
     t.match(run.stderr, message)
     t.match(run.stderr, 'Run fastify-supabase-jwks --help')
     t.notMatch(run.stderr, 'Invalid fastify-supabase-jwks option')
+    t.notMatch(run.stderr, /abc\.supabase\.co|a-long-command-name|0123456789abcdef/, 'no value in full')
     t.equal(run.stdout, '')
+  }
+  // a token where the command or the URL goes: said so, never printed
+  const token = issuer.sign()
+  for (const argv of [[token], ['check', token], ['check', issuer.url, token], ['check', `Bearer ${token}`], ['check', issuer.url, '--issuer', token], [token, '--token', token]]) {
+    const run = await cli(argv)
+    t.equal(run.code, 2)
+    t.equal(run.stdout, '')
+    t.match(run.stderr, 'an argument looks like a token: pass it with --token or on stdin (it is never printed)')
+    t.notMatch(run.stderr, token, 'not the token')
+    t.notMatch(run.stderr, signatureOf(token), 'not its signature')
   }
   t.equal(issuer.jwksRequests, 0)
   for (const argv of [['--help'], ['check', '-h'], ['help']]) {
@@ -326,21 +461,56 @@ t.test('usage errors: exit 2 with the reason on stderr, nothing fetched', async 
   }
 })
 
-t.test('the built bin runs: keys listing, a token on stdin, exit codes', async (t) => {
+t.test('the built bin runs: keys listing, the token on stdin (a pipe, a file, "--token -"), an open stdin never waited on, exit codes', async (t) => {
   const issuer = await issuerFor(t)
   const bin = join(__dirname, '..', 'dist', 'cli.js')
-  const run = (args: string[], input: string) => new Promise<{ code: number | null, stdout: string }>((resolve) => {
-    const child = spawn(process.execPath, [bin, ...args])
-    let stdout = ''
-    child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
-    child.on('close', (code) => resolve({ code, stdout }))
-    child.stdin.end(input)
-  })
-  const accepted = await run(['check', issuer.url], issuer.sign())
+  /**
+   * Runs `command`; `input` is written to its stdin (spawn's default: a socket) and ended, or the stdin is left open.
+   * A run past 20 s is killed: a hang fails here rather than at the suite's timeout.
+   */
+  const exec = (command: string, args: string[], input?: string, options: { env?: NodeJS.ProcessEnv, stdio?: StdioOptions } = {}) =>
+    new Promise<{ code: number | null, stdout: string }>((resolve) => {
+      const child = spawn(command, args, options)
+      let stdout = ''
+      const timer = setTimeout(() => child.kill(), 20_000)
+      child.stdout!.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
+      child.on('exit', () => child.stdin?.destroy())
+      child.on('close', (code) => {
+        clearTimeout(timer)
+        resolve({ code, stdout })
+      })
+      if (input !== undefined) child.stdin!.end(input)
+    })
+  const run = (args: string[], input?: string) => exec(process.execPath, [bin, ...args], input)
+
+  const open = await run(['check', issuer.url])
+  t.equal(open.code, 0, 'stdin a socket left open, no --token: the keys listed, no wait')
+  t.match(open.stdout, `${issuer.currentKey.kid}  RS256  RSA 2048  sig  used (RS256)`)
+  t.notMatch(open.stdout, 'Token')
+  const accepted = await run(['check', issuer.url, '--token', '-'], issuer.sign())
   t.equal(accepted.code, 0)
   t.match(accepted.stdout, 'answer      200: accepted')
-  const expired = await run(['check', issuer.url, '--json'], issuer.sign({ exp: now() - 60 }))
+  const expired = await run(['check', issuer.url, '--json', '--token', '-'], issuer.sign({ exp: now() - 60 }))
   t.equal(expired.code, 1)
   t.match(JSON.parse(expired.stdout), { token: { code: 'FST_SUPABASE_JWKS_TOKEN_EXPIRED' } })
   t.equal((await run([], '')).code, 2)
+
+  // a shell pipe (a FIFO) is read without --token; the token goes by the environment, never on a command line
+  const piped = await exec('/bin/sh', ['-c', 'printf %s "$TOKEN" | "$0" "$@"', process.execPath, bin, 'check', issuer.url], undefined,
+    { env: { ...process.env, TOKEN: issuer.sign() } })
+  t.equal(piped.code, 0)
+  t.match(piped.stdout, 'answer      200: accepted', 'a FIFO is read')
+  // and so is a file
+  const dir = mkdtempSync(join(tmpdir(), 'cli-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'token'), `${issuer.sign({ exp: now() - 60 })}\n`)
+  const fd = openSync(join(dir, 'token'), 'r')
+  const file = await exec(process.execPath, [bin, 'check', issuer.url], undefined, { stdio: [fd, 'pipe', 'pipe'] })
+  closeSync(fd)
+  t.equal(file.code, 1)
+  t.match(file.stdout, 'answer      401 FST_SUPABASE_JWKS_TOKEN_EXPIRED', 'a file is read')
+
+  // should main ever reject (it does only when stderr throws too), the bin exits 2
+  const broken = 'process.stdout.write = process.stderr.write = () => { throw new Error("EPIPE") }; require(process.argv[1])'
+  t.equal((await exec(process.execPath, ['-e', broken, bin, 'check', issuer.url], '')).code, 2)
 })
