@@ -454,7 +454,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       if (found !== undefined) {
         jwksUrl = found
         discoveredAt = clock()
-      } else if (jwksUrl === undefined || clock() >= deadline) {
+      } else if (jwksUrl === undefined || deadline - clock() < timeoutMs / 4) {
+        // never read, or the document took (nearly) all of the time: the fetch has failed
         return
       }
       // a document that cannot be read now (its failure logged and counted): the jwks_uri it named last is
