@@ -292,7 +292,6 @@ type FetchMode = 'lookup' | 'forced' | 'ahead'
 export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger, observe?: (answer: Answer) => void): KeyResolver {
   const { cacheTtlMs, cooldownMs, staleIfErrorMs, timeoutMs } = config
   const clock = () => performance.now()
-  let answer = NO_ANSWER
   const agent = new Agent({
     connect: { timeout: timeoutMs },
     headersTimeout: timeoutMs,
@@ -301,29 +300,23 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     // one GET every few minutes: no idle connection kept for a server or load balancer to close under it
     pipelining: 0
   })
-  const dispatcher = agent.compose(observeAnswers(timeoutMs, (observed) => {
-    answer = observed
-    observe?.(observed)
-  }))
-  // every GET (the JWKS, a discovery document) goes through the same bounded agent, with no redirects
-  const fetchOptions = {
-    dispatcher,
-    redirect: 'error',
-    headers: { accept: 'application/json', 'accept-encoding': 'identity' }
-  } as unknown as RequestInit
+  /**
+   * The fetch options of one request: every GET (the JWKS, a discovery document) goes through the
+   * same bounded agent, with no redirects, and an interceptor of its own that aborts it at what is
+   * left of the fetch's time and keeps its answer in this request's own slot (a request given up on
+   * at the timeout can never answer for a later one).
+   */
+  function requestOptions (slot: { answer: Answer }, ms: number): RequestInit {
+    const dispatcher = agent.compose(observeAnswers(ms, (observed) => {
+      slot.answer = observed
+      observe?.(observed)
+    }))
+    return { dispatcher, redirect: 'error', headers: { accept: 'application/json', 'accept-encoding': 'identity' } } as unknown as RequestInit
+  }
   /** The JWKS URL: configured, or read from the discovery document (and then re-read once per `cacheTtl`). */
   let jwksUrl = config.jwksUrl
   let discoveredAt = Number.NEGATIVE_INFINITY
   let warnedInsecure: string | undefined
-  /** get-jwks for the JWKS URL (its path is fixed when it is built: a new one if discovery names another URL). */
-  let getter: { href: string, jwks: ReturnType<typeof buildGetJwks> } | undefined
-  function jwksAt (url: URL): ReturnType<typeof buildGetJwks> {
-    if (getter?.href !== url.href) getter = { href: url.href, jwks: buildGetJwks({ jwksPath: url.pathname + url.search, ttl: cacheTtlMs, fetchOptions }) }
-    const jwks = getter.jwks
-    // get-jwks' caches are lru-caches behind a narrower type; the stale one last, clearing the other fills it
-    for (const cache of [jwks.cache, jwks.staleCache] as unknown as Array<{ clear (): void }>) cache.clear()
-    return jwks
-  }
 
   let keys = new Map<string, CachedKey>()
   let setAt = Number.NEGATIVE_INFINITY // monotonic time of the last good fetch
@@ -364,10 +357,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   }
 
   /** One request (`run`, through the agent); what the server answered, as the interceptor saw it, and why not if nothing. */
-  async function attempt (run: () => Promise<unknown>, ms: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
-    answer = NO_ANSWER
+  async function attempt (run: (options: RequestInit) => Promise<unknown>, ms: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
+    const slot = { answer: NO_ANSWER }
     // get-jwks may throw before it returns a promise (it URI-encodes the kid): keep that inside the promise
-    const pending = (async () => await run())()
+    const pending = (async () => await run(requestOptions(slot, ms)))()
     pending.catch(() => {}) // settled after the timeout: nothing left to tell
     let error: unknown
     try {
@@ -376,14 +369,14 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       error = err
     }
     // fetch puts the network code (ECONNRESET, ECONNREFUSED, UND_ERR_...) in `cause`
-    return { observed: answer, code: (error as { cause?: { code?: unknown } } | undefined)?.cause?.code, error }
+    return { observed: slot.answer, code: (error as { cause?: { code?: unknown } } | undefined)?.cause?.code, error }
   }
 
   /**
    * One bounded GET, with one more try after a reset connection: a kept-alive connection that the
    * server (or a load balancer) closed while idle. Both tries end by `deadline`.
    */
-  async function get (run: () => Promise<unknown>, deadline: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
+  async function get (run: (options: RequestInit) => Promise<unknown>, deadline: number): Promise<{ observed: Answer, code: unknown, error: unknown }> {
     const result = await attempt(run, Math.max(1, deadline - clock()))
     const left = deadline - clock()
     if (result.observed.status === 0 && TRANSIENT.has(result.code) && left >= 1) return attempt(run, left)
@@ -430,7 +423,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   /** Reads the JWKS URL from the discovery document: the next URL only after a 404. `undefined` after a failure. */
   async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | undefined> {
     for (const source of discovery.urls) {
-      const { observed, code, error } = await get(() => fetch(source, fetchOptions).then((response) => response.arrayBuffer()), deadline)
+      const { observed, code, error } = await get((options) => fetch(source, options).then((response) => response.arrayBuffer()), deadline)
       if (observed.status === 404) continue
       if (observed.status === 0) return nothing(String((error as Error).message), { discoveryUrl: source.href, code })
       if (observed.status !== 200) return nothing(`the discovery document answered HTTP ${observed.status}`, { discoveryUrl: source.href, status: observed.status })
@@ -463,7 +456,9 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     }
     const url = jwksUrl!
     log.info({ jwksUrl: url.href, kid }, 'supabase-jwks: fetching JWKS')
-    const { observed, code, error } = await get(() => jwksAt(url).getJwk({ domain: url.origin, alg: undefined as unknown as string, kid }), deadline)
+    const { observed, code, error } = await get((options) =>
+      // a get-jwks of its own per request (its path fixed when built, its caches empty): its answer is judged here
+      buildGetJwks({ jwksPath: url.pathname + url.search, ttl: cacheTtlMs, fetchOptions: options }).getJwk({ domain: url.origin, alg: undefined as unknown as string, kid }), deadline)
     if (observed.status === 0) {
       // no complete answer: refused, reset, timed out, too large, compressed, redirected
       return failed(String((error as Error).message), { code })
