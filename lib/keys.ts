@@ -82,8 +82,6 @@ export interface KeyResolver {
   refresh (): Promise<void>
   /** The first fetch, at start: like a refresh ahead, it starts no unknown-kid cooldown. */
   warm (): Promise<void>
-  /** Seconds until the next fetch is allowed, for `Retry-After` (at least 1). */
-  retryAfter (): number
   stats (): KeyStats
   close (): Promise<void>
 }
@@ -563,7 +561,6 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     async warm () {
       await fetchOnce('', 'ahead')
     },
-    retryAfter,
     stats () {
       const now = clock()
       return {
