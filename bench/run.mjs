@@ -12,8 +12,10 @@
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
 // and 10,000, and the heap each cached entry costs).
-// Servers run in child processes on 127.0.0.1; load comes from autocannon in this process; rounds
-// are interleaved (A B C A B C ...) and the median of each (variant, scenario) is reported. The
+// Servers run in child processes on 127.0.0.1, started anew for each scenario (so that one
+// scenario's token cache and heap high-water mark never show in another's figures); load comes
+// from autocannon in this process; within a scenario rounds are interleaved (A B C A B C ...)
+// and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
 import { fork } from 'node:child_process'
 import { writeFileSync, mkdirSync } from 'node:fs'
@@ -106,6 +108,13 @@ function startServer (variant, config) {
   })
 }
 
+function stopServer (child) {
+  return new Promise((resolve) => {
+    child.once('exit', resolve)
+    child.send({ type: 'close' })
+  })
+}
+
 /** The server's stats; with `gc`, it also collects garbage (after reading its CPU time) to report the live heap. */
 function ask (child, gc = false) {
   return new Promise((resolve) => {
@@ -114,8 +123,8 @@ function ask (child, gc = false) {
   })
 }
 
-function load (address, tokens, duration) {
-  let next = 0
+/** Loads a server for `duration` s; `cursor.next` is where in `tokens` to go on (kept across rounds, so a round never repeats the last one's tokens). */
+function load (address, tokens, duration, cursor = { next: 0 }) {
   return autocannon({
     url: `${address}/me`,
     connections: CONNECTIONS,
@@ -123,7 +132,7 @@ function load (address, tokens, duration) {
     requests: [{
       method: 'GET',
       setupRequest (request) {
-        request.headers = { authorization: `Bearer ${tokens[next++ % tokens.length]}` }
+        request.headers = { authorization: `Bearer ${tokens[cursor.next++ % tokens.length]}` }
         return request
       }
     }]
@@ -134,7 +143,7 @@ async function main () {
   const issuer = await createTestIssuer({ alg: 'RS256' })
   const es = issuer.addKey({ alg: 'ES256' })
   const rs = issuer.currentKey
-  // count JWKS fetches per server: each server gets its own query string
+  // count JWKS fetches per server (variant and scenario): each server gets its own query string
   const fetchesBy = new Map()
   issuer.respondWith((request) => {
     const name = new URL(request.url, 'http://x').searchParams.get('server')
@@ -148,30 +157,41 @@ async function main () {
     pools.RS256.push(issuer.sign({ sub: `user-${i}` }, { kid: rs.kid }))
     pools.ES256.push(issuer.sign({ sub: `user-${i}` }, { kid: es.kid }))
   }
+  const warmUp = { RS256: [], ES256: [] }
+  for (let i = 0; i < 100; i++) {
+    warmUp.RS256.push(issuer.sign({ sub: `warm-up-${i}` }, { kid: rs.kid }))
+    warmUp.ES256.push(issuer.sign({ sub: `warm-up-${i}` }, { kid: es.kid }))
+  }
   // zipf: the first ZIPF_USERS tokens of each pool are the users (one token each), requested in this order
   const zipf = zipfSequence(ZIPF_USERS, ZIPF_S, ZIPF_SEQUENCE)
   const zipfTokens = (pool) => Array.from(zipf, (user) => pool[user])
 
-  const servers = []
-  for (const variant of VARIANTS) {
-    const key = variant.alg === 'ES256' ? es : rs
-    const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}`, pluginOptions: variant.pluginOptions }
-    servers.push({ variant, ...(await startServer(variant, config)) })
+  /** Starts a server for each variant that runs `scenario`, each counted apart by the JWKS server. */
+  async function startServers (scenario) {
+    const servers = []
+    for (const variant of VARIANTS) {
+      if (!variant.scenarios.includes(scenario)) continue
+      const key = variant.alg === 'ES256' ? es : rs
+      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions }
+      servers.push({ variant, cursor: { next: 0 }, ...(await startServer(variant, config)) })
+    }
+    // warm-up: every server once, short, with tokens of its own (never requested again)
+    for (const server of servers) await load(server.address, warmUp[server.variant.alg], 1)
+    return servers
   }
 
   const samples = new Map()
   const record = (key, value) => samples.set(key, [...(samples.get(key) ?? []), value])
-  // warm-up: every server once, short
-  for (const server of servers) await load(server.address, pools[server.variant.alg].slice(0, 100), 1)
-
   const tokensFor = { unique: (pool) => pool, hot: (pool) => [pool[0]], zipf: zipfTokens }
-  for (let round = 1; round <= ROUNDS; round++) {
-    for (const scenario of SCENARIOS) {
+  // each scenario on servers of its own, started for it: no scenario's token cache, admissions or
+  // heap high-water mark (RSS) carries into another's figures
+  for (const scenario of SCENARIOS) {
+    const servers = await startServers(scenario)
+    for (let round = 1; round <= ROUNDS; round++) {
       for (const server of servers) {
-        if (!server.variant.scenarios.includes(scenario)) continue
         const tokens = tokensFor[scenario](pools[server.variant.alg])
         const before = await ask(server.child)
-        const result = await load(server.address, tokens, DURATION)
+        const result = await load(server.address, tokens, DURATION, server.cursor)
         const after = await ask(server.child, true)
         const requests = result.requests.total
         const key = `${server.variant.name}|${scenario}`
@@ -189,26 +209,27 @@ async function main () {
         process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s\n`)
       }
     }
+    await Promise.all(servers.map((server) => stopServer(server.child)))
   }
 
   const rows = []
   for (const scenario of SCENARIOS) {
     const base = median(samples.get(`public|${scenario}|rps`) ?? [NaN])
-    for (const server of servers) {
-      if (!server.variant.scenarios.includes(scenario)) continue
-      const key = `${server.variant.name}|${scenario}`
+    for (const variant of VARIANTS) {
+      if (!variant.scenarios.includes(scenario)) continue
+      const key = `${variant.name}|${scenario}`
       const rps = median(samples.get(`${key}|rps`))
       const cached = samples.has(`${key}|hitRate`)
       rows.push({
         scenario,
-        variant: server.variant.name,
+        variant: variant.name,
         rps: Math.round(rps),
         ratioToPublic: +(rps / base).toFixed(3),
         p99ms: median(samples.get(`${key}|p99`)),
         cpuMicrosPerRequest: +median(samples.get(`${key}|cpu`)).toFixed(1),
         rssMB: +median(samples.get(`${key}|rss`)).toFixed(1),
         non2xx: Math.max(...samples.get(`${key}|errors`)),
-        jwksFetches: fetchesBy.get(server.variant.name) ?? 0, // counted by the JWKS server itself
+        jwksFetches: fetchesBy.get(key) ?? 0, // counted by the JWKS server itself
         tokenCacheHitRate: cached ? +median(samples.get(`${key}|hitRate`)).toFixed(3) : null,
         cachedTokens: cached ? median(samples.get(`${key}|entries`)) : null,
         heapAfterGcMB: cached ? +median(samples.get(`${key}|heap`)).toFixed(1) : null
@@ -273,7 +294,6 @@ async function main () {
   writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, rows, targets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
-  for (const server of servers) server.child.send({ type: 'close' })
   await issuer.close()
 }
 

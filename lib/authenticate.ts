@@ -19,7 +19,8 @@ export function extractBearer (header: string | undefined, maxTokenLength: numbe
   if (scheme.toLowerCase() !== 'bearer') throw new NoTokenError()
   // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP); a tab or any other
   // whitespace left around or inside the token is a malformed header, never trimmed into a valid one
-  const token = space === -1 ? '' : header.slice(space + 1).replace(/^ +| +$/g, '')
+  let token = space === -1 ? '' : header.slice(space + 1)
+  if (token.startsWith(' ') || token.endsWith(' ')) token = token.replace(/^ +| +$/g, '')
   if (token === '' || /\s/.test(token)) throw new BadRequestError()
   return bounded(token, maxTokenLength)
 }

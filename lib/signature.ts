@@ -9,7 +9,8 @@ import { constants, verify as cryptoVerify, type KeyObject, type VerifyKeyObject
 
 /**
  * Checks `signature` over the signing input (`header.payload`, as bytes): on the libuv thread pool
- * (a promise), or at once on the event loop when the pool and its queue are full.
+ * (a promise) for EC and EdDSA keys, at once on the event loop for RSA keys, and for the others too
+ * when the pool and its queue are full.
  */
 export type SignatureCheck = (input: Buffer, signature: Buffer) => boolean | Promise<boolean>
 
@@ -21,10 +22,13 @@ export interface SignatureCounts {
 
 /*
  * A signature check on the event loop holds up every other request; on the libuv thread pool it
- * runs beside them. That matters most for ECDSA (about five RSA-2048 checks), but RSA gains too:
- * in one benchmark run (2 cores, unique tokens) the plugin answered 8,566 RS256 req/s with the
- * check on the pool against 7,302 with it on the loop, so every algorithm goes to the pool. The pool is shared with
- * dns.lookup (the JWKS fetch's own DNS) and fs, and has UV_THREADPOOL_SIZE threads (4 by default),
+ * runs beside them, but handing it over and taking the answer back costs the loop about 7 µs (a
+ * job, a promise, a callback). An ECDSA P-256 check costs about 70 µs and EdDSA about 50, so
+ * those go to the pool. An RSA-2048 check costs about 24 µs: the hand-over would be a third of it,
+ * and measured over HTTP (2 cores, unique tokens, token cache off) the pool cost more CPU per
+ * request and more memory (checks in flight hold their requests) for no steady gain in req/s, so
+ * RSA (RS*, PS*) is checked on the loop. The pool is shared with dns.lookup (the JWKS fetch's own
+ * DNS) and fs, and has UV_THREADPOOL_SIZE threads (4 by default),
  * fed first come, first served. At most twice that many checks are handed to it at once,
  * process-wide: a DNS lookup then waits behind two checks per thread at most (about 0.2 ms), never
  * behind a flood. (A bound below the pool's size was measured 30-50% slower: each check then
@@ -44,14 +48,14 @@ interface Job {
   resolve (valid: boolean): void
 }
 
-let offLoop = 0
+let inFlight = 0
 const queue: Job[] = []
 let head = 0 // queue[head] is the next job: no shift() per job
 
 function run (job: Job): void {
-  offLoop++
+  inFlight++
   cryptoVerify(job.hash, job.data, job.input, job.signature, (err, valid) => {
-    offLoop--
+    inFlight--
     job.resolve(err === null && valid)
     if (head < queue.length) {
       const next = queue[head]!
@@ -79,20 +83,31 @@ export function keyInput<K extends KeyObject> (alg: string, key: K): K | (Verify
   }
 }
 
+/** Whether checks for `alg` go to the thread pool: EC and EdDSA, not RSA (see above). */
+function offLoop (alg: string): boolean {
+  return alg.startsWith('ES') || alg === 'EdDSA'
+}
+
 /** The signature check for `alg` with `key`, built once; `counts` counts where the checks ran. */
 export function signatureCheck (alg: string, key: KeyObject, counts: SignatureCounts): SignatureCheck {
   const hash = hashOf(alg)
   const input = keyInput(alg, key)
   // a signature of the wrong size is answered false, not thrown (and refused by length before this)
+  if (!offLoop(alg)) {
+    return function checkSignatureOnLoop (data, signature) {
+      counts.signaturesOnLoop++
+      return cryptoVerify(hash, data, input, signature)
+    }
+  }
   return function checkSignatureOffLoop (data, signature) {
-    if (offLoop >= MAX_OFF_LOOP && queue.length - head >= MAX_QUEUED) {
+    if (inFlight >= MAX_OFF_LOOP && queue.length - head >= MAX_QUEUED) {
       counts.signaturesOnLoop++
       return cryptoVerify(hash, data, input, signature)
     }
     counts.signaturesOffLoop++
     return new Promise<boolean>((resolve) => {
       const job = { hash, data, input, signature, resolve }
-      if (offLoop < MAX_OFF_LOOP) run(job)
+      if (inFlight < MAX_OFF_LOOP) run(job)
       else queue.push(job)
     })
   }

@@ -45,14 +45,18 @@ function tokenId (token: string): number {
  */
 export class TokenCache {
   readonly #max: number
+  /** How many numbers of tokens verified each generation of the admission filter holds. */
+  readonly #generation: number
   readonly #entries = new Map<number, VerifiedToken & { token: string }>()
-  readonly #seen = new Set<number>()
+  #seen = new Set<number>()
+  #seenBefore = new Set<number>()
   /** Lookups answered from the cache, and lookups that found nothing usable. */
   hits = 0
   misses = 0
 
   constructor (max: number) {
     this.#max = max
+    this.#generation = Math.max(1, Math.ceil(max / 2))
   }
 
   get size (): number {
@@ -91,14 +95,26 @@ export class TokenCache {
   clear (): void {
     this.#entries.clear()
     this.#seen.clear()
+    this.#seenBefore.clear()
   }
 
-  /** Whether the token numbered `id` was verified before; remembers it if not (in at most 4 x max numbers). */
+  /**
+   * Whether the token numbered `id` was verified before, among roughly the last `max / 2` to `max`
+   * distinct tokens verified; remembers it either way. Each admission evicts the oldest entry, so a
+   * token that comes back only after more distinct tokens than the cache holds would be evicted
+   * before its next use: admitting it would only churn the cache (a stream of 20,000 tokens, each
+   * back after the 19,999 others, would evict every entry unused). So the numbers are kept in two
+   * generations of `max / 2` each; when the newer is full, the older is forgotten.
+   */
   #admit (id: number): boolean {
     if (this.#seen.has(id)) return true
-    if (this.#seen.size >= 4 * this.#max) this.#seen.clear()
+    const known = this.#seenBefore.has(id)
+    if (this.#seen.size >= this.#generation) {
+      this.#seenBefore = this.#seen
+      this.#seen = new Set()
+    }
     this.#seen.add(id)
-    return false
+    return known
   }
 }
 
