@@ -29,8 +29,8 @@ const { createTestIssuer } = require('fastify-supabase-jwks/testing')
 const here = dirname(fileURLToPath(import.meta.url))
 
 const quick = process.argv.includes('--quick')
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3))
-const DURATION = Number(process.env.BENCH_DURATION ?? (quick ? 2 : 4)) // seconds per measurement
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 5))
+const DURATION = Number(process.env.BENCH_DURATION ?? (quick ? 2 : 3)) // seconds per measurement
 const CONNECTIONS = 50
 const POOL = 20_000 // distinct tokens for `unique`: far more than the token cache holds
 const ZIPF_USERS = 10_000

@@ -15,8 +15,8 @@ export function extractBearer (header: string | undefined, maxTokenLength: numbe
   // Node keeps only the first of repeated Authorization headers: this is always a string or nothing
   if (header === undefined || header === '') throw new NoTokenError()
   const space = header.indexOf(' ')
-  const scheme = space === -1 ? header : header.slice(0, space)
-  if (scheme.toLowerCase() !== 'bearer') throw new NoTokenError()
+  // the usual spelling first: no lowercased copy of the scheme per request
+  if (!(space === 6 && header.startsWith('Bearer')) && (space === -1 ? header : header.slice(0, space)).toLowerCase() !== 'bearer') throw new NoTokenError()
   // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP); a tab or any other
   // whitespace left around or inside the token is a malformed header, never trimmed into a valid one
   let token = space === -1 ? '' : header.slice(space + 1)

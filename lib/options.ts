@@ -172,8 +172,9 @@ export interface SupabaseJwksOptions {
   maxTokenLength?: number
   /**
    * How many verified tokens to remember, so that a token seen again skips the signature check
-   * (a token is admitted on its second verification). Default `10000` (about 2 KB of heap per typical
-   * Supabase token: some 20 MB when full); `0` turns the cache off.
+   * (a token is admitted on its second verification, when it comes back soon enough to be used).
+   * Default `10000` (about 2 KB of heap per typical Supabase token, 7.5 KB at worst: some 20 MB
+   * when full, 75 MB at worst); `0` turns the cache off.
    * An entry is used only until the token's `exp` and while the key that verified it is still in
    * the current, fresh key set; tokens over 4 KiB are not kept.
    */

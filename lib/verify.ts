@@ -19,8 +19,8 @@ import { deepFreeze, type TokenCache } from './token-cache'
  *      here), whose algorithms, claim rules and keys then apply: no key set is ever chosen by
  *      anything but that exact match;
  *   5. the held key's signature check, built once when the key set was fetched (a key not held is
- *      resolved first, which may fetch the JWKS), on the libuv thread pool while it has room
- *      (see signature.ts);
+ *      resolved first, which may fetch the JWKS): EC and EdDSA on the libuv thread pool while it
+ *      has room, RSA on the event loop (see signature.ts);
  *   6. the claims are frozen and offered to the token cache.
  * While `legacyTokens` is on, an HS256 token takes a branch after step 4: Supabase Auth in place
  * of step 5 (so an expired or foreign token costs no call), then step 6, its claims cached at once,
@@ -180,8 +180,8 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
   }
 
   /** Step 6: the claims frozen, offered to the token cache (a legacy token at once), the header remembered. */
-  function keep (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, key: CachedKey): Claims {
-    const members = deepFreeze(payload)
+  function keep (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, key: CachedKey,
+    members = deepFreeze(payload)): Claims {
     cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, members, key === legacyKey)
     if (!knownHeaders.has(head)) {
       if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
@@ -190,7 +190,7 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
     return payload
   }
 
-  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool), then keep. */
+  /** Steps 5 and 6, once the key named by the token is at hand: the signature (EC and EdDSA on the thread pool), then keep. */
   function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims | Promise<Claims> {
     const check = key.checks.get(alg)
     if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
@@ -206,11 +206,11 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
 
   /** The legacy branch: every check that costs nothing first, then Supabase Auth in place of the signature. */
   async function verifyLegacy (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>): Promise<Claims> {
-    deepFreeze(payload) // claims nested too deep are refused before any call
+    const members = deepFreeze(payload) // claims nested too deep are refused before any call
     await legacy!.check(token, payload.sub as string, payload.exp as number)
     // the window may have closed during the call
     if (!legacy!.active()) throw algorithmNotAllowed('HS256', payload)
-    const claims = keep(token, head, header, payload, legacyKey)
+    const claims = keep(token, head, header, payload, legacyKey, members)
     legacy!.accepted()
     return claims
   }
