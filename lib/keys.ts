@@ -68,7 +68,7 @@ export interface KeyStats {
   state: KeyState
   /** After a failed fetch: when the next one is allowed, in ms since the epoch; otherwise `null`. */
   nextRetryAt: number | null
-  /** Signature checks made on the libuv thread pool (EC, EdDSA), and on the event loop (RSA; the others when the pool's share and the queue were full). */
+  /** Signature checks made on the libuv thread pool, and on the event loop (the pool's share and the queue were full). */
   signaturesOffLoop: number
   signaturesOnLoop: number
 }

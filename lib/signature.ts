@@ -9,8 +9,7 @@ import { constants, verify as cryptoVerify, type KeyObject, type VerifyKeyObject
 
 /**
  * Checks `signature` over the signing input (`header.payload`, as bytes): on the libuv thread pool
- * (a promise) for EC and EdDSA keys, at once on the event loop for RSA keys, and for the others too
- * when the pool and its queue are full.
+ * (a promise), or at once on the event loop when the pool's share and its queue are full.
  */
 export type SignatureCheck = (input: Buffer, signature: Buffer) => boolean | Promise<boolean>
 
@@ -22,20 +21,18 @@ export interface SignatureCounts {
 
 /*
  * A signature check on the event loop holds up every other request; on the libuv thread pool it
- * runs beside them, but handing it over and taking the answer back costs the loop about 7 µs (a
- * job, a promise, a callback). An ECDSA P-256 check costs about 70 µs and EdDSA about 50, so
- * those go to the pool. An RSA-2048 check costs about 24 µs: the hand-over would be a third of it,
- * and measured over HTTP (2 cores, unique tokens, token cache off) the pool cost more CPU per
- * request and more memory (checks in flight hold their requests) for no steady gain in req/s, so
- * RSA (RS*, PS*) is checked on the loop. The pool is shared with dns.lookup (the JWKS fetch's own
- * DNS) and fs, and has UV_THREADPOOL_SIZE threads (4 by default), fed first come, first served.
+ * runs beside them. That matters most for ECDSA (about three RSA-2048 checks), but RSA gains too:
+ * in one benchmark run (2 cores, unique RS256 tokens, 5 rounds) the plugin answered 11,399 req/s
+ * at 100.7 CPU µs each with the check on the pool, against 8,703 at 119.4 with it on the loop, so
+ * every algorithm goes to the pool. The pool is shared with dns.lookup (the JWKS fetch's own DNS)
+ * and fs, and has UV_THREADPOOL_SIZE threads (4 by default), fed first come, first served.
  * At most 16 checks per thread are handed to it at once, process-wide (64 by default): a DNS
  * lookup then waits behind those at most (measured during a flood of 2,000 ES256 checks, on 2
- * cores: 1.4 to 2.3 ms, against 1.1 to 1.3 with a bound of 8), never behind the flood. A lower bound
- * costs throughput: each check past it waits for the event loop to hand it over while threads sit
- * idle (verify() of ES256 tokens, 50 at a time: 0.76 x the unbounded pool's throughput with a
- * bound of 8, 0.93 to 1.0 with 32 or 64). The checks past the bound wait in a queue here; past
- * MAX_QUEUED waiting, a check runs on the loop instead, so the queue stays bounded.
+ * cores: 1.1 to 4.7 ms, against 1.1 to 5.6 with a bound of 8), never behind the flood. A lower
+ * bound costs throughput: each check past it waits for the event loop to hand it over while
+ * threads sit idle (verify() of ES256 tokens, 50 at a time: 0.76 x the unbounded pool's throughput
+ * with a bound of 8, 0.93 to 1.0 with 32 or 64). The checks past the bound wait in a queue here;
+ * past MAX_QUEUED waiting, a check runs on the loop instead, so the queue stays bounded.
  */
 const POOL_SIZE = Math.max(1, Math.min(1024, Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10) || 4))
 export const MAX_OFF_LOOP = 16 * POOL_SIZE
@@ -84,22 +81,11 @@ export function keyInput<K extends KeyObject> (alg: string, key: K): K | (Verify
   }
 }
 
-/** Whether checks for `alg` go to the thread pool: EC and EdDSA, not RSA (see above). */
-function offLoop (alg: string): boolean {
-  return alg.startsWith('ES') || alg === 'EdDSA'
-}
-
 /** The signature check for `alg` with `key`, built once; `counts` counts where the checks ran. */
 export function signatureCheck (alg: string, key: KeyObject, counts: SignatureCounts): SignatureCheck {
   const hash = hashOf(alg)
   const input = keyInput(alg, key)
   // a signature of the wrong size is answered false, not thrown (and refused by length before this)
-  if (!offLoop(alg)) {
-    return function checkSignatureOnLoop (data, signature) {
-      counts.signaturesOnLoop++
-      return cryptoVerify(hash, data, input, signature)
-    }
-  }
   return function checkSignatureOffLoop (data, signature) {
     if (inFlight >= MAX_OFF_LOOP && queue.length - head >= MAX_QUEUED) {
       counts.signaturesOnLoop++

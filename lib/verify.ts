@@ -19,8 +19,8 @@ import { deepFreeze, type TokenCache } from './token-cache'
  *      here), whose algorithms, claim rules and keys then apply: no key set is ever chosen by
  *      anything but that exact match;
  *   5. the held key's signature check, built once when the key set was fetched (a key not held is
- *      resolved first, which may fetch the JWKS): EC and EdDSA on the libuv thread pool while it
- *      has room, RSA on the event loop (see signature.ts);
+ *      resolved first, which may fetch the JWKS), on the libuv thread pool while it has room
+ *      (see signature.ts);
  *   6. the claims are frozen and offered to the token cache.
  * While `legacyTokens` is on, an HS256 token takes a branch after step 4: Supabase Auth in place
  * of step 5 (so an expired or foreign token costs no call), then step 6, its claims cached at once,
@@ -190,7 +190,7 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
     return payload
   }
 
-  /** Steps 5 and 6, once the key named by the token is at hand: the signature (EC and EdDSA on the thread pool), then keep. */
+  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool), then keep. */
   function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims | Promise<Claims> {
     const check = key.checks.get(alg)
     if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')

@@ -5,28 +5,22 @@ import supabaseJwks from '../lib/index'
 import { MAX_OFF_LOOP, MAX_QUEUED } from '../lib/signature'
 import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
 
-t.test('EC and EdDSA signatures are checked on the thread pool, RSA ones on the event loop', async (t) => {
+t.test('signatures are checked on the thread pool, whatever the algorithm', async (t) => {
   const issuer = await issuerFor(t, { alg: 'ES256' })
   const ed = issuer.addKey({ alg: 'EdDSA' })
   const rs = issuer.addKey({ alg: 'RS256' })
-  const ps = issuer.addKey({ alg: 'PS256' })
-  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256', 'EdDSA', 'RS256', 'PS256'] })
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256', 'EdDSA', 'RS256'] })
   t.equal((await getMe(app, issuer.sign())).statusCode, 200)
   t.equal((await getMe(app, issuer.sign({}, { kid: ed.kid }))).statusCode, 200)
   t.match(app.supabaseJwks.stats(), { signaturesOffLoop: 2, signaturesOnLoop: 0 })
   t.equal((await getMe(app, issuer.sign({}, { kid: rs.kid }))).statusCode, 200)
-  t.equal((await getMe(app, issuer.sign({}, { kid: ps.kid }))).statusCode, 200)
-  t.match(app.supabaseJwks.stats(), { signaturesOffLoop: 2, signaturesOnLoop: 2 }, 'RSA (RS256, PS256) on the loop')
-  // forged signatures of the right length, checked on the pool and on the loop
+  t.match(app.supabaseJwks.stats(), { signaturesOffLoop: 3, signaturesOnLoop: 0 }, 'RSA too')
+  // a forged signature of the right length, checked on the pool
   const forged = issuer.sign({ role: 'service_role' }).replace(/[^.]+$/, 'A'.repeat(86))
   const response = await getMe(app, forged)
   t.equal(response.statusCode, 401)
   t.match(response.json(), { code: 'FST_SUPABASE_JWKS_TOKEN_INVALID', message: /signature is invalid/ })
-  const forgedRsa = issuer.sign({ role: 'service_role' }, { kid: rs.kid }).replace(/[^.]+$/, 'A'.repeat(342))
-  const rsaResponse = await getMe(app, forgedRsa)
-  t.equal(rsaResponse.statusCode, 401)
-  t.match(rsaResponse.json(), { code: 'FST_SUPABASE_JWKS_TOKEN_INVALID', message: /signature is invalid/ })
-  t.match(app.supabaseJwks.stats(), { signaturesOffLoop: 3, signaturesOnLoop: 3 })
+  t.equal(app.supabaseJwks.stats().signaturesOffLoop, 4)
 })
 
 t.test('a burst past the pool bound waits in the queue; past the queue bound, checks run on the loop; every token verifies', async (t) => {
