@@ -24,7 +24,8 @@ export interface SignatureCounts {
  * runs beside them. That matters most for ECDSA (about three RSA-2048 checks), but RSA gains too:
  * in one benchmark run (2 cores, unique RS256 tokens, 5 rounds) the plugin answered 11,399 req/s
  * at 100.7 CPU µs each with the check on the pool, against 8,703 at 119.4 with it on the loop, so
- * every algorithm goes to the pool. The pool is shared with dns.lookup (the JWKS fetch's own DNS)
+ * every algorithm goes to the pool (WebCrypto's subtle.verify, on the pool too, measured no cheaper:
+ * bench/webcrypto.mjs). The pool is shared with dns.lookup (the JWKS fetch's own DNS)
  * and fs, and has UV_THREADPOOL_SIZE threads (4 by default), fed first come, first served.
  * At most 16 checks per thread are handed to it at once, process-wide (64 by default): a DNS
  * lookup then waits behind those at most (measured during a flood of 2,000 ES256 checks, on 2

@@ -41,7 +41,8 @@ function tokenId (token: string): number {
  * A token is admitted on its second verification, not its first: under a stream of distinct
  * tokens (each seen once) the cache would only churn, holding every token and its claims long
  * enough to reach the old generation of the heap, and cost memory and GC time for nothing.
- * What is remembered of a token seen once is that number.
+ * Nor is a token admitted when it comes back only after more distinct tokens than the cache
+ * holds (see #admit). What is remembered of a token seen once is that number.
  */
 export class TokenCache {
   readonly #max: number
