@@ -17,7 +17,7 @@ const dir = join(here, 'results')
 mkdirSync(dir, { recursive: true })
 
 const issuer = await createTestIssuer({ alg })
-const tokens = Array.from({ length: scenario === 'hot' ? 1 : 5000 }, (_, i) => issuer.sign({ sub: `user-${i}` }))
+const tokens = Array.from({ length: scenario === 'hot' ? 1 : 20000 }, (_, i) => issuer.sign({ sub: `user-${i}` }))
 const child = fork(join(here, 'server.mjs'), [variant], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}`], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
 const ready = new Promise((resolve) => child.once('message', resolve))
 child.send({ type: 'config', config: { alg, jwk: issuer.currentKey.jwk, issuer: issuer.issuer, jwksUrl: issuer.jwksUrl, pluginOptions: JSON.parse(process.env.PROFILE_OPTIONS ?? '{}') } })
