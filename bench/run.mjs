@@ -110,6 +110,7 @@ function startServer (variant, config) {
 
 function stopServer (child) {
   return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
     child.once('exit', resolve)
     child.send({ type: 'close' })
   })

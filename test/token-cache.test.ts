@@ -140,7 +140,7 @@ t.test('TokenCache and deepFreeze', async (t) => {
   t.equal(cache.size, 0, 'clear() also forgets the tokens seen once')
   for (const name of ['token-a', 'token-b', 'token-c', 'token-d', 'token-e']) cache.set(name, entry(), 1)
   cache.set('token-three', entry(), 1)
-  t.equal(cache.size, 0, 'the memory of tokens seen once is bounded (max numbers), so token-three was forgotten')
+  t.equal(cache.size, 0, 'the memory of tokens seen once is bounded (about max numbers), so token-three was forgotten')
   for (const name of ['token-f', 'token-f']) cache.set(name, entry(), 1)
   t.equal(cache.size, 1, 'back at once: admitted')
   // a token is admitted when it comes back within max / 2 to max distinct tokens, not later: past
@@ -151,6 +151,16 @@ t.test('TokenCache and deepFreeze', async (t) => {
   for (const name of ['late', 'other-3', 'other-4', 'other-5', 'other-6', 'other-7', 'other-8', 'late']) window.set(name, entry(), 1)
   t.equal(window.get('late', held), undefined, 'back after 6 others (2 x max): forgotten, not admitted')
   t.equal(window.size, 1, 'only the first was admitted')
+  // the older generation still counts: a token seen just before a rotation is admitted just after it
+  const generations = new TokenCache(4)
+  for (const name of ['a', 'b', 'c', 'across', 'd', 'across']) generations.set(name, entry(), 1)
+  t.ok(generations.get('across', held), 'seen in the older generation: admitted')
+  // clear() forgets both generations
+  const cleared = new TokenCache(1)
+  for (const name of ['older', 'newer']) cleared.set(name, entry(), 1)
+  cleared.clear()
+  cleared.set('older', entry(), 1)
+  t.equal(cleared.size, 0, 'after clear(), a token of the older generation is new again')
   const twins = new TokenCache(4)
   const tail = 'x'.repeat(16)
   for (let i = 0; i < 2; i++) twins.set(`first.${tail}`, entry(), 1)
