@@ -17,7 +17,8 @@
 // from autocannon in this process; within a scenario rounds are interleaved (A B C A B C ...)
 // and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
-import { fork } from 'node:child_process'
+import { execFileSync, fork } from 'node:child_process'
+import { availableParallelism } from 'node:os'
 import { writeFileSync, mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
@@ -36,6 +37,22 @@ const POOL = 20_000 // distinct tokens for `unique`: far more than the token cac
 const ZIPF_USERS = 10_000
 const ZIPF_S = 1
 const ZIPF_SEQUENCE = 500_000 // requests drawn in advance, then cycled
+/*
+ * The load generator and the servers under test on separate cores (Linux, with taskset): this
+ * process on core 0, every server (all its threads, the libuv pool's too) on the others. Sharing
+ * cores, autocannon and the server steal time from each other at random, and one variant's req/s
+ * moved by up to 30% from round to round. BENCH_PIN=0 turns it off.
+ */
+const CORES = availableParallelism()
+const PIN = process.env.BENCH_PIN !== '0' && process.platform === 'linux' && CORES >= 2 && (() => {
+  try {
+    execFileSync('taskset', ['-a', '-cp', '0', String(process.pid)], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+})()
+const SERVER_CORES = CORES === 2 ? '1' : `1-${CORES - 1}`
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')
 
 const UNIQUE_HOT = ['unique', 'hot']
@@ -98,6 +115,7 @@ const median = (values) => {
 function startServer (variant, config) {
   return new Promise((resolve, reject) => {
     const child = fork(join(here, 'server.mjs'), [variant.name], { execArgv: ['--expose-gc', ...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    if (PIN) execFileSync('taskset', ['-a', '-cp', SERVER_CORES, String(child.pid)], { stdio: 'ignore' })
     child.once('error', reject)
     child.once('exit', (code) => reject(new Error(`${variant.name} exited with ${code}`)))
     child.once('message', (message) => {
@@ -280,7 +298,7 @@ async function main () {
     'heap bytes per cached token (1,000 / 10,000, ES256)': `${perEntry('plugin-tc1k-es256', 'es256')} / ${perEntry('plugin-es256', 'es256')}`
   }
 
-  console.log(`\n${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}\n`)
+  console.log(`\n${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers on cores ${SERVER_CORES}` : 'load and servers on the same cores'}\n`)
   console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | RSS MB | non-2xx | JWKS fetches | cache hit rate | cached tokens | heap after GC MB |')
   console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   const dash = (value) => value ?? '-'
@@ -292,7 +310,7 @@ async function main () {
 
   mkdirSync(join(here, 'results'), { recursive: true })
   const file = join(here, 'results', quick ? 'quick.json' : 'latest.json')
-  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, rows, targets }, null, 2) + '\n')
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, rows, targets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
   await issuer.close()
