@@ -14,7 +14,7 @@
 // and 10,000, and the heap each cached entry costs).
 // Servers run in child processes on 127.0.0.1, started anew for each scenario (so that one
 // scenario's token cache and heap high-water mark never show in another's figures); load comes
-// from autocannon in this process; within a scenario rounds are interleaved (A B C A B C ...)
+// from autocannon in this process; within a scenario rounds are interleaved (A B C C B A ...)
 // and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
 import { execFileSync, fork } from 'node:child_process'
@@ -76,6 +76,7 @@ const VARIANTS = [
   { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-nocache-es256', alg: 'ES256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
+  { name: 'public-hook', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true },
   { name: 'reglimit-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true },
   { name: 'plugin-tc5k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 5000 } }
 ].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
@@ -158,7 +159,24 @@ function load (address, tokens, duration, cursor = { next: 0 }) {
   })
 }
 
+/**
+ * How steady the servers' cores are: the same fixed work (100,000 SHA-256 hashes of 1 KB) timed 7
+ * times, in a child pinned as the servers are. On a quiet machine the times agree within a few percent;
+ * a spread of tens of percent means something outside this run (another tenant of the host) was
+ * taking the cores, and the run's absolute figures (and, less, its ratios) are not to be trusted.
+ */
+function probeMachine () {
+  const script = "const { createHash } = require('node:crypto'); const b = Buffer.alloc(1024); const out = []; " +
+    'for (let r = 0; r < 7; r++) { const t = process.hrtime.bigint(); for (let i = 0; i < 100000; i++) createHash(\'sha256\').update(b).digest(); ' +
+    'out.push(Math.round(Number(process.hrtime.bigint() - t) / 1e6)) } console.log(JSON.stringify(out))'
+  const command = PIN ? ['taskset', ['-c', SERVER_CORES, process.execPath, '-e', script]] : [process.execPath, ['-e', script]]
+  const times = JSON.parse(execFileSync(command[0], command[1], { encoding: 'utf8' }))
+  return { minMs: Math.min(...times), medianMs: median(times), maxMs: Math.max(...times) }
+}
+
 async function main () {
+  const probeBefore = probeMachine()
+  console.log(`machine check: a fixed hash loop took ${probeBefore.minMs} to ${probeBefore.maxMs} ms (median ${probeBefore.medianMs})`)
   const issuer = await createTestIssuer({ alg: 'RS256' })
   const es = issuer.addKey({ alg: 'ES256' })
   const rs = issuer.currentKey
@@ -207,7 +225,8 @@ async function main () {
   for (const scenario of SCENARIOS) {
     const servers = await startServers(scenario)
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const server of servers) {
+      // every other round in reverse order: no variant is always measured first, or just after another
+      for (const server of round % 2 === 1 ? servers : [...servers].reverse()) {
         const tokens = tokensFor[scenario](pools[server.variant.alg])
         const before = await ask(server.child)
         const result = await load(server.address, tokens, DURATION, server.cursor)
@@ -225,7 +244,7 @@ async function main () {
           record(`${key}|entries`, after.cachedTokens)
           record(`${key}|heap`, after.heapAfterGc / 2 ** 20)
         }
-        process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s\n`)
+        process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s, ${((after.cpuMicros - before.cpuMicros) / requests).toFixed(1)} CPU µs/req, RSS ${(after.rss / 2 ** 20).toFixed(1)} MB, heap ${(after.heapTotal / 2 ** 20).toFixed(1)} MB\n`)
       }
     }
     await Promise.all(servers.map((server) => stopServer(server.child)))
@@ -255,21 +274,39 @@ async function main () {
       })
     }
   }
-  const ratio = (a, b, scenario) => {
-    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.rps
-    return +(get(a) / get(b)).toFixed(3)
+  /*
+   * A target compares two variants. Each round measures them a few seconds apart (the order of the
+   * servers is reversed every other round, so neither is always first), and the machine's speed
+   * drifts by tens of percent over seconds (a fixed hash loop: 155 to 298 ms): a slow spell moves
+   * both figures of a round alike. So a target is the median over rounds of that round's ratio (or
+   * difference); the ratio of the two medians is given beside it in the JSON.
+   */
+  const paired = (figure, combine, digits) => (a, b, scenario) => {
+    const first = samples.get(`${a}|${scenario}|${figure}`)
+    const second = samples.get(`${b}|${scenario}|${figure}`)
+    if (first === undefined || second === undefined) return NaN
+    return +median(first.map((value, round) => combine(value, second[round]))).toFixed(digits)
   }
-  const cpu = (a, b, scenario) => {
-    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.cpuMicrosPerRequest
-    return +(get(a) / get(b)).toFixed(3)
+  const ratio = paired('rps', (a, b) => a / b, 3)
+  const cpu = paired('cpu', (a, b) => a / b, 3)
+  const p99 = paired('p99', (a, b) => a / b, 3)
+  const rss = paired('rss', (a, b) => a - b, 1)
+  const ofMedians = (field, combine, digits) => (a, b, scenario) => {
+    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.[field]
+    return +combine(get(a), get(b)).toFixed(digits)
   }
-  const p99 = (a, b, scenario) => {
-    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.p99ms
-    return +(get(a) / get(b)).toFixed(3)
-  }
-  const rss = (a, b, scenario) => {
-    const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.rssMB
-    return +(get(a) - get(b)).toFixed(1)
+  const medianTargets = {
+    'plugin-rs256 / limit-rs256 (unique)': ofMedians('rps', (a, b) => a / b, 3)('plugin-rs256', 'limit-rs256', 'unique'),
+    'plugin-es256 / limit-es256 (unique)': ofMedians('rps', (a, b) => a / b, 3)('plugin-es256', 'limit-es256', 'unique'),
+    'CPU plugin-rs256 / limit-rs256 (unique)': ofMedians('cpuMicrosPerRequest', (a, b) => a / b, 3)('plugin-rs256', 'limit-rs256', 'unique'),
+    'CPU plugin-es256 / limit-es256 (unique)': ofMedians('cpuMicrosPerRequest', (a, b) => a / b, 3)('plugin-es256', 'limit-es256', 'unique'),
+    'RSS MB plugin-rs256 - public (unique)': ofMedians('rssMB', (a, b) => a - b, 1)('plugin-rs256', 'public', 'unique'),
+    'RSS MB plugin-es256 - public (unique)': ofMedians('rssMB', (a, b) => a - b, 1)('plugin-es256', 'public', 'unique'),
+    'plugin-es256 / limit-async-es256 (unique)': ofMedians('rps', (a, b) => a / b, 3)('plugin-es256', 'limit-async-es256', 'unique'),
+    'plugin-es256 / jose-es256 (unique)': ofMedians('rps', (a, b) => a / b, 3)('plugin-es256', 'jose-es256', 'unique'),
+    'p99 plugin-es256 / limit-async-es256 (unique)': ofMedians('p99ms', (a, b) => a / b, 3)('plugin-es256', 'limit-async-es256', 'unique'),
+    'plugin-rs256 / public (hot)': ofMedians('rps', (a, b) => a / b, 3)('plugin-rs256', 'public', 'hot'),
+    'plugin-es256 / public (hot)': ofMedians('rps', (a, b) => a / b, 3)('plugin-es256', 'public', 'hot')
   }
   /** Heap per cached entry: the heap after GC above the same algorithm's tokenCache: 0 server, per entry held. */
   const perEntry = (name, alg) => {
@@ -298,19 +335,24 @@ async function main () {
     'heap bytes per cached token (1,000 / 10,000, ES256)': `${perEntry('plugin-tc1k-es256', 'es256')} / ${perEntry('plugin-es256', 'es256')}`
   }
 
-  console.log(`\n${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers on cores ${SERVER_CORES}` : 'load and servers on the same cores'}\n`)
+  const probeAfter = probeMachine()
+  const spread = (probe) => `${probe.minMs} to ${probe.maxMs} ms (median ${probe.medianMs})`
+  console.log(`\nmachine check: a fixed hash loop took ${spread(probeBefore)} before the run, ${spread(probeAfter)} after`)
+  console.log(`${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers on cores ${SERVER_CORES}` : 'load and servers on the same cores'}\n`)
   console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | RSS MB | non-2xx | JWKS fetches | cache hit rate | cached tokens | heap after GC MB |')
   console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   const dash = (value) => value ?? '-'
   for (const row of rows) {
     console.log(`| ${row.scenario} | ${row.variant} | ${row.rps} | ${row.ratioToPublic} | ${row.p99ms} | ${row.cpuMicrosPerRequest} | ${row.rssMB} | ${row.non2xx} | ${row.jwksFetches} | ${dash(row.tokenCacheHitRate)} | ${dash(row.cachedTokens)} | ${dash(row.heapAfterGcMB)} |`)
   }
-  console.log('\nTargets:')
+  console.log('\nTargets (median over rounds of each round\'s ratio):')
   for (const [name, value] of Object.entries(targets)) console.log(`- ${name}: ${value}`)
+  console.log('\nThe same, as the ratio of the medians in the table:')
+  for (const [name, value] of Object.entries(medianTargets)) console.log(`- ${name}: ${value}`)
 
   mkdirSync(join(here, 'results'), { recursive: true })
   const file = join(here, 'results', quick ? 'quick.json' : 'latest.json')
-  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, rows, targets }, null, 2) + '\n')
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, rows, targets, medianTargets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
   await issuer.close()

@@ -42,6 +42,9 @@ async function main (config) {
   let preHandler
   if (variant === 'public') {
     preHandler = undefined
+  } else if (variant === 'public-hook') {
+    // a route preHandler that does nothing: what the hook alone costs
+    preHandler = async function noop () {}
   } else if (variant.startsWith('limit')) {
     preHandler = limitVerifier(config, variant.startsWith('limit-async'))
   } else if (variant.startsWith('reglimit')) {
