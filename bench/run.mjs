@@ -1,5 +1,6 @@
 // The benchmark: `npm run bench` (full) or `npm run bench -- --quick`; `-- --only=public,plugin-rs256`
-// runs some variants (add plugin-nocache-rs256 / -es256 to see the plugin without its token cache).
+// runs some variants (add plugin-nocache-rs256 / -es256 to see the plugin without its token cache),
+// `-- --scenarios=unique,hot` some scenarios.
 // BENCH_NODE_FLAGS adds node flags to the servers (e.g. --single-threaded-gc); reglimit-rs256 (extra) runs
 // the limit body in a server with the plugin registered: what registering alone costs.
 // Variants: public (no authentication: the ceiling), limit (a hand-written minimal verifier: split,
@@ -30,8 +31,9 @@ const { createTestIssuer } = require('fastify-supabase-jwks/testing')
 const here = dirname(fileURLToPath(import.meta.url))
 
 const quick = process.argv.includes('--quick')
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 5))
-const DURATION = Number(process.env.BENCH_DURATION ?? (quick ? 2 : 3)) // seconds per measurement
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 7))
+const DURATION = Number(process.env.BENCH_DURATION ?? 2) // seconds per measurement
+const WARM_UP = 1 // seconds of unmeasured load before each measurement
 const CONNECTIONS = 50
 const POOL = 20_000 // distinct tokens for `unique`: far more than the token cache holds
 const ZIPF_USERS = 10_000
@@ -78,9 +80,12 @@ const VARIANTS = [
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
   { name: 'public-hook', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true },
   { name: 'reglimit-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true },
+  { name: 'reglimit-async-es256', alg: 'ES256', scenarios: ['unique'], extra: true },
   { name: 'plugin-tc5k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 5000 } }
 ].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
-const SCENARIOS = ['unique', 'hot', 'zipf'].filter((scenario) => VARIANTS.some((variant) => variant.scenarios.includes(scenario)))
+const onlyScenarios = process.argv.find((arg) => arg.startsWith('--scenarios='))?.slice(12).split(',')
+const SCENARIOS = ['unique', 'hot', 'zipf'].filter((scenario) => (onlyScenarios === undefined || onlyScenarios.includes(scenario)) &&
+  VARIANTS.some((variant) => variant.scenarios.includes(scenario)))
 
 /** A deterministic sequence of user indexes with Zipf popularity: P(rank k) ~ 1 / k^s. */
 function zipfSequence (users, s, length) {
@@ -238,6 +243,10 @@ async function main () {
       // every other round in reverse order: no variant is always measured first, or just after another
       for (const server of round % 2 === 1 ? servers : [...servers].reverse()) {
         const tokens = tokensFor[scenario](pools[server.variant.alg])
+        // a second of the same load first, not measured: a server left idle while the others ran
+        // (half a minute in a full run) has had its heap shrunk and its code aged, and would spend
+        // the round's first moments getting them back, the more so the more code it runs
+        await load(server.address, tokens, WARM_UP, server.cursor)
         const before = await ask(server.child)
         const result = await load(server.address, tokens, DURATION, server.cursor)
         const after = await ask(server.child, true)

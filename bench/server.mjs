@@ -51,7 +51,7 @@ async function main (config) {
     // the limit's body in a server with the plugin registered (and never called): what registering costs
     const supabaseJwks = require('fastify-supabase-jwks')
     await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
-    preHandler = limitVerifier(config)
+    preHandler = limitVerifier(config, variant.startsWith('reglimit-async'))
   } else if (variant.startsWith('plugin')) {
     const supabaseJwks = require('fastify-supabase-jwks')
     await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
