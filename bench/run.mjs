@@ -1,8 +1,9 @@
 // The benchmark: `npm run bench` (full) or `npm run bench -- --quick`; `-- --only=public,plugin-rs256`
 // runs some variants (add plugin-nocache-rs256 / -es256 to see the plugin without its token cache),
 // `-- --scenarios=unique,hot` some scenarios.
-// BENCH_NODE_FLAGS adds node flags to the servers (e.g. --single-threaded-gc); reglimit-rs256 (extra) runs
-// the limit body in a server with the plugin registered: what registering alone costs.
+// BENCH_NODE_FLAGS adds node flags to the servers (e.g. --single-threaded-gc); reglimit-rs256 and
+// reglimit-async-es256 (extra) run the limit body in a server with the plugin registered: what
+// registering alone costs; public-hook (extra) is public with a preHandler that does nothing.
 // Variants: public (no authentication: the ceiling), limit (a hand-written minimal verifier: split,
 // crypto.verify with a prebuilt key object, parse, check exp/iss/aud: the floor of the work),
 // limit-async (the same with crypto.verify's callback form: the signature on the libuv thread pool,
@@ -254,7 +255,8 @@ async function main () {
         const key = `${server.variant.name}|${scenario}`
         record(`${key}|rps`, result.requests.average)
         record(`${key}|p99`, result.p99)
-        record(`${key}|cpu`, (after.cpuMicros - before.cpuMicros) / requests)
+        const cpu = (after.cpuMicros - before.cpuMicros) / requests
+        record(`${key}|cpu`, cpu)
         record(`${key}|rss`, after.rss / 2 ** 20)
         record(`${key}|errors`, result.non2xx + result.errors)
         if (after.tokenCacheHits !== undefined) {
@@ -263,7 +265,7 @@ async function main () {
           record(`${key}|entries`, after.cachedTokens)
           record(`${key}|heap`, after.heapAfterGc / 2 ** 20)
         }
-        process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s, ${((after.cpuMicros - before.cpuMicros) / requests).toFixed(1)} CPU µs/req, RSS ${(after.rss / 2 ** 20).toFixed(1)} MB, heap ${(after.heapTotal / 2 ** 20).toFixed(1)} MB\n`)
+        process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s, ${cpu.toFixed(1)} CPU µs/req, RSS ${(after.rss / 2 ** 20).toFixed(1)} MB, heap ${(after.heapTotal / 2 ** 20).toFixed(1)} MB\n`)
       }
     }
     await Promise.all(servers.map((server) => stopServer(server.child)))
