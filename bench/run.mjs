@@ -114,7 +114,8 @@ function zipfSequence (users, s, length) {
 }
 
 const median = (values) => {
-  const sorted = [...values].sort((a, b) => a - b)
+  // a round without a 2xx answer has no p99 (NaN): left out, never sorted among numbers
+  const sorted = values.filter((value) => !Number.isNaN(value)).sort((a, b) => a - b)
   const mid = sorted.length >> 1
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
 }
@@ -301,7 +302,7 @@ async function main () {
    * the median over rounds (each round measures the two a few seconds apart, and the order of the
    * servers is reversed every other round): meant to cancel a slow spell of the machine, which
    * moves both figures of a round alike. Over three full runs it spread more than the ratio of the
-   * medians (a single round's p99 and req/s are noisier than their medians), so it is for reference.
+   * medians for p99 and hot, less for RSS: it is for reference.
    */
   const ofMedians = (field, combine, digits) => (a, b, scenario) => {
     const get = (name) => rows.find((row) => row.variant === name && row.scenario === scenario)?.[field]
@@ -360,7 +361,8 @@ async function main () {
   for (const [name, value] of Object.entries(pairedTargets)) console.log(`- ${name}: ${value}`)
 
   mkdirSync(join(here, 'results'), { recursive: true })
-  const file = join(here, 'results', quick ? 'quick.json' : 'latest.json')
+  // latest.json holds full runs only: a quick run, or one limited to some variants or scenarios, goes beside it
+  const file = join(here, 'results', quick || only !== undefined || onlyScenarios !== undefined ? 'quick.json' : 'latest.json')
   writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, rows, targets, pairedTargets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
