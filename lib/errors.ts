@@ -71,14 +71,6 @@ export const AuthUnavailableError = createError(
 export const OptionError = createError(
   'FST_SUPABASE_JWKS_OPTION', 'Invalid fastify-supabase-jwks option: %s', 500)
 
-/**
- * A part of @fastify/jwt's API under the plugin's namespace (`request.supabaseJwtVerify`,
- * `fastify.jwt.supabase.verify`) was called: the plugin verifies through its own path only.
- */
-export const NotSupportedError = createError(
-  'FST_SUPABASE_JWKS_NOT_SUPPORTED',
-  '%s is not part of fastify-supabase-jwks: verify with fastify.authenticate or fastify.supabaseJwks.verify(token)', 500)
-
 /** The plugin cannot be registered here (for example twice in one context): `ready()` rejects with it. */
 export const RegistrationError = createError(
   'FST_SUPABASE_JWKS_REGISTRATION', 'fastify-supabase-jwks cannot be registered: %s', 500)

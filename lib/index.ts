@@ -1,10 +1,9 @@
-// request.user comes from @fastify/jwt's types: consumers of the declarations need them loaded
+// request.user is typed by @fastify/jwt (FastifyJWT): consumers of the declarations need its types loaded
 /// <reference types="@fastify/jwt" preserve="true" />
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, type Cookies } from './authenticate'
-import { NotSupportedError, RegistrationError, errorCodes as codes } from './errors'
+import { RegistrationError, errorCodes as codes } from './errors'
 import { combineStats, createKeyResolver, type KeyStats } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
 import { normalizeOptions, requirements, type IssuerOptions, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
@@ -17,9 +16,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     throw new RegistrationError('it is already registered in this context (or an enclosing one); register it once, ' +
       'or in separate encapsulated contexts (for example one per issuer)')
   }
-  if ((fastify as unknown as { jwt?: Record<string, unknown> }).jwt?.supabase !== undefined) {
-    throw new RegistrationError('an app-wide @fastify/jwt already holds this plugin\'s "supabase" namespace (registered in ' +
-      'another context): with the app\'s own @fastify/jwt at the root, register this plugin once, at the root too')
+  // Fastify refuses a decorator already on this instance: say so as the plugin, with the way out
+  if (Object.hasOwn(fastify, 'authenticate')) {
+    throw new RegistrationError('fastify.authenticate is already decorated in this context (by the app or another plugin; ' +
+      '@fastify/jwt\'s own recipe decorates one): give yours another name, or register this plugin in an encapsulated context')
   }
   const config = normalizeOptions(options)
   // one key resolver per issuer; with several, each logs with its issuer
@@ -45,20 +45,13 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     return { ...combineStats(each), issuers: Object.fromEntries(config.issuers.map((issuer, index) => [issuer.issuer![0]!, each[index]!])) }
   }
 
-  // @fastify/jwt is the Fastify face: it owns `request.user` (its decorator and its FastifyJWT typing),
-  // under a namespace of its own so that an app's own @fastify/jwt keeps working beside it.
-  // Verification never goes through it: its verify functions under the namespace refuse.
-  await fastify.register(fastifyJwt, {
-    namespace: 'supabase',
-    secret: function supabaseJwksNoSecret (_request: unknown, _decoded: unknown, callback: (err: Error) => void) {
-      callback(new NotSupportedError('request.supabaseJwtVerify()'))
-    }
-  } as unknown as FastifyJWTOptions)
-  // its instance-level verify and sign under the namespace are not the plugin's API either: they refuse too
-  const face = (fastify as unknown as { jwt: Record<string, Record<string, unknown>> }).jwt.supabase!
-  face.verify = function supabaseJwksNoVerify () { throw new NotSupportedError('fastify.jwt.supabase.verify()') }
-  face.sign = function supabaseJwksNoSign () { throw new NotSupportedError('fastify.jwt.supabase.sign()') }
-
+  /*
+   * @fastify/jwt types `request.user` (FastifyJWT, below), and when the app registers it for its own
+   * tokens, its decorator declares it. The plugin registers nothing of it and declares neither `user` nor
+   * `jwt`: @fastify/jwt without a namespace decorates both unconditionally, so either one declared here
+   * would make an app's own @fastify/jwt registered after this plugin throw FST_ERR_DEC_ALREADY_PRESENT
+   * out of its plugin function, which avvio does not catch (the process exits).
+   */
   const tokens = new TokenCache(config.tokenCache)
   const verifyToken = createTokenVerifier(config, resolvers, tokens, fastify.log, legacy)
   // the session cookie is read through @fastify/cookie: request.cookies once its hook has run, else its parser

@@ -137,7 +137,7 @@ t.test('a failed fetch is logged with its HTTP status; an iss mismatch at debug 
   t.match(failure.reason, /HTTP 404/)
 })
 
-t.test('registration errors are the plugin\'s own, and @fastify/jwt under its namespace refuses', async (t) => {
+t.test('registration errors are the plugin\'s own, and nothing of @fastify/jwt is reachable half-working', async (t) => {
   const issuer = await issuerFor(t)
   const twice = Fastify()
   t.teardown(() => twice.close())
@@ -151,25 +151,58 @@ t.test('registration errors are the plugin\'s own, and @fastify/jwt under its na
   siblings.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
   await t.resolves(async () => await siblings.ready(), 'once per encapsulated context is fine')
 
-  const app = await appFor(t, { supabaseUrl: issuer.url })
-  const face = (app as unknown as { jwt: { supabase: { verify (token: string): unknown, sign (payload: object): unknown } } }).jwt.supabase
-  t.throws(() => face.verify(issuer.sign()), { code: 'FST_SUPABASE_JWKS_NOT_SUPPORTED', message: /fastify\.jwt\.supabase\.verify\(\) is not part of fastify-supabase-jwks/ })
-  t.throws(() => face.sign({ sub: 'x' }), { code: 'FST_SUPABASE_JWKS_NOT_SUPPORTED' })
-
-  const after = Fastify()
-  t.teardown(() => after.close())
-  await after.register(supabaseJwks, { supabaseUrl: issuer.url })
-  await after.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens', namespace: 'app' })
-  after.get('/own', async (request) => {
-    await (request as unknown as { appJwtVerify (): Promise<unknown> }).appJwtVerify()
-    return request.user
+  // the @fastify/jwt recipe's own fastify.authenticate: Fastify would refuse the second one uncoded
+  const recipe = Fastify()
+  t.teardown(() => recipe.close())
+  recipe.decorate('authenticate', async function appAuthenticate () {})
+  recipe.register(supabaseJwks, { supabaseUrl: issuer.url })
+  await t.rejects(async () => await recipe.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /fastify\.authenticate is already decorated in this context/ })
+  const shadowed = Fastify()
+  t.teardown(() => shadowed.close())
+  shadowed.decorate('authenticate', async function appAuthenticate () {})
+  shadowed.register(async (child) => {
+    await child.register(supabaseJwks, { supabaseUrl: issuer.url })
+    child.get('/me', { preHandler: child.authenticate }, async (request) => request.user)
   })
-  after.get('/me', { preHandler: after.authenticate }, async (request) => request.user)
-  await after.ready()
-  const own = (after as unknown as { jwt: { app: { sign (payload: object): string } } }).jwt.app.sign({ session: 's-1' })
-  t.equal((await after.inject({ url: '/own', headers: { authorization: `Bearer ${own}` } })).json().session, 's-1', 'an app @fastify/jwt with a namespace after the plugin')
-  t.equal((await getMe(after, issuer.sign({ sub: 'u-1' }))).json().sub, 'u-1')
+  await shadowed.ready()
+  t.equal((await getMe(shadowed, issuer.sign({ sub: 'u-3' }))).json().sub, 'u-3', 'in an encapsulated context of its own, beside the app\'s')
+
+  // @fastify/jwt's API is not a second, half-working way in: none of it is there
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  t.equal((app as unknown as { jwt?: unknown }).jwt, undefined, 'no fastify.jwt')
+  t.notOk(app.hasRequestDecorator('supabaseJwtVerify'), 'no request.supabaseJwtVerify()')
+  t.notOk(app.hasRequestDecorator('user'), 'request.user is not declared: an app\'s own @fastify/jwt may declare it, in any order')
+  t.notOk(app.hasReplyDecorator('supabaseJwtSign'), 'no reply.supabaseJwtSign()')
 })
+
+for (const namespace of [undefined, 'app']) {
+  t.test(`an app's own @fastify/jwt ${namespace === undefined ? 'without' : 'with'} a namespace, registered after the plugin: both kinds of token`, async (t) => {
+    const issuer = await issuerFor(t)
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(supabaseJwks, { supabaseUrl: issuer.url })
+    await app.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens', namespace })
+    const name = namespace === undefined ? 'jwtVerify' : `${namespace}JwtVerify`
+    app.get('/own', async (request) => {
+      await (request as unknown as Record<string, () => Promise<unknown>>)[name]!()
+      return request.user
+    })
+    app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
+    app.get('/public', async (request) => ({ user: request.user }))
+    await app.ready()
+    const jwt = (app as unknown as { jwt: { sign (payload: object): string } & Record<string, { sign (payload: object): string }> }).jwt
+    const own = (namespace === undefined ? jwt : jwt[namespace]!).sign({ session: 's-1' })
+    const ownAnswer = await app.inject({ url: '/own', headers: { authorization: `Bearer ${own}` } })
+    t.equal(ownAnswer.statusCode, 200)
+    t.equal(ownAnswer.json().session, 's-1', 'the app\'s own token and request.user shape')
+    const me = await getMe(app, issuer.sign({ sub: 'u-1' }))
+    t.equal(me.statusCode, 200)
+    t.equal(me.json().sub, 'u-1', 'Supabase claims on the plugin\'s routes')
+    t.equal(codeOf(await getMe(app, own)), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'the app\'s HS256 token is refused by the plugin')
+    t.same((await app.inject({ url: '/public' })).json(), { user: null }, '@fastify/jwt\'s decorator declares request.user')
+    t.equal(issuer.jwksRequests, 1)
+  })
+}
 
 t.test('authenticate(request) without a reply, from JavaScript: still a coded 401', async (t) => {
   const issuer = await issuerFor(t)
@@ -210,14 +243,31 @@ t.test('every documented import form works from ES modules and CommonJS (the bui
   }
 })
 
-t.test('beside an app-wide @fastify/jwt, a second registration in another context is a coded refusal', async (t) => {
-  const issuer = await issuerFor(t)
+t.test('beside an app-wide @fastify/jwt, the plugin in two encapsulated contexts: each verifies its own issuer', async (t) => {
+  const first = await issuerFor(t)
+  const second = await issuerFor(t)
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens' })
-  app.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
-  app.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
-  await t.rejects(async () => await app.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /register this plugin once, at the root too/ })
+  for (const [prefix, issuer] of [['/a', first], ['/b', second]] as const) {
+    app.register(async (child) => {
+      await child.register(supabaseJwks, { supabaseUrl: issuer.url })
+      child.get('/me', { preHandler: child.authenticate }, async (request) => request.user)
+    }, { prefix })
+  }
+  app.get('/own', async (request) => {
+    await request.jwtVerify()
+    return request.user
+  })
+  await app.ready()
+  const me = (url: string, token: string) => app.inject({ url, headers: { authorization: `Bearer ${token}` } })
+  t.equal((await me('/a/me', first.sign({ sub: 'u-a' }))).json().sub, 'u-a')
+  t.equal((await me('/b/me', second.sign({ sub: 'u-b' }))).json().sub, 'u-b')
+  const crossed = await me('/a/me', second.sign())
+  t.equal(codeOf(crossed), 'FST_SUPABASE_JWKS_TOKEN_INVALID', 'one context\'s issuer is not the other\'s')
+  t.match(crossed.json().message, /iss/)
+  t.equal(first.jwksRequests, 1, 'refused before any fetch')
+  t.equal((await me('/own', app.jwt.sign({ session: 's-2' } as never))).json().session, 's-2')
 })
 
 t.test('claims nested too deeply are refused with a code, by authenticate and by verify()', async (t) => {

@@ -95,22 +95,6 @@ t.test('beside an app\'s own @fastify/jwt: both kinds of token, both request.use
   t.equal(issuer.jwksRequests, 1)
 })
 
-t.test('request.supabaseJwtVerify() is not a second way in: it refuses with a coded error', async (t) => {
-  const issuer = await issuerFor(t)
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
-  app.get('/direct', async (request) => {
-    await (request as unknown as { supabaseJwtVerify (): Promise<unknown> }).supabaseJwtVerify()
-    return 'verified'
-  })
-  const res = await app.inject({ url: '/direct', headers: { authorization: `Bearer ${issuer.sign()}` } })
-  t.equal(res.statusCode, 500)
-  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_NOT_SUPPORTED')
-  t.match(res.json().message, /fastify\.authenticate or fastify\.supabaseJwks\.verify/)
-  t.equal(issuer.jwksRequests, 0, 'no key was fetched for it')
-})
-
 t.test('a key whose JWK says RS256 verifies no PS256 token, even with PS256 allowed', async (t) => {
   const issuer = await issuerFor(t)
   const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['RS256', 'PS256'] })
