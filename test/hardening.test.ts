@@ -151,21 +151,41 @@ t.test('registration errors are the plugin\'s own, and nothing of @fastify/jwt i
   siblings.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
   await t.resolves(async () => await siblings.ready(), 'once per encapsulated context is fine')
 
+  const nested = Fastify()
+  t.teardown(() => nested.close())
+  nested.register(supabaseJwks, { supabaseUrl: issuer.url })
+  nested.register(async (child) => { await child.register(supabaseJwks, { supabaseUrl: issuer.url }) })
+  await t.rejects(async () => await nested.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /or an enclosing one/ }, 'inside a context that has it')
+
   // the @fastify/jwt recipe's own fastify.authenticate: Fastify would refuse the second one uncoded
-  const recipe = Fastify()
-  t.teardown(() => recipe.close())
-  recipe.decorate('authenticate', async function appAuthenticate () {})
-  recipe.register(supabaseJwks, { supabaseUrl: issuer.url })
-  await t.rejects(async () => await recipe.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /fastify\.authenticate is already decorated in this context/ })
+  async function appAuthenticate () {}
+  for (const awaited of [true, false]) {
+    const recipe = Fastify()
+    t.teardown(() => recipe.close())
+    if (awaited) {
+      recipe.decorate('authenticate', appAuthenticate)
+      recipe.register(supabaseJwks, { supabaseUrl: issuer.url })
+    } else {
+      // not awaited: the plugin runs at ready(), after the app's decorator
+      recipe.register(supabaseJwks, { supabaseUrl: issuer.url })
+      recipe.decorate('authenticate', appAuthenticate)
+    }
+    await t.rejects(async () => await recipe.ready(), { code: 'FST_SUPABASE_JWKS_REGISTRATION', message: /fastify\.authenticate is already decorated in this context/ })
+  }
+  const loaded = Fastify()
+  t.teardown(() => loaded.close())
+  await loaded.register(supabaseJwks, { supabaseUrl: issuer.url })
+  t.throws(() => loaded.decorate('authenticate', appAuthenticate), { code: 'FST_ERR_DEC_ALREADY_PRESENT' }, 'once the plugin has loaded, Fastify itself refuses')
   const shadowed = Fastify()
   t.teardown(() => shadowed.close())
-  shadowed.decorate('authenticate', async function appAuthenticate () {})
+  shadowed.decorate('authenticate', appAuthenticate)
   shadowed.register(async (child) => {
     await child.register(supabaseJwks, { supabaseUrl: issuer.url })
     child.get('/me', { preHandler: child.authenticate }, async (request) => request.user)
   })
   await shadowed.ready()
   t.equal((await getMe(shadowed, issuer.sign({ sub: 'u-3' }))).json().sub, 'u-3', 'in an encapsulated context of its own, beside the app\'s')
+  t.equal(shadowed.authenticate, appAuthenticate as unknown, 'the app\'s own authenticate at the root is untouched')
 
   // @fastify/jwt's API is not a second, half-working way in: none of it is there
   const app = await appFor(t, { supabaseUrl: issuer.url })
@@ -175,13 +195,15 @@ t.test('registration errors are the plugin\'s own, and nothing of @fastify/jwt i
   t.notOk(app.hasReplyDecorator('supabaseJwtSign'), 'no reply.supabaseJwtSign()')
 })
 
-for (const namespace of [undefined, 'app']) {
-  t.test(`an app's own @fastify/jwt ${namespace === undefined ? 'without' : 'with'} a namespace, registered after the plugin: both kinds of token`, async (t) => {
+for (const [order, namespace] of [['after', undefined], ['after', 'app'], ['before', 'app']] as const) {
+  t.test(`an app's own @fastify/jwt ${namespace === undefined ? 'without' : 'with'} a namespace, registered ${order} the plugin: both kinds of token`, async (t) => {
     const issuer = await issuerFor(t)
     const app = Fastify()
     t.teardown(() => app.close())
+    const own = { secret: 'the-app-own-secret-for-its-own-session-tokens', namespace }
+    if (order === 'before') await app.register(fastifyJwt, own)
     await app.register(supabaseJwks, { supabaseUrl: issuer.url })
-    await app.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens', namespace })
+    if (order === 'after') await app.register(fastifyJwt, own)
     const name = namespace === undefined ? 'jwtVerify' : `${namespace}JwtVerify`
     app.get('/own', async (request) => {
       await (request as unknown as Record<string, () => Promise<unknown>>)[name]!()
@@ -191,18 +213,31 @@ for (const namespace of [undefined, 'app']) {
     app.get('/public', async (request) => ({ user: request.user }))
     await app.ready()
     const jwt = (app as unknown as { jwt: { sign (payload: object): string } & Record<string, { sign (payload: object): string }> }).jwt
-    const own = (namespace === undefined ? jwt : jwt[namespace]!).sign({ session: 's-1' })
-    const ownAnswer = await app.inject({ url: '/own', headers: { authorization: `Bearer ${own}` } })
+    const token = (namespace === undefined ? jwt : jwt[namespace]!).sign({ session: 's-1' })
+    const ownAnswer = await app.inject({ url: '/own', headers: { authorization: `Bearer ${token}` } })
     t.equal(ownAnswer.statusCode, 200)
     t.equal(ownAnswer.json().session, 's-1', 'the app\'s own token and request.user shape')
     const me = await getMe(app, issuer.sign({ sub: 'u-1' }))
     t.equal(me.statusCode, 200)
     t.equal(me.json().sub, 'u-1', 'Supabase claims on the plugin\'s routes')
-    t.equal(codeOf(await getMe(app, own)), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'the app\'s HS256 token is refused by the plugin')
+    t.equal(codeOf(await getMe(app, token)), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'the app\'s HS256 token is refused by the plugin')
     t.same((await app.inject({ url: '/public' })).json(), { user: null }, '@fastify/jwt\'s decorator declares request.user')
     t.equal(issuer.jwksRequests, 1)
   })
 }
+
+t.test('an app\'s own @fastify/jwt registered after the plugin does not end the process (the built package, in a child process)', async (t) => {
+  // before the fix, @fastify/jwt's synchronous FST_ERR_DEC_ALREADY_PRESENT escaped avvio and ended the process
+  const source = `
+    const app = require('fastify')()
+    app.register(require('fastify-supabase-jwks'), { supabaseUrl: 'https://abcdefghijklmnopqrst.supabase.co', warmStart: false })
+    app.register(require('@fastify/jwt'), { secret: 'the-app-own-secret-for-its-own-session-tokens' })
+    app.ready().then(() => { console.log('ready:', typeof app.authenticate, typeof app.jwt.sign); return app.close() },
+      (err) => { console.log('refused:', err.code); process.exitCode = 4 })`
+  const run = spawnSync(process.execPath, ['-e', source], { encoding: 'utf8' })
+  t.equal(run.status, 0, run.stderr)
+  t.equal(run.stdout.trim(), 'ready: function function')
+})
 
 t.test('authenticate(request) without a reply, from JavaScript: still a coded 401', async (t) => {
   const issuer = await issuerFor(t)
