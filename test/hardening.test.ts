@@ -195,7 +195,7 @@ t.test('registration errors are the plugin\'s own, and nothing of @fastify/jwt i
   t.notOk(app.hasReplyDecorator('supabaseJwtSign'), 'no reply.supabaseJwtSign()')
 })
 
-for (const [order, namespace] of [['after', undefined], ['after', 'app'], ['before', 'app']] as const) {
+for (const [order, namespace] of [['before', undefined], ['after', undefined], ['after', 'app'], ['before', 'app']] as const) {
   t.test(`an app's own @fastify/jwt ${namespace === undefined ? 'without' : 'with'} a namespace, registered ${order} the plugin: both kinds of token`, async (t) => {
     const issuer = await issuerFor(t)
     const app = Fastify()
@@ -220,7 +220,10 @@ for (const [order, namespace] of [['after', undefined], ['after', 'app'], ['befo
     const me = await getMe(app, issuer.sign({ sub: 'u-1' }))
     t.equal(me.statusCode, 200)
     t.equal(me.json().sub, 'u-1', 'Supabase claims on the plugin\'s routes')
+    t.equal(me.json().aud, 'authenticated')
     t.equal(codeOf(await getMe(app, token)), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'the app\'s HS256 token is refused by the plugin')
+    t.not((await app.inject({ url: '/own', headers: { authorization: `Bearer ${issuer.sign()}` } })).statusCode, 200,
+      'a Supabase token is refused by the app\'s own verifier')
     t.same((await app.inject({ url: '/public' })).json(), { user: null }, '@fastify/jwt\'s decorator declares request.user')
     t.equal(issuer.jwksRequests, 1)
   })

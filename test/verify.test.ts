@@ -1,7 +1,4 @@
 import t from 'tap'
-import Fastify from 'fastify'
-import fastifyJwt from '@fastify/jwt'
-import supabaseJwks from '../lib/index'
 import { signJwt } from '../lib/testing'
 import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
 
@@ -63,36 +60,6 @@ t.test('claim types and lists', async (t) => {
     t.match(res.json().message, reason, `${name}: reason`)
   }
   t.equal((await getMe(app, issuer.sign({ nbf: now() - 1 }))).statusCode, 200, 'an nbf in the past is fine')
-})
-
-t.test('beside an app\'s own @fastify/jwt: both kinds of token, both request.user shapes', async (t) => {
-  const issuer = await issuerFor(t)
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(fastifyJwt, { secret: 'the-app-own-secret-for-its-own-session-tokens' })
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url })
-  app.get('/own', async (request) => {
-    await request.jwtVerify()
-    return request.user
-  })
-  app.get('/me', { preHandler: app.authenticate }, async (request) => request.user)
-  await app.ready()
-
-  // @fastify/jwt has one FastifyJWT interface: the plugin types it for Supabase claims, so the app's own payload is cast
-  const own = app.jwt.sign({ session: 'app-session-1' } as never)
-  const supabase = issuer.sign({ sub: 'u-1' })
-  const ownAnswer = await app.inject({ url: '/own', headers: { authorization: `Bearer ${own}` } })
-  t.equal(ownAnswer.statusCode, 200)
-  t.equal(ownAnswer.json().session, 'app-session-1', 'the app\'s own tokens keep their shape')
-  const me = await getMe(app, supabase)
-  t.equal(me.statusCode, 200)
-  t.equal(me.json().sub, 'u-1')
-  t.equal(me.json().aud, 'authenticated', 'Supabase claims on the plugin\'s routes')
-
-  t.equal(codeOf(await getMe(app, own)), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'the app\'s HS256 token is refused by the plugin')
-  t.not((await app.inject({ url: '/own', headers: { authorization: `Bearer ${supabase}` } })).statusCode, 200,
-    'a Supabase token is refused by the app\'s own verifier')
-  t.equal(issuer.jwksRequests, 1)
 })
 
 t.test('a key whose JWK says RS256 verifies no PS256 token, even with PS256 allowed', async (t) => {
