@@ -225,7 +225,7 @@ export const EMPTY_SET = 'the JWKS has no keys: the project still signs with the
 export interface Answer { status: number, body: Buffer }
 const NO_ANSWER: Answer = { status: 0, body: Buffer.alloc(0) }
 /** Network codes of a connection closed under a request: worth one immediate new try. */
-const TRANSIENT = new Set<unknown>(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
+export const TRANSIENT: ReadonlySet<unknown> = new Set<unknown>(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET'])
 /** The first wait after a failed fetch, in ms (or cooldown / 16 if shorter); it doubles with each failure in a row, up to `cooldown`. */
 const BACKOFF_START = 1000
 const JITTER = 0.2

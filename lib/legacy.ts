@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks'
 import { Agent, request } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { AuthUnavailableError, TokenInvalidError } from './errors'
+import { TRANSIENT } from './keys'
 import type { IssuerConfig, LegacyConfig } from './options'
 
 /*
@@ -63,6 +64,11 @@ function apiKeyRefused (body: string): boolean {
   } catch {
     return false
   }
+}
+
+/** The network code of an undici error (ECONNRESET, UND_ERR_SOCKET, ...), if any. */
+function codeOf (error: unknown): unknown {
+  return (error as { code?: unknown } | undefined)?.code
 }
 
 /** `config`: the project's (legacy tokens need exactly one issuer); `tokenCache`: the option, which sizes the memory of accepted tokens. */
@@ -133,10 +139,9 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
     return true
   }
 
-  async function call (token: string, sub: string): Promise<void> {
-    stats.legacyCalls++
-    let statusCode: number
-    let body: string
+  /** One `GET /user` within `ms`: Auth's status and body, or the error (and status 0 when it came before any status). */
+  async function attempt (token: string, ms: number): Promise<{ statusCode: number, body: string, error?: unknown }> {
+    let statusCode = 0
     try {
       const response = await request(legacy.userUrl, {
         dispatcher: agent,
@@ -147,14 +152,27 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
           accept: 'application/json',
           'accept-encoding': 'identity'
         },
-        signal: AbortSignal.timeout(timeoutMs)
+        signal: AbortSignal.timeout(ms)
       })
       statusCode = response.statusCode
-      body = await response.body.text()
-    } catch (err) {
+      return { statusCode, body: await response.body.text() }
+    } catch (error) {
+      return { statusCode, body: '', error }
+    }
+  }
+
+  async function call (token: string, sub: string): Promise<void> {
+    stats.legacyCalls++
+    const deadline = performance.now() + timeoutMs
+    let answer = await attempt(token, timeoutMs)
+    // a kept-alive connection that Auth (or a load balancer) closed while idle fails the request sent on it before any
+    // status: one more try at once, on a new connection, within the same timeout (as the JWKS fetch does in keys.ts)
+    const left = Math.floor(deadline - performance.now())
+    if (answer.statusCode === 0 && TRANSIENT.has(codeOf(answer.error)) && left >= 1) answer = await attempt(token, left)
+    const { statusCode, body, error } = answer
+    if (error !== undefined) {
       // undici's errors carry the network code (ECONNREFUSED, UND_ERR_...); a timeout has none
-      const error = err as { code?: unknown, message?: unknown }
-      return unavailable(String(error.message), { code: error.code })
+      return unavailable(String((error as { message?: unknown }).message), { code: codeOf(error) })
     }
     if (statusCode === 401 || statusCode === 403) {
       // the gateway's answer to a missing or wrong apikey: a misconfiguration, not a bad token

@@ -1,5 +1,5 @@
-import t from 'tap'
-import { setTimeout as sleep } from 'node:timers/promises'
+import t, { type Test } from 'tap'
+import { setImmediate as turn, setTimeout as sleep } from 'node:timers/promises'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import supabaseJwks from '../lib/index'
@@ -330,4 +330,52 @@ t.test('the memory of accepted legacy tokens is bounded: the oldest is forgotten
   t.equal(issuer.userRequests, MIN_ACCEPTED + 1, 'the newest is remembered')
   await app.supabaseJwks.verify(tokens[0]!)
   t.equal(issuer.userRequests, MIN_ACCEPTED + 2, 'the oldest was forgotten: one more call')
+})
+
+/**
+ * A stand-in for Supabase Auth's `GET /auth/v1/user` on 127.0.0.1 that answers each token's own `sub`,
+ * keeping connections alive, and destroys the socket of each request `reset` picks (its ordinal, from 1,
+ * and whether it came on a connection already used): the client sees its kept-alive connection closed
+ * under the request, as after a server or load balancer dropped it while idle.
+ */
+async function resettingAuth (t: Test, reset: (request: { ordinal: number, reused: boolean }) => boolean) {
+  const server = createServer({ keepAliveTimeout: 60_000 })
+  const served = new WeakSet<object>()
+  const seen: Array<{ reused: boolean, reset: boolean }> = []
+  server.on('request', (request, response) => {
+    const reused = served.has(request.socket)
+    served.add(request.socket)
+    const destroy = reset({ ordinal: seen.length + 1, reused })
+    seen.push({ reused, reset: destroy })
+    if (destroy) return request.socket.destroy()
+    const token = String(request.headers.authorization).slice('Bearer '.length)
+    const { sub } = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { sub: string }
+    response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: sub }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve) }))
+  return { userUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/auth/v1/user`, seen }
+}
+
+t.test('a kept-alive connection to Auth reset under a call: tried once more at once, on a new connection; reset again, a 503 with no third try', async (t) => {
+  const issuer = await issuerFor(t)
+  // the second request (on the first connection, kept alive) is reset; so are the fourth (on the second one, kept alive) and the fifth
+  const auth = await resettingAuth(t, ({ ordinal }) => ordinal === 2 || ordinal === 4 || ordinal === 5)
+  const { app, entries } = await loggedAppFor(t, legacyOptions(issuer, { userUrl: auth.userUrl }, { tokenCache: 0 }), 'warn')
+  t.equal((await getMe(app, issuer.signLegacy({ sub: 'user-1' }))).statusCode, 200, 'a first call: its connection kept alive')
+  t.same(auth.seen, [{ reused: false, reset: false }])
+  // a turn of the event loop: undici puts the connection back in its pool once the answer is read
+  await turn()
+
+  const second = await getMe(app, issuer.signLegacy({ sub: 'user-2' }))
+  t.equal(second.statusCode, 200, 'accepted: the call tried again on a new connection')
+  t.same(auth.seen.slice(1), [{ reused: true, reset: true }, { reused: false, reset: false }], 'two requests: the reset one and its new try')
+  t.match(app.supabaseJwks.stats(), { legacyCalls: 2, legacyAccepted: 2, legacyUnavailable: 0 })
+  await turn()
+
+  const third = await getMe(app, issuer.signLegacy({ sub: 'user-3' }))
+  t.equal(third.statusCode, 503, 'reset twice: unavailable')
+  t.equal(codeOf(third), 'FST_SUPABASE_JWKS_AUTH_UNAVAILABLE')
+  t.equal(auth.seen.length, 5, 'two requests for that call, no third try')
+  t.match(entries().filter((entry) => entry.msg === 'supabase-jwks: Supabase Auth could not check a legacy token'), [{ code: /ECONNRESET|EPIPE|UND_ERR_SOCKET/ }])
 })
