@@ -3,11 +3,12 @@
  * a token. Everything goes through the plugin's own code: the options (normalizeOptions), the fetch
  * and its bounds (createKeyResolver), the reading of each key (readKeySet) and the verdict on a
  * token (createTokenVerifier). The walk through the checks beside the verdict only explains it.
+ * One fetch, one set: the listing, the walk and the verdict all read the one body fetched (oneSet).
  */
 import { parseArgs } from 'node:util'
 import type { FastifyBaseLogger } from 'fastify'
 import { bounded, extractBearer, toAuthError } from './authenticate'
-import { algorithmNotAllowed } from './errors'
+import { KeysUnavailableError, UnknownKeyError, algorithmNotAllowed } from './errors'
 import { EMPTY_SET, MAX_KEYS, createKeyResolver, readKeySet, type Answer, type KeyEntry, type KeyResolver } from './keys'
 import { normalizeOptions, type Config, type IssuerConfig } from './options'
 import { TokenCache, deepFreeze } from './token-cache'
@@ -484,6 +485,25 @@ async function checkToken (input: string, config: Config, keys: KeyResolver): Pr
   return { ...verdict, steps, header: shallow(header) as Record<string, unknown>, claims: shallow(shownClaims(payload)) as Record<string, unknown> }
 }
 
+/**
+ * `keys` held to the one set the CLI fetched (its `entries`, as listed), for the verdict and the walk alike:
+ * never another fetch. The plugin's resolver fetches again for a kid its set lacks; here that fetch could
+ * find another set than the one listed, and the verdict would judge the token against keys the report
+ * never showed. A kid the set lacks gets what the plugin answers once its own fetch finds this same set
+ * (UNKNOWN_KID); no set (the fetch failed, or the set is empty) what it answers with no key (KEYS_UNAVAILABLE).
+ */
+function oneSet (keys: KeyResolver, entries: readonly KeyEntry[] | undefined): KeyResolver {
+  const set = new Map(entries?.flatMap(({ key }) => key === undefined ? [] : [[key.kid, key] as const]))
+  const unavailable = entries === undefined || entries.length === 0
+  return {
+    ...keys,
+    held: (kid) => set.get(kid),
+    async resolve () {
+      throw unavailable ? new KeysUnavailableError() : new UnknownKeyError()
+    }
+  }
+}
+
 async function check (config: Config, token: string | undefined): Promise<Report> {
   let answer: Answer | undefined
   let failure: string | undefined
@@ -519,7 +539,7 @@ async function check (config: Config, token: string | undefined): Promise<Report
       report.keys = entries.slice(0, MAX_KEYS).map((entry) => keyReport(entry, issuer))
       report.warnings.push(...keyWarnings(entries, report.keys, answer!.body.length, issuer))
     }
-    if (token !== undefined) report.token = await checkToken(token, config, keys)
+    if (token !== undefined) report.token = await checkToken(token, config, oneSet(keys, entries))
   } finally {
     await keys.close()
   }

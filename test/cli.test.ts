@@ -188,6 +188,13 @@ t.test('warning: each key the plugin skips, with the reason; the first 100 keys 
   t.notOk(text.stdout.includes('\u0007') || text.stdout.includes('\u202e'), 'nothing from the JWKS can drive the terminal')
   t.match(text.stdout, /\n {2}- +- +- +- +not used: not a JSON object\n/, 'a value that is not a key: dashes')
   t.match(text.stdout, /symmetric +- +oct +- +not used/)
+  // a token beside the skipped keys: the good one verifies it; a skipped key's kid is unknown, to the plugin too
+  t.match((await report(['check', issuer.url, '--token', issuer.sign()])).token, { accepted: true, statusCode: 200 })
+  const enc = issuer.sign({}, { header: { kid: 'enc' } })
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const res = await getMe(app, enc)
+  t.same([res.statusCode, codeOf(res)], [401, 'FST_SUPABASE_JWKS_UNKNOWN_KID'])
+  t.match((await report(['check', issuer.url, '--token', enc])).token, { accepted: false, statusCode: 401, code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' })
 
   serve(issuer, Array.from({ length: 101 }, (_, i) => ({ ...good, kid: `k${i}` })))
   const many = await report(['check', issuer.url])
@@ -296,6 +303,32 @@ t.test('the walk agrees with the verdict: accepted exactly when no check fails',
     t.equal(json.token!.accepted, good, `${name}: the verdict`)
     t.equal(json.token!.accepted, failed.length === 0, `${name}: accepted exactly when no check fails (${failed.join(', ')})`)
   }
+})
+
+t.test('one fetch, one set: a token of a kid the set lacks costs no second fetch; the walk, the verdict and the listing agree', async (t) => {
+  const issuer = await issuerFor(t)
+  const later = issuer.addKey({ publish: false })
+  const token = issuer.sign({}, { kid: later.kid })
+  // the first answer lacks the token's kid, every later one has it: a second fetch would find it
+  issuer.respondWith((_request, response) => {
+    response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(issuer.jwks()))
+    issuer.publish(later.kid)
+    issuer.respondWith(undefined)
+    return true
+  })
+  const json = await report(['check', issuer.url, '--token', token])
+  t.equal(issuer.jwksRequests, 1, 'one JWKS fetch')
+  t.same(json.keys.map((key) => key.kid), [issuer.currentKey.kid], 'the set fetched lacks the kid')
+  t.match(json.token, { accepted: false, statusCode: 401, code: 'FST_SUPABASE_JWKS_UNKNOWN_KID' }, 'the verdict from that set')
+  t.match(json.token!.steps.find((step) => step.check === 'kid'), { result: 'fail', detail: `no key ${later.kid} in the key set` }, 'the walk from that set')
+  t.same(json.token!.steps.filter((step) => step.result === 'fail').map((step) => step.check), ['kid'], 'refused for the kid alone')
+  t.equal(json.code, 1)
+
+  // a known kid: one fetch too, accepted, every step passed
+  const known = await report(['check', issuer.url, '--token', issuer.sign()])
+  t.equal(issuer.jwksRequests, 2, 'one more fetch for the second run')
+  t.match(known.token, { accepted: true, statusCode: 200 })
+  t.same(known.token!.steps.filter((step) => step.result !== 'pass'), [])
 })
 
 t.test('values nested thousands deep, in the JWKS or a token: shown a few levels deep, never a stack overflow', async (t) => {
