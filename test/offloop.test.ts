@@ -2,7 +2,8 @@ import t from 'tap'
 import { lookup } from 'node:dns'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
-import { MAX_OFF_LOOP, MAX_QUEUED } from '../lib/signature'
+import { MAX_OFF_LOOP, MAX_QUEUED, queueSlots } from '../lib/signature'
+import { b64, parts } from './fixtures/craft'
 import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
 
 t.test('signatures are checked on the thread pool, whatever the algorithm', async (t) => {
@@ -79,4 +80,55 @@ t.test('a DNS lookup made during a flood waits behind at most the checks in flig
   await Promise.all(checks)
   t.ok(doneAtLookup < flood.length / 4, `the lookup was answered after ${doneAtLookup} of ${flood.length} checks`)
   t.equal(app.supabaseJwks.stats().signaturesOnLoop, 0, 'all of them on the pool or in the queue')
+})
+
+t.test('a sustained flood of forged signatures with a held kid: the queue never holds more than MAX_QUEUED slots, each one a check waiting; nothing held after', async (t) => {
+  const issuer = await issuerFor(t, { alg: 'ES256' })
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['ES256'], tokenCache: 0 })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'the kid is held')
+  // tokens of the held kid, each with claims of its own and a signature of the right length that is not theirs
+  const { head, claims } = parts(issuer.sign())
+  const forged = (i: number) => `${head}.${b64({ ...claims, sub: `flood-${i}` })}.${'A'.repeat(86)}`
+  // a flood kept up: as each check is answered, another is sent, so that about half of MAX_QUEUED wait
+  // all along and the queue never empties until the last ones; four times MAX_QUEUED go through it
+  const total = MAX_OFF_LOOP + 4 * MAX_QUEUED
+  const outstanding = MAX_OFF_LOOP + MAX_QUEUED / 2
+  let sent = 0
+  let answered = 0
+  let refused = 0
+  const samples = { count: 0, maxCapacity: 0, maxWaiting: 0, mismatched: 0, emptied: 0 }
+  function sample (): void {
+    const slots = queueSlots()
+    samples.count++
+    samples.maxCapacity = Math.max(samples.maxCapacity, slots.capacity)
+    samples.maxWaiting = Math.max(samples.maxWaiting, slots.waiting)
+    if (slots.occupied !== slots.waiting) samples.mismatched++
+    // while checks are still being sent, the queue must not have emptied: that is what a sustained flood is
+    if (sent < total && slots.waiting === 0) samples.emptied++
+  }
+  await new Promise<void>((resolve) => {
+    function send (): void {
+      const token = forged(sent++)
+      app.supabaseJwks.verify(token).then(() => {}, (err: { code?: string }) => {
+        if (err.code === 'FST_SUPABASE_JWKS_TOKEN_INVALID') refused++
+      }).then(() => {
+        answered++
+        sample()
+        if (sent < total) send()
+        else if (answered === total) resolve()
+      })
+    }
+    while (sent < outstanding) send()
+    sample()
+  })
+  t.equal(refused, total, 'every forged signature refused')
+  t.match(app.supabaseJwks.stats(), { signaturesOffLoop: total + 1, signaturesOnLoop: 0 }, 'all of them through the pool and its queue')
+  t.ok(samples.count > total, `sampled ${samples.count} times during the flood`)
+  t.equal(samples.emptied, 0, 'the queue did not empty while the flood lasted')
+  t.ok(samples.maxWaiting >= MAX_QUEUED / 4, `up to ${samples.maxWaiting} checks waited at once`)
+  t.ok(samples.maxCapacity <= MAX_QUEUED, `the storage held at most ${samples.maxCapacity} slots (MAX_QUEUED: ${MAX_QUEUED}), while ${total - MAX_OFF_LOOP} checks went through the queue`)
+  t.equal(samples.mismatched, 0, 'occupied slots were always the checks waiting')
+  const after = queueSlots()
+  t.same({ occupied: after.occupied, waiting: after.waiting }, { occupied: 0, waiting: 0 }, 'after the flood: nothing held')
+  t.ok(after.capacity <= MAX_QUEUED)
 })
