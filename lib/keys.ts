@@ -281,7 +281,9 @@ function withTimeout<T> (promise: Promise<T>, ms: number, timeoutMs: number): Pr
 }
 
 /** Why a fetch runs: a kid not held (may start the unknown-kid cooldown), refresh() (ends it), a refresh ahead or the warm start (neither). */
-type FetchMode = 'lookup' | 'forced' | 'ahead'
+type FetchMode = 'lookup' | 'forced' | 'ahead' | 'warm'
+/** What the `fetching JWKS` log line says of each mode (`reason`). */
+const REASONS: Record<FetchMode, string> = { lookup: 'lookup', forced: 'refresh', ahead: 'refresh ahead', warm: 'warm start' }
 
 /**
  * The key resolver for one issuer. `observe` (the `check` CLI) is told each complete answer
@@ -453,7 +455,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       // fetched, so that an outage of the discovery endpoint alone is no outage of the keys
     }
     const url = jwksUrl!
-    log.info({ jwksUrl: url.href, kid }, 'supabase-jwks: fetching JWKS')
+    // the kid only for a lookup: a refresh, a refresh ahead or the warm start is for no kid
+    log.info({ jwksUrl: url.href, reason: REASONS[mode], ...(mode === 'lookup' ? { kid } : {}) }, 'supabase-jwks: fetching JWKS')
     const { observed, code, error } = await get((options) =>
       // a get-jwks of its own per request (its path fixed when built, its caches empty): its answer is judged here
       buildGetJwks({ jwksPath: url.pathname + url.search, ttl: cacheTtlMs, fetchOptions: options }).getJwk({ domain: url.origin, alg: undefined as unknown as string, kid }), deadline)
@@ -559,7 +562,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       await fetchOnce('', 'forced')
     },
     async warm () {
-      await fetchOnce('', 'ahead')
+      await fetchOnce('', 'warm')
     },
     stats () {
       const now = clock()

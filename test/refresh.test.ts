@@ -2,7 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
-import { appFor, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
 
 t.test('a slow JWKS at refresh time: no request waits on the routine refresh', async (t) => {
   const issuer = await issuerFor(t)
@@ -126,4 +126,21 @@ t.test('an idle server past cacheTtl + timeout, JWKS failing: the request waits 
   t.equal((await getMe(app, token)).statusCode, 200, 'served from the held set after the failed fetch')
   t.equal(issuer.jwksRequests, 2)
   t.match(app.supabaseJwks.stats(), { state: 'stale', failures: 1 })
+})
+
+t.test('the fetching JWKS log line says why the fetch runs, and names a kid only for a lookup', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url, warmStart: true, cacheTtl: 0.2, timeout: 2 }, 'info')
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  await app.supabaseJwks.refresh()
+  await sleep(250)
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  for (let i = 0; i < 100 && app.supabaseJwks.stats().state !== 'fresh'; i++) await sleep(10)
+  const fetching = entries().filter((entry) => entry.msg === 'supabase-jwks: fetching JWKS')
+  t.same(fetching.map((entry) => [entry.reason, 'kid' in entry ? entry.kid : 'no kid']), [
+    ['warm start', 'no kid'],
+    ['lookup', 'forged'],
+    ['refresh', 'no kid'],
+    ['refresh ahead', 'no kid']
+  ])
 })
