@@ -19,7 +19,8 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *     at once (revocation), a kid it has needs no further fetch (a rotation's standby key);
  *   - one fetch at a time: concurrent lookups wait for it instead of fetching again;
  *   - a fetch that does not find the kid it was made for starts a `cooldown` during which other
- *     unknown kids are answered 401 at once; only its own clock (or `refresh()`) ends it;
+ *     unknown kids are answered 401 at once, the set past `cacheTtl` or not; only its own clock (or
+ *     `refresh()`) ends it;
  *   - a failed fetch is retried at most once per `cooldown`, in the background: held keys keep
  *     verifying for `staleIfError` past their TTL without waiting for it, and unknown kids are
  *     answered 503;
@@ -526,8 +527,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     const now = clock()
     if (now < setAt + cacheTtlMs) return keys.get(kid)
     if (lastFetchFailed || now >= setAt + cacheTtlMs + timeoutMs) return undefined
-    if (inflight === undefined) fetchOnce(kid, 'ahead') // never rejects
-    return keys.get(kid)
+    const key = keys.get(kid)
+    // only a kid the set has refreshes it ahead: an unknown kid goes to resolve(), under the unknown-kid cooldown
+    if (key !== undefined && inflight === undefined) fetchOnce(kid, 'ahead') // never rejects
+    return key
   }
 
   function state (now: number): KeyState {
@@ -545,9 +548,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       const stale = staleKey(kid, now)
       if (stale !== undefined) return stale
     } else if (inflight === undefined) {
-      const fresh = now < setAt + cacheTtlMs
-      // a fresh set without this kid, within the unknown-kid cooldown: no fetch
-      if (fresh && now < unknownUntil) throw new UnknownKeyError()
+      // within the unknown-kid cooldown, a kid the held set lacks is refused at once, whether or not the set is
+      // past cacheTtl: with a cacheTtl shorter than cooldown, each stale set would otherwise let one more unknown
+      // kid fetch. A kid the stale set has still fetches, and so refreshes the set
+      if (now < unknownUntil && !keys.has(kid)) throw new UnknownKeyError()
       fetchOnce(kid)
     }
     if (inflight !== undefined) await inflight
