@@ -24,6 +24,7 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *   - a failed fetch is retried at most once per `cooldown`, in the background: held keys keep
  *     verifying for `staleIfError` past their TTL without waiting for it, and unknown kids are
  *     answered 503;
+ *   - one fetch is one failure at most, however many of its steps (discovery, JWKS) failed;
  *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
  *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
  *     a 200 whose body is a JSON key set counts;
@@ -52,7 +53,10 @@ export type KeyState = 'fresh' | 'refreshing' | 'stale' | 'unavailable'
 export interface KeyStats {
   /** JWKS fetches started. */
   fetches: number
-  /** Fetches that failed (network, timeout, status, size, body). */
+  /**
+   * Fetches that failed (network, timeout, status, size, body): one per fetch at most. With `discovery`, a
+   * document that could not be read while the JWKS it named last answered is logged, not counted.
+   */
   failures: number
   /** Usable keys held now. */
   keys: number
@@ -286,6 +290,9 @@ type FetchMode = 'lookup' | 'forced' | 'ahead' | 'warm'
 /** What the `fetching JWKS` log line says of each mode (`reason`). */
 const REASONS: Record<FetchMode, string> = { lookup: 'lookup', forced: 'refresh', ahead: 'refresh ahead', warm: 'warm start' }
 
+/** Why the discovery document gave no JWKS URL, and where: logged, and counted only if the fetch fails as a whole. */
+interface Refusal { reason: string, where: Record<string, unknown> }
+
 /**
  * The key resolver for one issuer. `observe` (the `check` CLI) is told each complete answer
  * of the JWKS server, status and body as fetched.
@@ -340,10 +347,9 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     log.warn({ jwksUrl: jwksUrl?.href, ...extra, reason }, 'supabase-jwks: JWKS fetch failed')
   }
 
-  /** A failure where a value was expected: `undefined` after `failed`. */
-  function nothing (reason: string, extra: Record<string, unknown>): undefined {
-    failed(reason, extra)
-    return undefined
+  /** Why the discovery document gave no JWKS URL. */
+  function refusal (reason: string, where: Record<string, unknown>): Refusal {
+    return { reason, where }
   }
 
   /** After a good fetch: says at warn when the set holds no key that `algorithms` lets verify anything. */
@@ -384,8 +390,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     return result
   }
 
-  /** The `jwks_uri` of a discovery document, or `undefined` (and a failure) when the document is not acceptable. */
-  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | undefined {
+  /** The `jwks_uri` of a discovery document, or why the document is not acceptable. */
+  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | Refusal {
     const where = { discoveryUrl: source.href }
     let document: { issuer?: unknown, jwks_uri?: unknown } | null
     try {
@@ -393,11 +399,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     } catch {
       document = null
     }
-    if (typeof document !== 'object' || document === null) return nothing('the discovery document is not a JSON object', where)
+    if (typeof document !== 'object' || document === null) return refusal('the discovery document is not a JSON object', where)
     if (document.issuer !== discovery.issuer) {
       // the configured issuer must be the document's, exactly (OpenID Connect Discovery 1.0 §4.3, RFC 8414 §3.3)
       const received = typeof document.issuer === 'string' ? document.issuer.slice(0, 200) : typeof document.issuer
-      return nothing('the discovery document names another issuer: set issuer to exactly the one it names, or fix the URL',
+      return refusal('the discovery document names another issuer: set issuer to exactly the one it names, or fix the URL',
         { ...where, issuer: discovery.issuer, documentIssuer: received })
     }
     let url: URL | undefined
@@ -405,11 +411,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       url = new URL(document.jwks_uri as string)
     } catch {}
     if (typeof document.jwks_uri !== 'string' || url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
-      return nothing('the discovery document has no jwks_uri that is an http(s) URL', where)
+      return refusal('the discovery document has no jwks_uri that is an http(s) URL', where)
     }
-    if (url.username || url.password || url.hash) return nothing('the discovery document\'s jwks_uri carries credentials or a fragment', where)
+    if (url.username || url.password || url.hash) return refusal('the discovery document\'s jwks_uri carries credentials or a fragment', where)
     if (url.protocol === 'http:' && !isLoopback(url.hostname) && !config.allowInsecure) {
-      return nothing('the discovery document\'s jwks_uri is plain http on a non-loopback host: keys fetched so could be swapped on the way',
+      return refusal('the discovery document\'s jwks_uri is plain http on a non-loopback host: keys fetched so could be swapped on the way',
         { ...where, jwksUri: url.href })
     }
     if (url.protocol === 'http:' && !isLoopback(url.hostname) && url.href !== warnedInsecure) {
@@ -417,20 +423,20 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       warnedInsecure = url.href
       log.warn({ ...where, jwksUri: url.href }, 'supabase-jwks: the JWKS is fetched over plain http')
     }
-    if (url.pathname === '/') return nothing('the discovery document\'s jwks_uri has no path: it must name the JWKS document', { ...where, jwksUri: url.href })
+    if (url.pathname === '/') return refusal('the discovery document\'s jwks_uri has no path: it must name the JWKS document', { ...where, jwksUri: url.href })
     return url
   }
 
-  /** Reads the JWKS URL from the discovery document: the next URL only after a 404. `undefined` after a failure. */
-  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | undefined> {
+  /** Reads the JWKS URL from the discovery document: the next URL only after a 404. */
+  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | Refusal> {
     for (const source of discovery.urls) {
       const { observed, code, error } = await get((options) => fetch(source, options).then((response) => response.arrayBuffer()), deadline)
       if (observed.status === 404) continue
-      if (observed.status === 0) return nothing(String((error as Error).message), { discoveryUrl: source.href, code })
-      if (observed.status !== 200) return nothing(`the discovery document answered HTTP ${observed.status}`, { discoveryUrl: source.href, status: observed.status })
+      if (observed.status === 0) return refusal(String((error as Error).message), { discoveryUrl: source.href, code })
+      if (observed.status !== 200) return refusal(`the discovery document answered HTTP ${observed.status}`, { discoveryUrl: source.href, status: observed.status })
       return jwksUriOf(observed.body, discovery, source)
     }
-    return nothing('no discovery document: every discovery URL answered HTTP 404', { discoveryUrls: discovery.urls.map((url) => url.href) })
+    return refusal('no discovery document: every discovery URL answered HTTP 404', { discoveryUrls: discovery.urls.map((url) => url.href) })
   }
 
   /**
@@ -445,15 +451,18 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     // the discovery document: read first, then again once per cacheTtl, after any failure, and at each refresh()
     if (config.discovery !== undefined && (jwksUrl === undefined || mode === 'forced' || lastFetchFailed || clock() >= discoveredAt + cacheTtlMs)) {
       const found = await discover(config.discovery, deadline)
-      if (found !== undefined) {
+      if (found instanceof URL) {
         jwksUrl = found
         discoveredAt = clock()
       } else if (jwksUrl === undefined || deadline - clock() < timeoutMs / 4) {
         // never read, or the document took (nearly) all of the time: the fetch has failed
-        return
+        return failed(found.reason, found.where)
+      } else {
+        // a document that cannot be read now: the jwks_uri it named last is fetched, so that an outage of the
+        // discovery endpoint alone is no outage of the keys. Logged here; the fetch counts as failed only if
+        // that JWKS fails too (one fetch, one failure, one step of the backoff)
+        log.warn({ jwksUrl: jwksUrl.href, ...found.where, reason: found.reason }, 'supabase-jwks: discovery document not read: fetching the jwks_uri it named last')
       }
-      // a document that cannot be read now (its failure logged and counted): the jwks_uri it named last is
-      // fetched, so that an outage of the discovery endpoint alone is no outage of the keys
     }
     const url = jwksUrl!
     // the kid only for a lookup: a refresh, a refresh ahead or the warm start is for no kid
