@@ -23,7 +23,7 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *     `refresh()`) ends it;
  *   - a failed fetch is retried at most once per `cooldown`, in the background: held keys keep
  *     verifying for `staleIfError` past their TTL without waiting for it, and unknown kids are
- *     answered 503;
+ *     answered 503. A failed `refresh()` says so, and is retried by a timer with the same backoff;
  *   - one fetch is one failure at most, however many of its steps (discovery, JWKS) failed;
  *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
  *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
@@ -46,6 +46,9 @@ export interface CachedKey {
   /** A signature check per algorithm the key and the allowlist both accept. */
   checks: ReadonlyMap<string, SignatureCheck>
 }
+
+/** `KeysUnavailableError`, with the seconds until the next fetch is allowed and the failure in `cause`. */
+export type KeysUnavailable = InstanceType<typeof KeysUnavailableError> & { retryAfter: number, cause: Error }
 
 export type KeyState = 'fresh' | 'refreshing' | 'stale' | 'unavailable'
 
@@ -83,8 +86,12 @@ export interface KeyResolver {
   held (kid: string): CachedKey | undefined
   /** Key `kid` when it is not held: fetches if the policy allows, or throws the answer. */
   resolve (kid: string): Promise<CachedKey>
-  /** Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. */
-  refresh (): Promise<void>
+  /**
+   * Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. Resolves to
+   * `undefined` when a key set was had, else to the error to answer with (never rejects); a failed
+   * refresh is retried with the backoff by a timer until a fetch succeeds, which then ends the cooldown.
+   */
+  refresh (): Promise<KeysUnavailable | undefined>
   /** The first fetch, at start: like a refresh ahead, it starts no unknown-kid cooldown. */
   warm (): Promise<void>
   stats (): KeyStats
@@ -332,10 +339,16 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   let failuresInRow = 0 // for the backoff: 1 s, 2 s, 4 s ... up to cooldown
   let unknownUntil = 0 // the unknown-kid cooldown: ended by its own clock only (or by refresh())
   let lastFetchFailed = false
-  let inflight: Promise<void> | undefined
+  let inflight: Promise<string | undefined> | undefined
+  // a refresh() whose fetch has not succeeded yet: retried by `retryTimer` at `retryAt`, and the first good
+  // fetch (the retry, or any other) does what the refresh was for, ending the unknown-kid cooldown
+  let refreshPending = false
+  let retryTimer: NodeJS.Timeout | undefined
+  let closed = false
   const stats: Omit<KeyStats, 'state' | 'nextRetryAt'> = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
 
-  function failed (reason: string, extra: Record<string, unknown> = {}): void {
+  /** Counts and logs a failed fetch (once per fetch), starts the backoff; returns the cause, for refresh(). */
+  function failed (reason: string, extra: Record<string, unknown> = {}): string {
     lastFetchFailed = true
     failuresInRow++
     // backoff: 1 s doubling up to cooldown, with up to 20% jitter so that instances do not retry in step
@@ -345,6 +358,20 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     stats.lastFailureAt = Date.now()
     // the reason only: a GetJwksError also carries the response, which is not ours to log
     log.warn({ jwksUrl: jwksUrl?.href, ...extra, reason }, 'supabase-jwks: JWKS fetch failed')
+    if (refreshPending) retryRefresh(retryAt - clock())
+    return typeof extra.code === 'string' ? `${reason} (${extra.code})` : reason
+  }
+
+  /**
+   * A failed refresh() is retried by an unref'd timer at `retryAt`, not by the next request: the revocation
+   * it was called for then applies as soon as the JWKS answers again, on a busy or a quiet server alike (a
+   * request-driven retry would let requests verify with the held set until one comes after the wait, and
+   * that one too). Again after each failure (with the backoff), until a good fetch or close().
+   */
+  function retryRefresh (wait: number): void {
+    clearTimeout(retryTimer)
+    if (closed) return
+    retryTimer = setTimeout(() => { fetchOnce('', 'forced') }, wait).unref() // never rejects
   }
 
   /** Why the discovery document gave no JWKS URL. */
@@ -442,10 +469,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   /**
    * One fetch for `kid` (after the discovery document, when it is due). Its outcome is judged by what the server answered, seen by the
    * interceptor, never by get-jwks' own lookup (which throws on odd entries and depends on the
-   * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
-   * unknown-kid cooldown; any other fetch that does not find its kid starts one.
+   * kid asked for): the same body always gives the same key set. A refresh (or, after it failed, the
+   * first good fetch) ends the unknown-kid cooldown; a lookup that does not find its kid starts one.
+   * Resolves to why the fetch failed (counted once, however many of its steps failed), or `undefined`.
    */
-  async function fetchSet (kid: string, mode: FetchMode): Promise<void> {
+  async function fetchSet (kid: string, mode: FetchMode): Promise<string | undefined> {
     stats.fetches++
     const deadline = clock() + timeoutMs
     // the discovery document: read first, then again once per cacheTtl, after any failure, and at each refresh()
@@ -484,18 +512,26 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     setAt = clock()
     lastFetchFailed = false
     failuresInRow = 0
-    if (mode === 'forced') unknownUntil = 0
-    else if (mode === 'lookup' && !set.has(kid)) unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
+    if (refreshPending) {
+      // a refresh(), or the first good fetch since it failed (its retry or any other)
+      refreshPending = false
+      clearTimeout(retryTimer)
+      unknownUntil = 0
+    } else if (mode === 'lookup' && !set.has(kid)) {
+      unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
+    }
     stats.keys = set.size
     stats.lastSuccessAt = Date.now()
     warnIfUnusable(set, url)
+    return undefined
   }
 
-  function fetchOnce (kid: string, mode: FetchMode = 'lookup'): Promise<void> {
-    inflight ??= fetchSet(kid, mode).catch((err: unknown) => {
+  /** One fetch at a time: a fetch already running is joined. Resolves to why it failed, or `undefined`. */
+  function fetchOnce (kid: string, mode: FetchMode = 'lookup'): Promise<string | undefined> {
+    inflight ??= fetchSet(kid, mode).catch((err: unknown) =>
       // a guard: nothing a JWKS sends is known to get here, and a fetch must never reject
       failed(`unexpected error: ${String((err as Error)?.message)}`)
-    }).finally(() => { inflight = undefined })
+    ).finally(() => { inflight = undefined })
     return inflight
   }
 
@@ -572,7 +608,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     resolve,
     async refresh () {
       if (inflight !== undefined) await inflight
-      await fetchOnce('', 'forced')
+      refreshPending = true
+      const cause = await fetchOnce('', 'forced')
+      if (cause === undefined) return undefined
+      // the cause is the plugin's own words (a status, a network code, a timeout), never the server's body
+      return Object.assign(new KeysUnavailableError({ cause: new Error(cause) }), { retryAfter: retryAfter() }) as KeysUnavailable
     },
     async warm () {
       await fetchOnce('', 'warm')
@@ -586,6 +626,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       }
     },
     async close () {
+      closed = true
+      clearTimeout(retryTimer)
       await agent.destroy()
     }
   }

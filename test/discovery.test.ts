@@ -53,7 +53,7 @@ t.test('discovery: the JWKS URL is read from the provider\'s discovery document,
 
   // after a failed fetch, the next fetch reads the document again (within cacheTtl too)
   provider.respondWith((request, response) => String(request.url).includes('jwks') ? json(response, 500, '{}') : false)
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE' })
   t.equal(app.supabaseJwks.stats().failures, 1)
   t.equal(provider.discoveryRequests, 4)
   provider.respondWith(undefined)
@@ -82,7 +82,7 @@ t.test('discovery: an outage of the discovery endpoint alone is no outage of the
 
   // a document that takes the whole timeout leaves no time for the JWKS: that fetch fails as a whole
   provider.respondWith((request) => pathOf(request) === '/.well-known/openid-configuration')
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: /timed out|aborted/ } })
   t.same([provider.discoveryRequests, provider.jwksRequests], [3, 2], 'no JWKS request after a document that timed out')
   t.match(app.supabaseJwks.stats(), { failures: 1, state: 'stale' })
 })
@@ -94,7 +94,7 @@ t.test('discovery: a failed document and then a failed JWKS are one failed fetch
   provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration'
     ? json(response, 503, '{}')
     : String(request.url).includes('jwks') ? json(response, 500, '{}') : false)
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: 'the JWKS answered HTTP 500' } })
   t.same([provider.discoveryRequests, provider.jwksRequests], [2, 2])
   const stats = app.supabaseJwks.stats()
   t.match(stats, { fetches: 2, failures: 1, state: 'stale' })
