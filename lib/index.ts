@@ -3,13 +3,16 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, type Cookies } from './authenticate'
-import { RegistrationError, errorCodes as codes } from './errors'
-import { combineStats, createKeyResolver, type KeyStats } from './keys'
+import { KeysUnavailableError, RegistrationError, errorCodes as codes } from './errors'
+import { combineStats, createKeyResolver, type KeyStats, type KeysUnavailable } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
 import { normalizeOptions, requirements, type IssuerOptions, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
+
+/** How many failed issuers a failed refresh() names. */
+const MAX_NAMED = 3
 
 async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options): Promise<void> {
   if (fastify.hasDecorator('supabaseJwks')) {
@@ -38,6 +41,17 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     await Promise.all(resolvers.map((keys) => keys.close()))
     await legacy?.close()
   })
+  /**
+   * A refresh() of several issuers that failed for some: one KeysUnavailableError whose cause names
+   * them (the first few, bounded) with their causes, and the longest Retry-After (every retry is then due).
+   */
+  function refreshFailure (failed: ReadonlyArray<{ error: KeysUnavailable, issuer: string | undefined }>): KeysUnavailable {
+    const named = failed.slice(0, MAX_NAMED).map(({ error, issuer }) => `${String(issuer).slice(0, 200)}: ${error.cause.message}`)
+    if (failed.length > MAX_NAMED) named.push(`and ${failed.length - MAX_NAMED} more`)
+    const cause = new Error(`the JWKS of ${failed.length} of ${resolvers.length} issuers could not be fetched: ${named.join('; ')}`)
+    return Object.assign(new KeysUnavailableError({ cause }), { retryAfter: Math.max(...failed.map(({ error }) => error.retryAfter)) }) as KeysUnavailable
+  }
+
   /** Key stats: the one issuer's, or with several the sums and each issuer's own. */
   function keyStats (): KeyStats & { issuers?: Record<string, KeyStats> } {
     if (!config.routed) return resolvers[0]!.stats()
@@ -92,7 +106,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     },
     refresh: async () => {
       tokens.clear()
-      await Promise.all(resolvers.map((keys) => keys.refresh()))
+      const outcomes = await Promise.all(resolvers.map((keys) => keys.refresh()))
+      const failed = outcomes.flatMap((error, index) => error === undefined ? [] : [{ error, issuer: config.issuers[index]!.issuer?.[0] }])
+      if (failed.length === 0) return
+      throw config.routed ? refreshFailure(failed) : failed[0]!.error
     },
     stats: () => ({
       ...keyStats(),
@@ -174,7 +191,14 @@ declare namespace fastifySupabaseJwks {
     verify (token: string): Promise<SupabaseUser>
     /**
      * Fetches the JWKS now, ignoring the cache lifetime and the cooldown (Supabase asks verifiers
-     * to offer a purge). Resolves when the fetch is over, whether or not it succeeded.
+     * to offer a purge), and empties the token cache. Resolves once a key set was fetched (a key it
+     * no longer lists stops verifying then). Rejects when the fetch failed, with the code
+     * `FST_SUPABASE_JWKS_KEYS_UNAVAILABLE` (`statusCode` 503, `retryAfter` in seconds, and the
+     * failure in `cause`: a status, a network code or a timeout, never the server's body): the held
+     * keys keep verifying meanwhile, and the fetch is retried in the background with the backoff
+     * (after `retryAfter`, then doubling up to `cooldown`), with no further call, until one
+     * succeeds. With several issuers, every issuer is fetched, and it rejects if any failed: the
+     * `cause` names them (the first three) and `retryAfter` is the longest of their waits.
      */
     refresh (): Promise<void>
     /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */

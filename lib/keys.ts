@@ -19,10 +19,12 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *     at once (revocation), a kid it has needs no further fetch (a rotation's standby key);
  *   - one fetch at a time: concurrent lookups wait for it instead of fetching again;
  *   - a fetch that does not find the kid it was made for starts a `cooldown` during which other
- *     unknown kids are answered 401 at once; only its own clock (or `refresh()`) ends it;
+ *     unknown kids are answered 401 at once, the set past `cacheTtl` or not; only its own clock (or
+ *     `refresh()`) ends it;
  *   - a failed fetch is retried at most once per `cooldown`, in the background: held keys keep
  *     verifying for `staleIfError` past their TTL without waiting for it, and unknown kids are
- *     answered 503;
+ *     answered 503. A failed `refresh()` says so, and is retried by a timer with the same backoff;
+ *   - one fetch is one failure at most, however many of its steps (discovery, JWKS) failed;
  *   - each fetch is bounded: `timeout` from start to end (the request is aborted, not just
  *     abandoned), `maxResponseSize`, no compression (so the cap holds), no redirects, and only
  *     a 200 whose body is a JSON key set counts;
@@ -45,13 +47,19 @@ export interface CachedKey {
   checks: ReadonlyMap<string, SignatureCheck>
 }
 
+/** `KeysUnavailableError`, with the seconds until the next fetch is allowed and the failure in `cause`. */
+export type KeysUnavailable = InstanceType<typeof KeysUnavailableError> & { retryAfter: number, cause: Error }
+
 export type KeyState = 'fresh' | 'refreshing' | 'stale' | 'unavailable'
 
 /** Key activity, for logs or metrics. */
 export interface KeyStats {
   /** JWKS fetches started. */
   fetches: number
-  /** Fetches that failed (network, timeout, status, size, body). */
+  /**
+   * Fetches that failed (network, timeout, status, size, body): one per fetch at most. With `discovery`, a
+   * document that could not be read while the JWKS it named last answered is logged, not counted.
+   */
   failures: number
   /** Usable keys held now. */
   keys: number
@@ -78,8 +86,12 @@ export interface KeyResolver {
   held (kid: string): CachedKey | undefined
   /** Key `kid` when it is not held: fetches if the policy allows, or throws the answer. */
   resolve (kid: string): Promise<CachedKey>
-  /** Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. */
-  refresh (): Promise<void>
+  /**
+   * Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. Resolves to
+   * `undefined` when a key set was had, else to the error to answer with (never rejects); a failed
+   * refresh is retried with the backoff by a timer until a fetch succeeds, which then ends the cooldown.
+   */
+  refresh (): Promise<KeysUnavailable | undefined>
   /** The first fetch, at start: like a refresh ahead, it starts no unknown-kid cooldown. */
   warm (): Promise<void>
   stats (): KeyStats
@@ -281,7 +293,12 @@ function withTimeout<T> (promise: Promise<T>, ms: number, timeoutMs: number): Pr
 }
 
 /** Why a fetch runs: a kid not held (may start the unknown-kid cooldown), refresh() (ends it), a refresh ahead or the warm start (neither). */
-type FetchMode = 'lookup' | 'forced' | 'ahead'
+type FetchMode = 'lookup' | 'forced' | 'ahead' | 'warm'
+/** What the `fetching JWKS` log line says of each mode (`reason`). */
+const REASONS: Record<FetchMode, string> = { lookup: 'lookup', forced: 'refresh', ahead: 'refresh ahead', warm: 'warm start' }
+
+/** Why the discovery document gave no JWKS URL, and where: logged, and counted only if the fetch fails as a whole. */
+interface Refusal { reason: string, where: Record<string, unknown> }
 
 /**
  * The key resolver for one issuer. `observe` (the `check` CLI) is told each complete answer
@@ -322,10 +339,16 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   let failuresInRow = 0 // for the backoff: 1 s, 2 s, 4 s ... up to cooldown
   let unknownUntil = 0 // the unknown-kid cooldown: ended by its own clock only (or by refresh())
   let lastFetchFailed = false
-  let inflight: Promise<void> | undefined
+  let inflight: Promise<string | undefined> | undefined
+  // a refresh() whose fetch has not succeeded yet: retried by `retryTimer` at `retryAt`, and the first good
+  // fetch (the retry, or any other) does what the refresh was for, ending the unknown-kid cooldown
+  let refreshPending = false
+  let retryTimer: NodeJS.Timeout | undefined
+  let closed = false
   const stats: Omit<KeyStats, 'state' | 'nextRetryAt'> = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
 
-  function failed (reason: string, extra: Record<string, unknown> = {}): void {
+  /** Counts and logs a failed fetch (once per fetch), starts the backoff; returns the cause, for refresh(). */
+  function failed (reason: string, extra: Record<string, unknown> = {}): string {
     lastFetchFailed = true
     failuresInRow++
     // backoff: 1 s doubling up to cooldown, with up to 20% jitter so that instances do not retry in step
@@ -335,12 +358,25 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     stats.lastFailureAt = Date.now()
     // the reason only: a GetJwksError also carries the response, which is not ours to log
     log.warn({ jwksUrl: jwksUrl?.href, ...extra, reason }, 'supabase-jwks: JWKS fetch failed')
+    if (refreshPending) retryRefresh(retryAt - clock())
+    return typeof extra.code === 'string' ? `${reason} (${extra.code})` : reason
   }
 
-  /** A failure where a value was expected: `undefined` after `failed`. */
-  function nothing (reason: string, extra: Record<string, unknown>): undefined {
-    failed(reason, extra)
-    return undefined
+  /**
+   * A failed refresh() is retried by an unref'd timer at `retryAt`, not by the next request: the revocation
+   * it was called for then applies as soon as the JWKS answers again, on a busy or a quiet server alike (a
+   * request-driven retry would let requests verify with the held set until one comes after the wait, and
+   * that one too). Again after each failure (with the backoff), until a good fetch or close().
+   */
+  function retryRefresh (wait: number): void {
+    clearTimeout(retryTimer)
+    if (closed) return
+    retryTimer = setTimeout(() => { fetchOnce('', 'forced') }, wait).unref() // never rejects
+  }
+
+  /** Why the discovery document gave no JWKS URL. */
+  function refusal (reason: string, where: Record<string, unknown>): Refusal {
+    return { reason, where }
   }
 
   /** After a good fetch: says at warn when the set holds no key that `algorithms` lets verify anything. */
@@ -381,8 +417,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     return result
   }
 
-  /** The `jwks_uri` of a discovery document, or `undefined` (and a failure) when the document is not acceptable. */
-  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | undefined {
+  /** The `jwks_uri` of a discovery document, or why the document is not acceptable. */
+  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | Refusal {
     const where = { discoveryUrl: source.href }
     let document: { issuer?: unknown, jwks_uri?: unknown } | null
     try {
@@ -390,11 +426,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     } catch {
       document = null
     }
-    if (typeof document !== 'object' || document === null) return nothing('the discovery document is not a JSON object', where)
+    if (typeof document !== 'object' || document === null) return refusal('the discovery document is not a JSON object', where)
     if (document.issuer !== discovery.issuer) {
       // the configured issuer must be the document's, exactly (OpenID Connect Discovery 1.0 §4.3, RFC 8414 §3.3)
       const received = typeof document.issuer === 'string' ? document.issuer.slice(0, 200) : typeof document.issuer
-      return nothing('the discovery document names another issuer: set issuer to exactly the one it names, or fix the URL',
+      return refusal('the discovery document names another issuer: set issuer to exactly the one it names, or fix the URL',
         { ...where, issuer: discovery.issuer, documentIssuer: received })
     }
     let url: URL | undefined
@@ -402,11 +438,11 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       url = new URL(document.jwks_uri as string)
     } catch {}
     if (typeof document.jwks_uri !== 'string' || url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
-      return nothing('the discovery document has no jwks_uri that is an http(s) URL', where)
+      return refusal('the discovery document has no jwks_uri that is an http(s) URL', where)
     }
-    if (url.username || url.password || url.hash) return nothing('the discovery document\'s jwks_uri carries credentials or a fragment', where)
+    if (url.username || url.password || url.hash) return refusal('the discovery document\'s jwks_uri carries credentials or a fragment', where)
     if (url.protocol === 'http:' && !isLoopback(url.hostname) && !config.allowInsecure) {
-      return nothing('the discovery document\'s jwks_uri is plain http on a non-loopback host: keys fetched so could be swapped on the way',
+      return refusal('the discovery document\'s jwks_uri is plain http on a non-loopback host: keys fetched so could be swapped on the way',
         { ...where, jwksUri: url.href })
     }
     if (url.protocol === 'http:' && !isLoopback(url.hostname) && url.href !== warnedInsecure) {
@@ -414,46 +450,51 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       warnedInsecure = url.href
       log.warn({ ...where, jwksUri: url.href }, 'supabase-jwks: the JWKS is fetched over plain http')
     }
-    if (url.pathname === '/') return nothing('the discovery document\'s jwks_uri has no path: it must name the JWKS document', { ...where, jwksUri: url.href })
+    if (url.pathname === '/') return refusal('the discovery document\'s jwks_uri has no path: it must name the JWKS document', { ...where, jwksUri: url.href })
     return url
   }
 
-  /** Reads the JWKS URL from the discovery document: the next URL only after a 404. `undefined` after a failure. */
-  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | undefined> {
+  /** Reads the JWKS URL from the discovery document: the next URL only after a 404. */
+  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | Refusal> {
     for (const source of discovery.urls) {
       const { observed, code, error } = await get((options) => fetch(source, options).then((response) => response.arrayBuffer()), deadline)
       if (observed.status === 404) continue
-      if (observed.status === 0) return nothing(String((error as Error).message), { discoveryUrl: source.href, code })
-      if (observed.status !== 200) return nothing(`the discovery document answered HTTP ${observed.status}`, { discoveryUrl: source.href, status: observed.status })
+      if (observed.status === 0) return refusal(String((error as Error).message), { discoveryUrl: source.href, code })
+      if (observed.status !== 200) return refusal(`the discovery document answered HTTP ${observed.status}`, { discoveryUrl: source.href, status: observed.status })
       return jwksUriOf(observed.body, discovery, source)
     }
-    return nothing('no discovery document: every discovery URL answered HTTP 404', { discoveryUrls: discovery.urls.map((url) => url.href) })
+    return refusal('no discovery document: every discovery URL answered HTTP 404', { discoveryUrls: discovery.urls.map((url) => url.href) })
   }
 
   /**
    * One fetch for `kid` (after the discovery document, when it is due). Its outcome is judged by what the server answered, seen by the
    * interceptor, never by get-jwks' own lookup (which throws on odd entries and depends on the
-   * kid asked for): the same body always gives the same key set. `forced` (a refresh) ends the
-   * unknown-kid cooldown; any other fetch that does not find its kid starts one.
+   * kid asked for): the same body always gives the same key set. A refresh (or, after it failed, the
+   * first good fetch) ends the unknown-kid cooldown; a lookup that does not find its kid starts one.
+   * Resolves to why the fetch failed (counted once, however many of its steps failed), or `undefined`.
    */
-  async function fetchSet (kid: string, mode: FetchMode): Promise<void> {
+  async function fetchSet (kid: string, mode: FetchMode): Promise<string | undefined> {
     stats.fetches++
     const deadline = clock() + timeoutMs
     // the discovery document: read first, then again once per cacheTtl, after any failure, and at each refresh()
     if (config.discovery !== undefined && (jwksUrl === undefined || mode === 'forced' || lastFetchFailed || clock() >= discoveredAt + cacheTtlMs)) {
       const found = await discover(config.discovery, deadline)
-      if (found !== undefined) {
+      if (found instanceof URL) {
         jwksUrl = found
         discoveredAt = clock()
       } else if (jwksUrl === undefined || deadline - clock() < timeoutMs / 4) {
         // never read, or the document took (nearly) all of the time: the fetch has failed
-        return
+        return failed(found.reason, found.where)
+      } else {
+        // a document that cannot be read now: the jwks_uri it named last is fetched, so that an outage of the
+        // discovery endpoint alone is no outage of the keys. Logged here; the fetch counts as failed only if
+        // that JWKS fails too (one fetch, one failure, one step of the backoff)
+        log.warn({ jwksUrl: jwksUrl.href, ...found.where, reason: found.reason }, 'supabase-jwks: discovery document not read: fetching the jwks_uri it named last')
       }
-      // a document that cannot be read now (its failure logged and counted): the jwks_uri it named last is
-      // fetched, so that an outage of the discovery endpoint alone is no outage of the keys
     }
     const url = jwksUrl!
-    log.info({ jwksUrl: url.href, kid }, 'supabase-jwks: fetching JWKS')
+    // the kid only for a lookup: a refresh, a refresh ahead or the warm start is for no kid
+    log.info({ jwksUrl: url.href, reason: REASONS[mode], ...(mode === 'lookup' ? { kid } : {}) }, 'supabase-jwks: fetching JWKS')
     const { observed, code, error } = await get((options) =>
       // a get-jwks of its own per request (its path fixed when built, its caches empty): its answer is judged here
       buildGetJwks({ jwksPath: url.pathname + url.search, ttl: cacheTtlMs, fetchOptions: options }).getJwk({ domain: url.origin, alg: undefined as unknown as string, kid }), deadline)
@@ -471,18 +512,26 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     setAt = clock()
     lastFetchFailed = false
     failuresInRow = 0
-    if (mode === 'forced') unknownUntil = 0
-    else if (mode === 'lookup' && !set.has(kid)) unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
+    if (refreshPending) {
+      // a refresh(), or the first good fetch since it failed (its retry or any other)
+      refreshPending = false
+      clearTimeout(retryTimer)
+      unknownUntil = 0
+    } else if (mode === 'lookup' && !set.has(kid)) {
+      unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
+    }
     stats.keys = set.size
     stats.lastSuccessAt = Date.now()
     warnIfUnusable(set, url)
+    return undefined
   }
 
-  function fetchOnce (kid: string, mode: FetchMode = 'lookup'): Promise<void> {
-    inflight ??= fetchSet(kid, mode).catch((err: unknown) => {
+  /** One fetch at a time: a fetch already running is joined. Resolves to why it failed, or `undefined`. */
+  function fetchOnce (kid: string, mode: FetchMode = 'lookup'): Promise<string | undefined> {
+    inflight ??= fetchSet(kid, mode).catch((err: unknown) =>
       // a guard: nothing a JWKS sends is known to get here, and a fetch must never reject
       failed(`unexpected error: ${String((err as Error)?.message)}`)
-    }).finally(() => { inflight = undefined })
+    ).finally(() => { inflight = undefined })
     return inflight
   }
 
@@ -523,8 +572,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     const now = clock()
     if (now < setAt + cacheTtlMs) return keys.get(kid)
     if (lastFetchFailed || now >= setAt + cacheTtlMs + timeoutMs) return undefined
-    if (inflight === undefined) fetchOnce(kid, 'ahead') // never rejects
-    return keys.get(kid)
+    const key = keys.get(kid)
+    // only a kid the set has refreshes it ahead: an unknown kid goes to resolve(), under the unknown-kid cooldown
+    if (key !== undefined && inflight === undefined) fetchOnce(kid, 'ahead') // never rejects
+    return key
   }
 
   function state (now: number): KeyState {
@@ -542,9 +593,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       const stale = staleKey(kid, now)
       if (stale !== undefined) return stale
     } else if (inflight === undefined) {
-      const fresh = now < setAt + cacheTtlMs
-      // a fresh set without this kid, within the unknown-kid cooldown: no fetch
-      if (fresh && now < unknownUntil) throw new UnknownKeyError()
+      // within the unknown-kid cooldown, a kid the held set lacks is refused at once, whether or not the set is
+      // past cacheTtl: with a cacheTtl shorter than cooldown, each stale set would otherwise let one more unknown
+      // kid fetch. A kid the stale set has still fetches, and so refreshes the set
+      if (now < unknownUntil && !keys.has(kid)) throw new UnknownKeyError()
       fetchOnce(kid)
     }
     if (inflight !== undefined) await inflight
@@ -556,10 +608,14 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     resolve,
     async refresh () {
       if (inflight !== undefined) await inflight
-      await fetchOnce('', 'forced')
+      refreshPending = true
+      const cause = await fetchOnce('', 'forced')
+      if (cause === undefined) return undefined
+      // the cause is the plugin's own words (a status, a network code, a timeout), never the server's body
+      return Object.assign(new KeysUnavailableError({ cause: new Error(cause) }), { retryAfter: retryAfter() }) as KeysUnavailable
     },
     async warm () {
-      await fetchOnce('', 'ahead')
+      await fetchOnce('', 'warm')
     },
     stats () {
       const now = clock()
@@ -570,6 +626,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       }
     },
     async close () {
+      closed = true
+      clearTimeout(retryTimer)
       await agent.destroy()
     }
   }

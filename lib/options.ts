@@ -176,7 +176,8 @@ export interface SupabaseJwksOptions {
    * Default `10000` (about 2 KB of heap per typical Supabase token, 7.5 KB at worst: some 20 MB
    * when full, 75 MB at worst); `0` turns the cache off.
    * An entry is used only until the token's `exp` and while the key that verified it is still in
-   * the current, fresh key set; tokens over 4 KiB are not kept.
+   * the held key set (younger than `cacheTtl`, or up to `timeout` more while the refresh ahead
+   * runs: as long as the key verifies a token in full); tokens over 4 KiB are not kept.
    */
   tokenCache?: number
   /**

@@ -53,7 +53,7 @@ t.test('discovery: the JWKS URL is read from the provider\'s discovery document,
 
   // after a failed fetch, the next fetch reads the document again (within cacheTtl too)
   provider.respondWith((request, response) => String(request.url).includes('jwks') ? json(response, 500, '{}') : false)
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE' })
   t.equal(app.supabaseJwks.stats().failures, 1)
   t.equal(provider.discoveryRequests, 4)
   provider.respondWith(undefined)
@@ -71,15 +71,40 @@ t.test('discovery: an outage of the discovery endpoint alone is no outage of the
   provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration' ? json(response, 503, '{}') : false)
   await app.supabaseJwks.refresh()
   t.same([provider.discoveryRequests, provider.jwksRequests], [2, 2], 'the document failed; the JWKS it named before was fetched')
-  t.match(app.supabaseJwks.stats(), { state: 'fresh', failures: 1, keys: 1 })
-  t.match(entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed'), { reason: /discovery document answered HTTP 503/ })
+  // keys were fetched: not a failed fetch (stats say fresh, no failure, no backoff), but the document's failure is logged
+  t.match(app.supabaseJwks.stats(), { state: 'fresh', fetches: 2, failures: 0, lastFailureAt: null, nextRetryAt: null, keys: 1 })
+  t.match(entries().filter((entry) => entry.level === 40), [{
+    msg: 'supabase-jwks: discovery document not read: fetching the jwks_uri it named last',
+    reason: /discovery document answered HTTP 503/,
+    jwksUrl: provider.jwksUrl
+  }])
   t.equal((await getMe(app, await provider.token())).statusCode, 200)
 
   // a document that takes the whole timeout leaves no time for the JWKS: that fetch fails as a whole
   provider.respondWith((request) => pathOf(request) === '/.well-known/openid-configuration')
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: /timed out|aborted/ } })
   t.same([provider.discoveryRequests, provider.jwksRequests], [3, 2], 'no JWKS request after a document that timed out')
-  t.match(app.supabaseJwks.stats(), { failures: 2, state: 'stale' })
+  t.match(app.supabaseJwks.stats(), { failures: 1, state: 'stale' })
+})
+
+t.test('discovery: a failed document and then a failed JWKS are one failed fetch: counted once, logged twice, the backoff starts at 1 s', async (t) => {
+  const provider = await providerFor(t, [providerKey('RS256')])
+  const { app, entries } = await loggedAppFor(t, { discovery: true, issuer: provider.issuer, audience: RESOURCE }, 'warn')
+  t.equal((await getMe(app, await provider.token())).statusCode, 200)
+  provider.respondWith((request, response) => pathOf(request) === '/.well-known/openid-configuration'
+    ? json(response, 503, '{}')
+    : String(request.url).includes('jwks') ? json(response, 500, '{}') : false)
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: 'the JWKS answered HTTP 500' } })
+  t.same([provider.discoveryRequests, provider.jwksRequests], [2, 2])
+  const stats = app.supabaseJwks.stats()
+  t.match(stats, { fetches: 2, failures: 1, state: 'stale' })
+  const wait = stats.nextRetryAt! - stats.lastFailureAt!
+  t.ok(wait >= 990 && wait <= 1210, `the first wait is the 1 s start, jitter included (${wait} ms)`)
+  t.match(entries().filter((entry) => entry.level === 40), [
+    { msg: 'supabase-jwks: discovery document not read: fetching the jwks_uri it named last', reason: /discovery document answered HTTP 503/ },
+    { msg: 'supabase-jwks: JWKS fetch failed', reason: 'the JWKS answered HTTP 500', status: 500 }
+  ], 'each cause logged')
+  t.equal(entries().filter((entry) => entry.level === 40).length, 2)
 })
 
 t.test('discovery: an issuer with a path; on a 404, the RFC 8414 forms are tried in turn', async (t) => {

@@ -114,7 +114,7 @@ t.test('a JWKS with no key for the algorithms option, or no usable key, is logge
   t.ok(entries().some((entry) => /no usable signing key/.test(entry.msg)), 'no usable key at all')
 
   serve(issuer, [])
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE' })
   const empty = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
   t.match(empty.reason, /no keys: the project still signs with the legacy JWT secret/)
 })
@@ -131,7 +131,7 @@ t.test('a failed fetch is logged with its HTTP status; an iss mismatch at debug 
   await getMe(app, issuer.sign({ iss: 42 }))
   t.ok(lines.some((line) => line.includes('"received":"number"')), 'a value that is not a string is logged by its type')
   issuer.respondWith((_request, response) => { response.writeHead(404).end('nope'); return true })
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: 'the JWKS answered HTTP 404' } })
   const failure = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
   t.equal(failure.status, 404)
   t.match(failure.reason, /HTTP 404/)

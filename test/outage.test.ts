@@ -69,7 +69,7 @@ t.test('a connection reset under a fetch is tried once more at once, and named i
   t.equal(issuer.jwksRequests, 2)
   t.match(app.supabaseJwks.stats(), { fetches: 1, failures: 0 })
   issuer.respondWith((request) => { request.socket.destroy(); return true })
-  await app.supabaseJwks.refresh()
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: /\((ECONNRESET|UND_ERR_SOCKET)\)$/ } }, 'the cause names the code')
   t.equal(issuer.jwksRequests, 4, 'two tries, no more')
   const warning = entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed')!
   t.match(warning.code, /^(ECONNRESET|UND_ERR_SOCKET)$/, 'the warning says the connection was closed under it')

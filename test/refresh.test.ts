@@ -2,7 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import supabaseJwks from '../lib/index'
-import { appFor, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
 
 t.test('a slow JWKS at refresh time: no request waits on the routine refresh', async (t) => {
   const issuer = await issuerFor(t)
@@ -126,4 +126,92 @@ t.test('an idle server past cacheTtl + timeout, JWKS failing: the request waits 
   t.equal((await getMe(app, token)).statusCode, 200, 'served from the held set after the failed fetch')
   t.equal(issuer.jwksRequests, 2)
   t.match(app.supabaseJwks.stats(), { state: 'stale', failures: 1 })
+})
+
+t.test('refresh() after a revocation that meets a 502: it rejects with KEYS_UNAVAILABLE, and its retry applies the revocation with no second call', async (t) => {
+  const issuer = await issuerFor(t)
+  const revoked = issuer.currentKey
+  issuer.rotate()
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  const token = issuer.sign({}, { kid: revoked.kid })
+  t.equal((await getMe(app, token)).statusCode, 200)
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(issuer.jwksRequests, 2, 'an unknown-kid cooldown runs now')
+  issuer.unpublish(revoked.kid)
+  let failures = 1
+  issuer.respondWith((_request, response) => {
+    if (failures-- <= 0) return false
+    response.writeHead(502, { 'content-type': 'text/html' }).end('<html>bad gateway: upstream 10.0.0.7</html>')
+    return true
+  })
+  const err = await app.supabaseJwks.refresh().then(() => undefined, (error: Error & { retryAfter?: number }) => error)
+  t.match(err, { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', statusCode: 503, message: 'The signing keys are temporarily unavailable' }, 'refresh() says it failed')
+  t.ok(err!.retryAfter! >= 1 && err!.retryAfter! <= 2, `retryAfter ${err!.retryAfter}`)
+  t.match((err!.cause as Error).message, /^the JWKS answered HTTP 502$/, 'the cause: the status, not the body')
+  t.equal(issuer.jwksRequests, 3)
+  t.equal((await getMe(app, token)).statusCode, 200, 'until a fetch succeeds, the held set verifies')
+
+  // no request and no second refresh(): the retry comes by itself after the first wait (1 s, up to 20% jitter)
+  for (let i = 0; i < 60 && app.supabaseJwks.stats().lastSuccessAt! < app.supabaseJwks.stats().lastFailureAt!; i++) await sleep(50)
+  t.equal(issuer.jwksRequests, 4, 'retried once, on its own')
+  t.match(app.supabaseJwks.stats(), { fetches: 4, failures: 1, state: 'fresh', nextRetryAt: null })
+  // the retry did what the refresh was for: it ended the unknown-kid cooldown, so a key published now verifies
+  const next = issuer.addKey()
+  t.equal((await getMe(app, issuer.sign({}, { kid: next.kid }))).statusCode, 200, 'a key published now verifies on its first token')
+  t.equal(issuer.jwksRequests, 5)
+  const res = await getMe(app, token)
+  t.equal(res.statusCode, 401, 'the revoked key is refused')
+  t.equal(codeOf(res), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(issuer.jwksRequests, 6, 'after one lookup, which starts a cooldown')
+  t.equal(codeOf(await getMe(app, token)), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  t.equal(issuer.jwksRequests, 6)
+})
+
+t.test('refresh() with several issuers fetches every one and rejects if any failed, naming them (the first three)', async (t) => {
+  const issuers = await Promise.all(Array.from({ length: 5 }, () => issuerFor(t)))
+  const app = await appFor(t, { issuers: issuers.map((issuer) => ({ supabaseUrl: issuer.url })) })
+  await app.supabaseJwks.refresh()
+  t.same(issuers.map((issuer) => issuer.jwksRequests), [1, 1, 1, 1, 1], 'all fetched, none failed: resolves')
+  const down = issuers.slice(1)
+  for (const issuer of down) issuer.respondWith((_request, response) => { response.writeHead(500).end(); return true })
+  const err = await app.supabaseJwks.refresh().then(() => undefined, (error: Error & { retryAfter?: number }) => error)
+  t.same(issuers.map((issuer) => issuer.jwksRequests), [2, 2, 2, 2, 2], 'every issuer fetched')
+  t.match(err, { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', statusCode: 503 })
+  t.ok(err!.retryAfter! >= 1 && err!.retryAfter! <= 2, `retryAfter ${err!.retryAfter}`)
+  t.equal((err!.cause as Error).message, `the JWKS of 4 of 5 issuers could not be fetched: ${down.slice(0, 3).map((issuer) => `${issuer.issuer}: the JWKS answered HTTP 500`).join('; ')}; and 1 more`)
+  t.equal(app.supabaseJwks.stats().issuers![issuers[0]!.issuer]!.failures, 0)
+  // one issuer down: its own error, named
+  for (const issuer of down.slice(1)) issuer.respondWith(undefined)
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE', cause: { message: `the JWKS of 1 of 5 issuers could not be fetched: ${down[0]!.issuer}: the JWKS answered HTTP 500` } })
+})
+
+t.test('close() while a refresh() fails: no retry is left behind', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = Fastify()
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
+  await app.ready()
+  issuer.respondWith(() => true) // hangs until the agent is destroyed
+  const refreshing = app.supabaseJwks.refresh()
+  await sleep(50)
+  await app.close()
+  await t.rejects(refreshing, { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE' })
+  await sleep(1300) // past the first wait
+  t.equal(app.supabaseJwks.stats().fetches, 1, 'no retry after close()')
+})
+
+t.test('the fetching JWKS log line says why the fetch runs, and names a kid only for a lookup', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url, warmStart: true, cacheTtl: 0.2, timeout: 2 }, 'info')
+  t.equal(codeOf(await getMe(app, issuer.sign({}, { header: { kid: 'forged' } }))), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  await app.supabaseJwks.refresh()
+  await sleep(250)
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  for (let i = 0; i < 100 && app.supabaseJwks.stats().state !== 'fresh'; i++) await sleep(10)
+  const fetching = entries().filter((entry) => entry.msg === 'supabase-jwks: fetching JWKS')
+  t.same(fetching.map((entry) => [entry.reason, 'kid' in entry ? entry.kid : 'no kid']), [
+    ['warm start', 'no kid'],
+    ['lookup', 'forged'],
+    ['refresh', 'no kid'],
+    ['refresh ahead', 'no kid']
+  ])
 })

@@ -47,6 +47,41 @@ t.test('unknown kid flood: the next fetch waits for the cooldown window', async 
   t.equal(issuer.jwksRequests, 2, 'one more fetch once the window has passed')
 })
 
+t.test('cacheTtl shorter than cooldown: unknown kids cost at most one fetch per cooldown, stale set or not; a known kid still refreshes the set', async (t) => {
+  const issuer = await issuerFor(t)
+  const cooldown = 1
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, timeout: 0.1, cooldown })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const forged = () => getMe(app, issuer.sign({}, { header: { kid: randomUUID() } }))
+  // a stream of unknown kids for 2.2 s: eleven cacheTtl periods, a little over two cooldowns
+  const started = performance.now()
+  const codes = new Set<string>()
+  while (performance.now() - started < 2200) {
+    codes.add(codeOf(await forged()))
+    await sleep(20)
+  }
+  const elapsed = performance.now() - started
+  const lookups = issuer.jwksRequests - 1
+  t.same([...codes], ['FST_SUPABASE_JWKS_UNKNOWN_KID'])
+  t.ok(lookups >= 1 && lookups <= Math.ceil(elapsed / (cooldown * 1000)), `${lookups} fetches in ${Math.round(elapsed)} ms, at most one per cooldown`)
+
+  // one cooldown, its set past cacheTtl + timeout
+  await sleep(cooldown * 1000 + 100)
+  t.equal(codeOf(await forged()), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  const fetched = issuer.jwksRequests
+  t.equal(fetched, lookups + 2, 'the cooldown over, an unknown kid fetched and started another')
+  await sleep(400)
+  t.equal(codeOf(await forged()), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  const standby = issuer.addKey()
+  const standbyToken = issuer.sign({}, { kid: standby.kid })
+  t.equal(codeOf(await getMe(app, standbyToken)), 'FST_SUPABASE_JWKS_UNKNOWN_KID', 'a key the held set lacks waits for the cooldown, as with a fresh set')
+  t.equal(issuer.jwksRequests, fetched, 'a stale set within the cooldown: no fetch for unknown kids')
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'a kid the stale set has verifies')
+  t.equal(issuer.jwksRequests, fetched + 1, 'and refreshes the set')
+  t.equal((await getMe(app, standbyToken)).statusCode, 200, 'the refreshed set brought the new key')
+  t.equal(issuer.jwksRequests, fetched + 1)
+})
+
 t.test('rotation, Supabase style: a published standby key verifies with no 401 and no extra fetch', async (t) => {
   const issuer = await issuerFor(t)
   const a = issuer.currentKey
