@@ -7,6 +7,20 @@ import type { TokenVerifier } from './verify'
 import { tokenFromSessionCookie } from './cookie'
 import type { SupabaseAccessTokenClaims } from './claims'
 
+const SPACE = 0x20
+
+/**
+ * Where the token part of a Bearer header starts (scheme case-insensitive, RFC 6750 §2.1): just past
+ * the space after the scheme, or the header's length for `Bearer` alone; -1 when the header is not a
+ * Bearer one. Found by index, as every parse of request input here is: linear in the header's length.
+ */
+function bearerStart (header: string): number {
+  // the usual spelling first: no lowercased copy of the scheme per request
+  if (header.startsWith('Bearer ')) return 7
+  if (header.length < 6 || (header.length > 6 && header.charCodeAt(6) !== SPACE) || header.slice(0, 6).toLowerCase() !== 'bearer') return -1
+  return Math.min(header.length, 7)
+}
+
 /**
  * Takes the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1)
  * and checks its length: the only checks made before the token cache is asked.
@@ -14,20 +28,23 @@ import type { SupabaseAccessTokenClaims } from './claims'
 export function extractBearer (header: string | undefined, maxTokenLength: number): string {
   // Node keeps only the first of repeated Authorization headers: this is always a string or nothing
   if (header === undefined || header === '') throw new NoTokenError()
-  const space = header.indexOf(' ')
-  // the usual spelling first: no lowercased copy of the scheme per request
-  if (!(space === 6 && header.startsWith('Bearer')) && (space === -1 ? header : header.slice(0, space)).toLowerCase() !== 'bearer') throw new NoTokenError()
-  // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP); a tab or any other
-  // whitespace left around or inside the token is a malformed header, never trimmed into a valid one
-  let token = space === -1 ? '' : header.slice(space + 1)
-  if (token.startsWith(' ') || token.endsWith(' ')) token = token.replace(/^ +| +$/g, '')
+  let start = bearerStart(header)
+  if (start === -1) throw new NoTokenError()
+  // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP), and only spaces around it are
+  // dropped; a tab or any other whitespace left around or inside the token is a malformed header, never
+  // trimmed into a valid one. Scanned by index: a regular-expression trim (/^ +| +$/g) is quadratic on
+  // a run of spaces inside the header (about 250 ms for 16,000 of them)
+  let end = header.length
+  while (start < end && header.charCodeAt(start) === SPACE) start++
+  while (end > start && header.charCodeAt(end - 1) === SPACE) end--
+  const token = header.slice(start, end)
   if (token === '' || /\s/.test(token)) throw new BadRequestError()
   return bounded(token, maxTokenLength)
 }
 
 /** Whether the Authorization header is a Bearer one (well formed or not): then it alone is read. */
 function isBearer (header: string | undefined): boolean {
-  return header !== undefined && /^bearer(?: |$)/i.test(header)
+  return header !== undefined && bearerStart(header) !== -1
 }
 
 /** Cookies of a request, by name. */

@@ -182,7 +182,7 @@ t.test('an allowed algorithm that does not fit the key is refused', async (t) =>
   const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'] })
   const es = generateTestKey('ES256')
   t.equal((await getMe(app, issuer.sign())).statusCode, 200)
-  const res = await getMe(app, issuer.sign({}, { header: { alg: 'ES256' } }).replace(/[^.]+$/, '') + 'AAAA')
+  const res = await getMe(app, issuer.sign({}, { header: { alg: 'ES256' } }).replace(/\.[^.]+$/, '.AAAA'))
   t.equal(res.statusCode, 401)
   const forged = signJwt({ alg: 'ES256', kid: issuer.currentKey.kid }, { sub: 'x', exp: now() + 600, iss: issuer.issuer, aud: 'authenticated' }, es.privateKey)
   const answer = await getMe(app, forged)
