@@ -7,6 +7,9 @@ import type { TokenVerifier } from './verify'
 import { tokenFromSessionCookie } from './cookie'
 import type { SupabaseAccessTokenClaims } from './claims'
 
+/** Where a request's token was looked for, named in the NO_TOKEN answer: the header alone unless configured. */
+export const IN_HEADER = 'the Authorization header'
+
 const SPACE = 0x20
 
 /**
@@ -27,9 +30,9 @@ function bearerStart (header: string): number {
  */
 export function extractBearer (header: string | undefined, maxTokenLength: number): string {
   // Node keeps only the first of repeated Authorization headers: this is always a string or nothing
-  if (header === undefined || header === '') throw new NoTokenError()
+  if (header === undefined || header === '') throw new NoTokenError(IN_HEADER)
   let start = bearerStart(header)
-  if (start === -1) throw new NoTokenError()
+  if (start === -1) throw new NoTokenError(IN_HEADER)
   // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP), and only spaces around it are
   // dropped; a tab or any other whitespace left around or inside the token is a malformed header, never
   // trimmed into a valid one. Scanned by index: a regular-expression trim (/^ +| +$/g) is quadratic on
@@ -51,8 +54,8 @@ function isBearer (header: string | undefined): boolean {
 export type Cookies = Readonly<Record<string, string | undefined>>
 
 /** A token given directly (not in a header): a non-empty string no longer than `maxTokenLength`. */
-export function bounded (token: unknown, maxTokenLength: number): string {
-  if (typeof token !== 'string' || token === '') throw new NoTokenError()
+export function bounded (token: unknown, maxTokenLength: number, where = IN_HEADER): string {
+  if (typeof token !== 'string' || token === '') throw new NoTokenError(where)
   if (token.length > maxTokenLength) throw new MalformedTokenError('it is longer than maxTokenLength')
   return token
 }
@@ -140,12 +143,20 @@ async function authorize (user: User, request: FastifyRequest, required: Require
   if (allowed !== true) throw new ForbiddenError('the route check refused the user')
 }
 
+/** The places a request's token is looked for, as the NO_TOKEN answer names them. */
+function sources (cookieName: string | undefined, extractToken: boolean): string {
+  const places = [IN_HEADER, ...(cookieName === undefined ? [] : [`the ${cookieName} cookie`]), ...(extractToken ? ['extractToken\'s result'] : [])]
+  return places.length === 1 ? IN_HEADER : `${places.slice(0, -1).join(', ')} or ${places.at(-1)}`
+}
+
 /**
  * Takes the request's token: the `Authorization: Bearer` header when there is one; otherwise, as
  * configured, the session cookie, then `extractToken`. Without either option, the header alone.
  */
 export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRequest) => Cookies) {
   const { maxTokenLength, cookieName, extractToken } = config
+  /** Every place looked in, for the NO_TOKEN answer (the cookie's name is at most 128 characters). */
+  const where = sources(cookieName, extractToken !== undefined)
   async function extracted (request: FastifyRequest): Promise<string> {
     let token: unknown
     try {
@@ -155,8 +166,8 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
       request.log.warn({ err }, 'supabase-jwks: extractToken threw: answered 401')
       throw new TokenInvalidError('extractToken failed')
     }
-    if (token === undefined || token === null) throw new NoTokenError()
-    return bounded(token, maxTokenLength)
+    if (token === undefined || token === null) throw new NoTokenError(where)
+    return bounded(token, maxTokenLength, where)
   }
   return function tokenOf (request: FastifyRequest): string | Promise<string> {
     const header = request.headers.authorization
@@ -166,7 +177,7 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
       if (token !== undefined) return bounded(token, maxTokenLength)
     }
     if (extractToken !== undefined) return extracted(request)
-    throw new NoTokenError()
+    throw new NoTokenError(where)
   }
 }
 

@@ -6,9 +6,13 @@ import createError from '@fastify/error'
  * anything the JWKS server sent.
  */
 
-/** No credentials, or a scheme other than Bearer: 401 without an error code (RFC 6750 §3.1). */
+/**
+ * No credentials, or a scheme other than Bearer: 401 without an error code (RFC 6750 §3.1). The
+ * message names where the token was looked for (the header, and the session cookie and `extractToken`
+ * when configured): `new NoTokenError('the Authorization header')`.
+ */
 export const NoTokenError = createError(
-  'FST_SUPABASE_JWKS_NO_TOKEN', 'Missing bearer token in the Authorization header', 401)
+  'FST_SUPABASE_JWKS_NO_TOKEN', 'Missing bearer token in %s', 401)
 
 /** The Authorization header is malformed: 400 `invalid_request`. */
 export const BadRequestError = createError(

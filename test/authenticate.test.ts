@@ -209,6 +209,7 @@ t.test('the Authorization header', async (t) => {
   const none = await getMe(app)
   rejected(t, none, 401, 'FST_SUPABASE_JWKS_NO_TOKEN')
   t.equal(none.headers['www-authenticate'], 'Bearer realm="api"', 'no error code when no credentials were sent')
+  t.equal(none.json().message, 'Missing bearer token in the Authorization header', 'the header alone is named when it is the only place')
   for (const value of ['', `Basic ${Buffer.from('a:b').toString('base64')}`, `Token ${token}`, `Bearer${token}`]) {
     const res = await getMe(app, undefined, value)
     t.equal(res.statusCode, 401, `${value.slice(0, 12)}: 401`)
