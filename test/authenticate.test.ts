@@ -121,6 +121,32 @@ t.test('clockTolerance lets a token expired a moment ago through', async (t) => 
   t.equal(codeOf(await getMe(tolerant, issuer.sign({ exp: now() - 60 }))), 'FST_SUPABASE_JWKS_TOKEN_EXPIRED')
 })
 
+t.test('an iss mismatch says which issuer was expected (configured values only, a few, cut short), never the token\'s own', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  // the local CLI's usual mix-up: the token of http://localhost:<port> against a project URL of 127.0.0.1
+  const localhost = issuer.issuer.replace('127.0.0.1', 'localhost')
+  const res = await getMe(app, issuer.sign({ iss: localhost }))
+  rejected(t, res, 401, 'FST_SUPABASE_JWKS_TOKEN_INVALID', INVALID)
+  t.equal(res.json().message, `The token is invalid: the iss claim value is not allowed (expected "${issuer.issuer}")`)
+  t.notMatch(res.body, /localhost/, 'the token\'s own iss is not echoed')
+  t.equal(res.headers['www-authenticate'], 'Bearer realm="api", error="invalid_token", error_description="The token is invalid"',
+    'the challenge keeps its fixed text')
+  const huge = await getMe(app, issuer.sign({ iss: `https://attacker.example/${'x'.repeat(10_000)}` }))
+  t.notMatch(huge.body, /attacker/, 'nothing of a long forged iss either')
+  t.ok(huge.body.length < 300, `the answer stays short: ${huge.body.length} characters`)
+  t.match((await getMe(app, issuer.sign({ iss: 42 }))).json().message, /the iss claim must be a string$/, 'a wrong type keeps its own reason')
+
+  const long = `https://${'a'.repeat(200)}.example/auth/v1`
+  const many = await appFor(t, { supabaseUrl: issuer.url, issuer: [long, 'https://b.example/auth/v1', 'https://c.example/auth/v1', 'https://d.example/auth/v1', issuer.issuer] })
+  const message = (await getMe(many, issuer.sign({ iss: localhost }))).json().message as string
+  t.equal(message, `The token is invalid: the iss claim value is not allowed (expected "https://${'a'.repeat(112)}...", ` +
+    '"https://b.example/auth/v1", "https://c.example/auth/v1" or 2 more)', 'at most three issuers named, each cut to 120 characters')
+  const two = await appFor(t, { supabaseUrl: issuer.url, issuer: ['https://b.example/auth/v1', issuer.issuer] })
+  t.equal((await getMe(two, issuer.sign({ iss: localhost }))).json().message,
+    `The token is invalid: the iss claim value is not allowed (expected "https://b.example/auth/v1" or "${issuer.issuer}")`)
+})
+
 t.test('issuer and audience: lists, and false to skip (self-hosted GoTrue without iss)', async (t) => {
   const issuer = await issuerFor(t)
   const selfHosted = await appFor(t, { jwksUrl: `${issuer.url}/.well-known/jwks.json`, issuer: false })
