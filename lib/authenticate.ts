@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, OptionError, RouteConfigError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
@@ -181,6 +181,24 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
   }
 }
 
+/** What `OptionError` puts before its detail: taken off, so that a route's answer says its own prefix. */
+const OPTION_PREFIX = new OptionError('').message
+
+/**
+ * The requirements of a route whose `config.supabaseJwks` the plugin meets only now (declared before
+ * it): checked as `onRoute` checks the others, or the message of the route's error when invalid.
+ */
+function routeRequirements (config: Config, request: FastifyRequest, own: unknown): Requirements | { invalid: string } {
+  if (typeof own !== 'object') return config.require
+  const { method, url } = request.routeOptions
+  try {
+    return { ...config.require, ...requirements(`config.supabaseJwks of ${String(method)} ${url}`, own, config.knownIssuers) }
+  } catch (err) {
+    // requirements() throws only OptionError: its detail, which names the route
+    return { invalid: (err as Error).message.slice(OPTION_PREFIX.length) }
+  }
+}
+
 /** Verifies the request's token; decorates `request.user` or throws the answer. */
 export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
   tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
@@ -188,27 +206,36 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
   /*
    * Each route's requirements: the `require` option overridden key by key by the route's
    * `config.supabaseJwks`, worked out on the route's first request and kept (by its config object);
-   * `null` when the route asks for nothing, which is then all a request pays.
+   * `null` when the route asks for nothing, which is then all a request pays. A route declared
+   * after the plugin had them checked by `onRoute`; one declared before is checked here, and when
+   * invalid keeps its error's message: logged once, answered 500 to every request.
    */
-  const byRoute = new WeakMap<object, Requirements | null>()
+  const byRoute = new WeakMap<object, Requirements | { invalid: string } | null>()
   function requiredFor (request: FastifyRequest): Requirements | null {
     const routeConfig = request.routeOptions.config as { supabaseJwks?: unknown }
     let required = byRoute.get(routeConfig)
     if (required === undefined) {
-      const own = routeConfig.supabaseJwks
-      const merged = { ...config.require, ...(typeof own === 'object' ? requirements('config.supabaseJwks', own, config.knownIssuers) : {}) }
-      required = merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
+      const merged = routeRequirements(config, request, routeConfig.supabaseJwks)
+      required = 'invalid' in merged
+        ? merged
+        : merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
       byRoute.set(routeConfig, required)
+      if ('invalid' in merged) {
+        request.log.error({ err: new RouteConfigError(merged.invalid) },
+          'supabase-jwks: a route declared before the plugin has invalid requirements: every request to it is answered 500 until it is fixed')
+      }
     }
+    if (required !== null && 'invalid' in required) throw new RouteConfigError(required.invalid)
     return required
   }
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
+      // the route first: a broken one is the app's mistake, answered alike whatever the request carries
+      const required = requiredFor(request)
       const source = tokenOf(request)
       const pending = verifyToken(typeof source === 'string' ? source : await source)
       const claims = pending instanceof Promise ? await pending : pending
       if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
-      const required = requiredFor(request)
       if (required !== null) await authorize(claims, request, required)
       request.user = claims as unknown as FastifyRequest['user']
       answers.accepted++
@@ -225,7 +252,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
       } else if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) {
         // a legacy token's call caps refill within a second; isRevoked may answer at the next try
         reply.header('retry-after', '1')
-      } else {
+      } else if (!(err instanceof RouteConfigError)) {
+        // a server's mistake asks nothing of the client's credentials: no challenge
         reply.header('www-authenticate', challenge(realm, err))
       }
       throw err
