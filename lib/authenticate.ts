@@ -1,11 +1,28 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, OptionError, RouteConfigError, TokenInvalidError, isAuthError, type AuthError
 } from './errors'
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
 import { tokenFromSessionCookie } from './cookie'
 import type { SupabaseAccessTokenClaims } from './claims'
+
+/** Where a request's token was looked for, named in the NO_TOKEN answer: the header alone unless configured. */
+export const IN_HEADER = 'the Authorization header'
+
+const SPACE = 0x20
+
+/**
+ * Where the token part of a Bearer header starts (scheme case-insensitive, RFC 6750 §2.1): just past
+ * the space after the scheme, or the header's length for `Bearer` alone; -1 when the header is not a
+ * Bearer one. Found by index, as every parse of request input here is: linear in the header's length.
+ */
+function bearerStart (header: string): number {
+  // the usual spelling first: no lowercased copy of the scheme per request
+  if (header.startsWith('Bearer ')) return 7
+  if (header.length < 6 || (header.length > 6 && header.charCodeAt(6) !== SPACE) || header.slice(0, 6).toLowerCase() !== 'bearer') return -1
+  return Math.min(header.length, 7)
+}
 
 /**
  * Takes the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1)
@@ -13,29 +30,32 @@ import type { SupabaseAccessTokenClaims } from './claims'
  */
 export function extractBearer (header: string | undefined, maxTokenLength: number): string {
   // Node keeps only the first of repeated Authorization headers: this is always a string or nothing
-  if (header === undefined || header === '') throw new NoTokenError()
-  const space = header.indexOf(' ')
-  // the usual spelling first: no lowercased copy of the scheme per request
-  if (!(space === 6 && header.startsWith('Bearer')) && (space === -1 ? header : header.slice(0, space)).toLowerCase() !== 'bearer') throw new NoTokenError()
-  // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP); a tab or any other
-  // whitespace left around or inside the token is a malformed header, never trimmed into a valid one
-  let token = space === -1 ? '' : header.slice(space + 1)
-  if (token.startsWith(' ') || token.endsWith(' ')) token = token.replace(/^ +| +$/g, '')
+  if (header === undefined || header === '') throw new NoTokenError(IN_HEADER)
+  let start = bearerStart(header)
+  if (start === -1) throw new NoTokenError(IN_HEADER)
+  // only spaces separate the scheme and the token (RFC 6750 §2.1: 1*SP), and only spaces around it are
+  // dropped; a tab or any other whitespace left around or inside the token is a malformed header, never
+  // trimmed into a valid one. Scanned by index: a regular-expression trim (/^ +| +$/g) is quadratic on
+  // a run of spaces inside the header (about 250 ms for 16,000 of them)
+  let end = header.length
+  while (start < end && header.charCodeAt(start) === SPACE) start++
+  while (end > start && header.charCodeAt(end - 1) === SPACE) end--
+  const token = header.slice(start, end)
   if (token === '' || /\s/.test(token)) throw new BadRequestError()
   return bounded(token, maxTokenLength)
 }
 
 /** Whether the Authorization header is a Bearer one (well formed or not): then it alone is read. */
 function isBearer (header: string | undefined): boolean {
-  return header !== undefined && /^bearer(?: |$)/i.test(header)
+  return header !== undefined && bearerStart(header) !== -1
 }
 
 /** Cookies of a request, by name. */
 export type Cookies = Readonly<Record<string, string | undefined>>
 
 /** A token given directly (not in a header): a non-empty string no longer than `maxTokenLength`. */
-export function bounded (token: unknown, maxTokenLength: number): string {
-  if (typeof token !== 'string' || token === '') throw new NoTokenError()
+export function bounded (token: unknown, maxTokenLength: number, where = IN_HEADER): string {
+  if (typeof token !== 'string' || token === '') throw new NoTokenError(where)
   if (token.length > maxTokenLength) throw new MalformedTokenError('it is longer than maxTokenLength')
   return token
 }
@@ -123,12 +143,20 @@ async function authorize (user: User, request: FastifyRequest, required: Require
   if (allowed !== true) throw new ForbiddenError('the route check refused the user')
 }
 
+/** The places a request's token is looked for, as the NO_TOKEN answer names them. */
+function sources (cookieName: string | undefined, extractToken: boolean): string {
+  const places = [IN_HEADER, ...(cookieName === undefined ? [] : [`the ${cookieName} cookie`]), ...(extractToken ? ['extractToken\'s result'] : [])]
+  return places.length === 1 ? IN_HEADER : `${places.slice(0, -1).join(', ')} or ${places.at(-1)}`
+}
+
 /**
  * Takes the request's token: the `Authorization: Bearer` header when there is one; otherwise, as
  * configured, the session cookie, then `extractToken`. Without either option, the header alone.
  */
 export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRequest) => Cookies) {
   const { maxTokenLength, cookieName, extractToken } = config
+  /** Every place looked in, for the NO_TOKEN answer (the cookie's name is at most 128 characters). */
+  const where = sources(cookieName, extractToken !== undefined)
   async function extracted (request: FastifyRequest): Promise<string> {
     let token: unknown
     try {
@@ -138,8 +166,8 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
       request.log.warn({ err }, 'supabase-jwks: extractToken threw: answered 401')
       throw new TokenInvalidError('extractToken failed')
     }
-    if (token === undefined || token === null) throw new NoTokenError()
-    return bounded(token, maxTokenLength)
+    if (token === undefined || token === null) throw new NoTokenError(where)
+    return bounded(token, maxTokenLength, where)
   }
   return function tokenOf (request: FastifyRequest): string | Promise<string> {
     const header = request.headers.authorization
@@ -149,7 +177,25 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
       if (token !== undefined) return bounded(token, maxTokenLength)
     }
     if (extractToken !== undefined) return extracted(request)
-    throw new NoTokenError()
+    throw new NoTokenError(where)
+  }
+}
+
+/** What `OptionError` puts before its detail: taken off, so that a route's answer says its own prefix. */
+const OPTION_PREFIX = new OptionError('').message
+
+/**
+ * The requirements of a route whose `config.supabaseJwks` the plugin meets only now (declared before
+ * it): checked as `onRoute` checks the others, or the message of the route's error when invalid.
+ */
+function routeRequirements (config: Config, request: FastifyRequest, own: unknown): Requirements | { invalid: string } {
+  if (typeof own !== 'object') return config.require
+  const { method, url } = request.routeOptions
+  try {
+    return { ...config.require, ...requirements(`config.supabaseJwks of ${String(method)} ${url}`, own, config.knownIssuers) }
+  } catch (err) {
+    // requirements() throws only OptionError: its detail, which names the route
+    return { invalid: (err as Error).message.slice(OPTION_PREFIX.length) }
   }
 }
 
@@ -160,27 +206,36 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
   /*
    * Each route's requirements: the `require` option overridden key by key by the route's
    * `config.supabaseJwks`, worked out on the route's first request and kept (by its config object);
-   * `null` when the route asks for nothing, which is then all a request pays.
+   * `null` when the route asks for nothing, which is then all a request pays. A route declared
+   * after the plugin had them checked by `onRoute`; one declared before is checked here, and when
+   * invalid keeps its error's message: logged once, answered 500 to every request.
    */
-  const byRoute = new WeakMap<object, Requirements | null>()
+  const byRoute = new WeakMap<object, Requirements | { invalid: string } | null>()
   function requiredFor (request: FastifyRequest): Requirements | null {
     const routeConfig = request.routeOptions.config as { supabaseJwks?: unknown }
     let required = byRoute.get(routeConfig)
     if (required === undefined) {
-      const own = routeConfig.supabaseJwks
-      const merged = { ...config.require, ...(typeof own === 'object' ? requirements('config.supabaseJwks', own, config.knownIssuers) : {}) }
-      required = merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
+      const merged = routeRequirements(config, request, routeConfig.supabaseJwks)
+      required = 'invalid' in merged
+        ? merged
+        : merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
       byRoute.set(routeConfig, required)
+      if ('invalid' in merged) {
+        request.log.error({ err: new RouteConfigError(merged.invalid) },
+          'supabase-jwks: a route declared before the plugin has invalid requirements: every request to it is answered 500 until it is fixed')
+      }
     }
+    if (required !== null && 'invalid' in required) throw new RouteConfigError(required.invalid)
     return required
   }
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
+      // the route first: a broken one is the app's mistake, answered alike whatever the request carries
+      const required = requiredFor(request)
       const source = tokenOf(request)
       const pending = verifyToken(typeof source === 'string' ? source : await source)
       const claims = pending instanceof Promise ? await pending : pending
       if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
-      const required = requiredFor(request)
       if (required !== null) await authorize(claims, request, required)
       request.user = claims as unknown as FastifyRequest['user']
       answers.accepted++
@@ -197,7 +252,8 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
       } else if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) {
         // a legacy token's call caps refill within a second; isRevoked may answer at the next try
         reply.header('retry-after', '1')
-      } else {
+      } else if (!(err instanceof RouteConfigError)) {
+        // a server's mistake asks nothing of the client's credentials: no challenge
         reply.header('www-authenticate', challenge(realm, err))
       }
       throw err

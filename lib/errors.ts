@@ -6,9 +6,13 @@ import createError from '@fastify/error'
  * anything the JWKS server sent.
  */
 
-/** No credentials, or a scheme other than Bearer: 401 without an error code (RFC 6750 §3.1). */
+/**
+ * No credentials, or a scheme other than Bearer: 401 without an error code (RFC 6750 §3.1). The
+ * message names where the token was looked for (the header, and the session cookie and `extractToken`
+ * when configured): `new NoTokenError('the Authorization header')`.
+ */
 export const NoTokenError = createError(
-  'FST_SUPABASE_JWKS_NO_TOKEN', 'Missing bearer token in the Authorization header', 401)
+  'FST_SUPABASE_JWKS_NO_TOKEN', 'Missing bearer token in %s', 401)
 
 /** The Authorization header is malformed: 400 `invalid_request`. */
 export const BadRequestError = createError(
@@ -75,6 +79,14 @@ export const OptionError = createError(
 export const RegistrationError = createError(
   'FST_SUPABASE_JWKS_REGISTRATION', 'fastify-supabase-jwks cannot be registered: %s', 500)
 
+/**
+ * A route's `config.supabaseJwks` is invalid, and the plugin met it only at a request (the route was
+ * declared before the plugin, so `onRoute` never saw it): the app's mistake, not the client's. Every
+ * request to that route is answered 500 with this code (token or not), and it is logged at error once.
+ */
+export const RouteConfigError = createError(
+  'FST_SUPABASE_JWKS_ROUTE_CONFIG', 'Invalid route requirements: %s', 500)
+
 /** The codes a request can be answered with, and their HTTP statuses. */
 export const errorCodes = {
   FST_SUPABASE_JWKS_NO_TOKEN: 401,
@@ -89,7 +101,8 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_FORBIDDEN: 403,
   FST_SUPABASE_JWKS_REVOCATION_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503,
-  FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503
+  FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503,
+  FST_SUPABASE_JWKS_ROUTE_CONFIG: 500
 } as const
 
 export type ErrorCode = keyof typeof errorCodes

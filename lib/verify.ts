@@ -97,13 +97,30 @@ export function plausibleSignature (alg: string, length: number): boolean {
   return length >= min && length <= max
 }
 
+/** Most configured issuers an answer names, and the most characters of each: the message stays short. */
+const MAX_NAMED_ISSUERS = 3
+const MAX_NAMED_LENGTH = 120
+
+/**
+ * The configured issuers, for the answer to a token whose `iss` is not one of them (the usual
+ * misconfiguration: `localhost` against `127.0.0.1`, a path): at most a few, each cut short. Only
+ * configured values: never anything of the token's own.
+ */
+export function expectedIssuers (issuers: readonly string[]): string {
+  const named = issuers.slice(0, MAX_NAMED_ISSUERS).map((issuer) =>
+    JSON.stringify(issuer.length > MAX_NAMED_LENGTH ? `${issuer.slice(0, MAX_NAMED_LENGTH)}...` : issuer))
+  const more = issuers.length - named.length
+  if (more > 0) return `${named.join(', ')} or ${more} more`
+  return named.length > 1 ? `${named.slice(0, -1).join(', ')} or ${named.at(-1)}` : named[0]!
+}
+
 /** A claim that must be one of `allowed`: a string, or for `aud` also a list of strings holding one. */
-function checkAllowed (claim: string, value: unknown, allowed: ReadonlySet<string>, list: boolean): void {
+function checkAllowed (claim: string, value: unknown, allowed: ReadonlySet<string>, list: boolean, expected = ''): void {
   const values: unknown[] = list && Array.isArray(value) ? value : [value]
   if (!values.every((item) => typeof item === 'string')) {
     throw new TokenInvalidError(`the ${claim} claim must be a string${list ? ' or an array of strings' : ''}`)
   }
-  if (!values.some((item) => allowed.has(item as string))) throw new TokenInvalidError(`the ${claim} claim value is not allowed`)
+  if (!values.some((item) => allowed.has(item as string))) throw new TokenInvalidError(`the ${claim} claim value is not allowed${expected}`)
 }
 
 /** One issuer's part of the path: its claim rules and its keys. */
@@ -118,6 +135,8 @@ function claimChecks (config: IssuerConfig, log: FastifyBaseLogger): Route['chec
   const issuers = config.issuer && new Set(config.issuer)
   const audiences = config.audience && new Set(config.audience)
   const required = ['exp', 'sub', ...(issuers ? ['iss'] : []), ...(audiences ? ['aud'] : [])]
+  /** Said in the answer to an `iss` mismatch: the configured values only. */
+  const expected = config.issuer ? ` (expected ${expectedIssuers(config.issuer)})` : ''
   const tolerance = config.clockToleranceMs
   return function checkClaims (claims) {
     for (const claim of required) if (!(claim in claims)) throw new TokenInvalidError(`the ${claim} claim is required`)
@@ -131,10 +150,11 @@ function claimChecks (config: IssuerConfig, log: FastifyBaseLogger): Route['chec
     if (now > claims.exp * 1000 + tolerance) throw new TokenExpiredError()
     if (audiences) checkAllowed('aud', claims.aud, audiences, true)
     if (issuers && !(typeof claims.iss === 'string' && issuers.has(claims.iss))) {
-      // an issuer mismatch is the usual misconfiguration (localhost vs 127.0.0.1, a path): at debug, never to the client
+      // an issuer mismatch is the usual misconfiguration (localhost vs 127.0.0.1, a path): the answer names
+      // the expected issuer; what the token claimed goes only to the debug log, never back to the client
       const received = typeof claims.iss === 'string' ? claims.iss.slice(0, 200) : typeof claims.iss
       log.debug({ expected: config.issuer, received }, 'supabase-jwks: token iss is not an accepted issuer')
-      checkAllowed('iss', claims.iss, issuers, false)
+      checkAllowed('iss', claims.iss, issuers, false, expected)
     }
     if (typeof claims.sub !== 'string' || claims.sub === '') throw new TokenInvalidError('sub is not a non-empty string')
   }
@@ -150,6 +170,8 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
   }))
   /** With several issuers: each by its exact `iss`. */
   const byIssuer = config.routed ? new Map(config.issuers.map((issuer, index) => [issuer.issuer![0]!, routes[index]!])) : undefined
+  /** Said in the answer to an `iss` no issuer is configured for: the configured values only. */
+  const expected = byIssuer === undefined ? '' : ` (expected ${expectedIssuers([...byIssuer.keys()])})`
   /** Step 3 asks for an algorithm some issuer allows; the issuer's own list is asked once the token is routed. */
   const algorithms = new Set(routes.flatMap((route) => [...route.algorithms]))
 
@@ -162,7 +184,7 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
     if (!('iss' in payload)) throw new TokenInvalidError('the iss claim is required')
     if (typeof iss !== 'string') throw new TokenInvalidError('the iss claim must be a string')
     log.debug({ expected: [...byIssuer.keys()], received: iss.slice(0, 200) }, 'supabase-jwks: token iss is not a configured issuer')
-    throw new TokenInvalidError('the iss claim value is not allowed')
+    throw new TokenInvalidError(`the iss claim value is not allowed${expected}`)
   }
 
   /*

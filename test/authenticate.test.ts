@@ -121,6 +121,32 @@ t.test('clockTolerance lets a token expired a moment ago through', async (t) => 
   t.equal(codeOf(await getMe(tolerant, issuer.sign({ exp: now() - 60 }))), 'FST_SUPABASE_JWKS_TOKEN_EXPIRED')
 })
 
+t.test('an iss mismatch says which issuer was expected (configured values only, a few, cut short), never the token\'s own', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  // the local CLI's usual mix-up: the token of http://localhost:<port> against a project URL of 127.0.0.1
+  const localhost = issuer.issuer.replace('127.0.0.1', 'localhost')
+  const res = await getMe(app, issuer.sign({ iss: localhost }))
+  rejected(t, res, 401, 'FST_SUPABASE_JWKS_TOKEN_INVALID', INVALID)
+  t.equal(res.json().message, `The token is invalid: the iss claim value is not allowed (expected "${issuer.issuer}")`)
+  t.notMatch(res.body, /localhost/, 'the token\'s own iss is not echoed')
+  t.equal(res.headers['www-authenticate'], 'Bearer realm="api", error="invalid_token", error_description="The token is invalid"',
+    'the challenge keeps its fixed text')
+  const huge = await getMe(app, issuer.sign({ iss: `https://attacker.example/${'x'.repeat(10_000)}` }))
+  t.notMatch(huge.body, /attacker/, 'nothing of a long forged iss either')
+  t.ok(huge.body.length < 300, `the answer stays short: ${huge.body.length} characters`)
+  t.match((await getMe(app, issuer.sign({ iss: 42 }))).json().message, /the iss claim must be a string$/, 'a wrong type keeps its own reason')
+
+  const long = `https://${'a'.repeat(200)}.example/auth/v1`
+  const many = await appFor(t, { supabaseUrl: issuer.url, issuer: [long, 'https://b.example/auth/v1', 'https://c.example/auth/v1', 'https://d.example/auth/v1', issuer.issuer] })
+  const message = (await getMe(many, issuer.sign({ iss: localhost }))).json().message as string
+  t.equal(message, `The token is invalid: the iss claim value is not allowed (expected "https://${'a'.repeat(112)}...", ` +
+    '"https://b.example/auth/v1", "https://c.example/auth/v1" or 2 more)', 'at most three issuers named, each cut to 120 characters')
+  const two = await appFor(t, { supabaseUrl: issuer.url, issuer: ['https://b.example/auth/v1', issuer.issuer] })
+  t.equal((await getMe(two, issuer.sign({ iss: localhost }))).json().message,
+    `The token is invalid: the iss claim value is not allowed (expected "https://b.example/auth/v1" or "${issuer.issuer}")`)
+})
+
 t.test('issuer and audience: lists, and false to skip (self-hosted GoTrue without iss)', async (t) => {
   const issuer = await issuerFor(t)
   const selfHosted = await appFor(t, { jwksUrl: `${issuer.url}/.well-known/jwks.json`, issuer: false })
@@ -182,7 +208,7 @@ t.test('an allowed algorithm that does not fit the key is refused', async (t) =>
   const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'] })
   const es = generateTestKey('ES256')
   t.equal((await getMe(app, issuer.sign())).statusCode, 200)
-  const res = await getMe(app, issuer.sign({}, { header: { alg: 'ES256' } }).replace(/[^.]+$/, '') + 'AAAA')
+  const res = await getMe(app, issuer.sign({}, { header: { alg: 'ES256' } }).replace(/\.[^.]+$/, '.AAAA'))
   t.equal(res.statusCode, 401)
   const forged = signJwt({ alg: 'ES256', kid: issuer.currentKey.kid }, { sub: 'x', exp: now() + 600, iss: issuer.issuer, aud: 'authenticated' }, es.privateKey)
   const answer = await getMe(app, forged)
@@ -209,6 +235,7 @@ t.test('the Authorization header', async (t) => {
   const none = await getMe(app)
   rejected(t, none, 401, 'FST_SUPABASE_JWKS_NO_TOKEN')
   t.equal(none.headers['www-authenticate'], 'Bearer realm="api"', 'no error code when no credentials were sent')
+  t.equal(none.json().message, 'Missing bearer token in the Authorization header', 'the header alone is named when it is the only place')
   for (const value of ['', `Basic ${Buffer.from('a:b').toString('base64')}`, `Token ${token}`, `Bearer${token}`]) {
     const res = await getMe(app, undefined, value)
     t.equal(res.statusCode, 401, `${value.slice(0, 12)}: 401`)

@@ -104,6 +104,45 @@ t.test('a route declared before the plugin still gets its requirements (checked 
   t.equal(response.statusCode, 403)
 })
 
+t.test('a route declared before the plugin with invalid requirements: a coded 500 to every request, logged at error once per route', async (t) => {
+  const issuer = await issuerFor(t)
+  const lines: string[] = []
+  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { lines.push(line) } } } })
+  t.teardown(() => app.close())
+  const guard = (request: FastifyRequest, reply: FastifyReply) => app.authenticate(request, reply)
+  app.register(async function early (child) {
+    child.get('/aal3', { config: { supabaseJwks: { aal: 'aal3' as 'aal2' } }, preHandler: guard }, async () => 'ok')
+    child.get('/role', { config: { supabaseJwks: { role: 'admin' } as supabaseJwks.Requirements }, preHandler: guard }, async () => 'ok')
+    child.get('/fine', { config: { supabaseJwks: { anonymous: false } }, preHandler: guard }, async () => 'ok')
+  })
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
+  await app.ready()
+  const token = issuer.sign()
+  const requests = [{ authorization: `Bearer ${token}` }, {}, { authorization: 'Bearer not.a.token' }]
+  for (const headers of [...requests, ...requests]) {
+    const res = await app.inject({ url: '/aal3', headers })
+    t.equal(res.statusCode, 500, 'a valid token, none, or a bad one: the route is broken, not the request')
+    t.equal(codeOf(res), 'FST_SUPABASE_JWKS_ROUTE_CONFIG')
+    t.equal(res.json().message, 'Invalid route requirements: config.supabaseJwks of GET /aal3.aal must be \'aal1\' or \'aal2\'')
+    t.notOk(res.headers['www-authenticate'], 'no challenge: nothing is asked of the client')
+  }
+  t.equal(issuer.jwksRequests, 0, 'the route is read before the token: no token was verified, no key fetched')
+  const role = await app.inject({ url: '/role', headers: requests[0] })
+  t.equal(codeOf(role), 'FST_SUPABASE_JWKS_ROUTE_CONFIG')
+  t.match(role.json().message, /unknown requirement config.supabaseJwks of GET \/role.role/)
+  t.equal((await app.inject({ url: '/fine', headers: requests[0] })).statusCode, 200, 'a valid route declared before the plugin still works')
+
+  const own = lines.map((line) => JSON.parse(line) as { msg: string, level: number, err?: { code?: string } })
+    .filter((entry) => entry.msg.startsWith('supabase-jwks:'))
+  const errors = own.filter((entry) => entry.level === 50)
+  t.equal(errors.length, 2, 'logged at error once per route')
+  t.same(errors.map((entry) => entry.err?.code), ['FST_SUPABASE_JWKS_ROUTE_CONFIG', 'FST_SUPABASE_JWKS_ROUTE_CONFIG'])
+  t.equal(own.filter((entry) => entry.level === 40).length, 0, 'no warning per request')
+  const stats = app.supabaseJwks.stats()
+  t.equal(stats.rejected.FST_SUPABASE_JWKS_ROUTE_CONFIG, 7, 'counted under its own code')
+  t.match(stats.rejected, { FST_SUPABASE_JWKS_TOKEN_INVALID: 0, FST_SUPABASE_JWKS_NO_TOKEN: 0, FST_SUPABASE_JWKS_MALFORMED_TOKEN: 0 }, 'never as a user\'s bad token')
+})
+
 t.test('with @fastify/auth: authenticate composes with other strategies', async (t) => {
   const issuer = await issuerFor(t)
   const app = Fastify()

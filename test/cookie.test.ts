@@ -123,6 +123,8 @@ t.test('the Authorization header wins over the cookie', async (t) => {
   t.equal(none.status, 401)
   t.equal(none.body.code, 'FST_SUPABASE_JWKS_NO_TOKEN')
   t.equal(none.headers.get('www-authenticate'), 'Bearer realm="api"')
+  t.equal(none.body.message, 'Missing bearer token in the Authorization header or the sb-127-auth-token cookie', 'both places are named')
+  t.equal((await me(url, {})).body.message, 'Missing bearer token in the Authorization header or the sb-127-auth-token cookie', 'no credential at all')
 })
 
 t.test('malformed, tampered and oversized cookies: a coded 401, never a 5xx', async (t) => {
@@ -276,6 +278,7 @@ t.test('extractToken: any other place a token may come from', async (t) => {
   const none = await get('/me')
   t.equal(none.statusCode, 401)
   t.equal(codeOf(none), 'FST_SUPABASE_JWKS_NO_TOKEN')
+  t.equal(none.json().message, 'Missing bearer token in the Authorization header, the sb-127-auth-token cookie or extractToken\'s result')
   t.equal(codeOf(await get('/me?later=')), 'FST_SUPABASE_JWKS_NO_TOKEN', 'an empty token is none')
   const broke = await get('/me?fail=1')
   t.equal(broke.statusCode, 401)
@@ -288,7 +291,14 @@ t.test('extractToken: any other place a token may come from', async (t) => {
   t.equal(codeOf(await get(`/me?access_token=${'a'.repeat(17_000)}`)), 'FST_SUPABASE_JWKS_MALFORMED_TOKEN', 'bounded like a header')
 
   const alone = await appFor(t, { supabaseUrl: issuer.url, extractToken: () => null })
-  t.equal(codeOf(await alone.inject({ method: 'GET', url: '/me' })), 'FST_SUPABASE_JWKS_NO_TOKEN', 'null is no token')
+  const nothing = await alone.inject({ method: 'GET', url: '/me' })
+  t.equal(codeOf(nothing), 'FST_SUPABASE_JWKS_NO_TOKEN', 'null is no token')
+  t.equal(nothing.json().message, 'Missing bearer token in the Authorization header or extractToken\'s result')
+  const longest = Fastify()
+  await longest.register(fastifyCookie)
+  await appFor(t, { supabaseUrl: issuer.url, cookie: { name: 'n'.repeat(128) }, extractToken: () => undefined }, longest)
+  const bounded = (await longest.inject({ method: 'GET', url: '/me', headers: { authorization: 'Basic dXNlcjpwYXNz' } })).json().message as string
+  t.ok(bounded.includes('n'.repeat(128)) && bounded.length < 250, `bounded by the longest cookie name allowed: ${bounded.length} characters`)
 })
 
 t.test('the README\'s CSRF layout: the cookie in one sibling context, the header only in the other', async (t) => {

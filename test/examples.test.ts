@@ -194,8 +194,8 @@ t.test('examples/self-hosted/docker-compose.yml: the API gets URLs and no secret
   }
 
   const dockerfile = readFileSync(path.join(dir, 'Dockerfile'), 'utf8')
-  t.notMatch(dockerfile, /^\s*(ENV|ARG)\s/m, 'the API image sets no variables')
-  t.notMatch(dockerfile, /^\s*COPY\s+\.\s/m, 'the API image copies server.mjs only, not the folder with .env')
+  t.notMatch(dockerfile, /^[ \t]*(ENV|ARG)\s/m, 'the API image sets no variables')
+  t.notMatch(dockerfile, /^[ \t]*COPY\s+\.\s/m, 'the API image copies server.mjs only, not the folder with .env')
   t.match(readFileSync(path.join(dir, '.dockerignore'), 'utf8'), /^\.env$/m, '.env is kept out of the build context')
   t.match(readFileSync(path.join(ROOT, '.gitignore'), 'utf8'), /^\.env$/m, '.env is kept out of git')
 })

@@ -65,6 +65,61 @@ function fieldMutation (where: 'header' | 'claims'): fc.Arbitrary<Mutation> {
 
 const mutation = fc.oneof(byteMutation, segmentMutation, fieldMutation('header'), fieldMutation('claims'))
 
+/** `value` without the spaces (only U+0020) at its ends, by index: what separates a token from "Bearer". */
+function spacesTrimmed (value: string): string {
+  let start = 0
+  let end = value.length
+  while (start < end && value[start] === ' ') start++
+  while (end > start && value[end - 1] === ' ') end--
+  return value.slice(start, end)
+}
+
+/*
+ * Padded headers: the token (whole or mutated) with runs of spaces, tabs, both mixed, or other
+ * whitespace after the scheme, around it and inside it, the header up to near Node's 16 KiB limit.
+ * A run of spaces inside the header once made a regular-expression trim quadratic.
+ */
+const MAX_HEADER = 16 * 1024 - 64
+const padUnit = fc.constantFrom(' ', ' ', ' ', '\t', ' \t', '\t ', '  \t', '\u00a0', '\u000b')
+const padLength = fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 0, max: 4 }) }, { weight: 2, arbitrary: fc.integer({ min: 0, max: MAX_HEADER }) })
+const pad = fc.tuple(padUnit, padLength).map(([unit, length]) => unit.repeat(Math.ceil(length / unit.length)).slice(0, length))
+const paddedHeader = fc.record({
+  scheme: fc.constantFrom('Bearer', 'bearer', 'BEARER'),
+  // mostly the space that makes it a Bearer header, then the padding
+  separator: fc.constantFrom(' ', ' ', ' ', '', '\t'),
+  before: pad,
+  inside: fc.option(fc.tuple(fc.nat(), pad), { nil: undefined }),
+  after: pad,
+  mutate: fc.oneof({ weight: 2, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: mutation })
+})
+
+/** The header of a padded case, its pads shrunk in proportion to keep it within MAX_HEADER. */
+function padded (original: string, { scheme, separator, before, inside, after, mutate }: typeof paddedHeader extends fc.Arbitrary<infer T> ? T : never): string {
+  const token = mutate === undefined ? original : mutate(original)
+  const pads = [before, inside?.[1] ?? '', after]
+  const room = MAX_HEADER - scheme.length - separator.length - token.length
+  const total = pads.reduce((sum, run) => sum + run.length, 0)
+  const [lead, middle, trail] = total <= room ? pads : pads.map((run) => run.slice(0, Math.floor(run.length * room / total)))
+  const at = inside === undefined ? token.length : inside[0] % (token.length + 1)
+  return `${scheme}${separator}${lead}${token.slice(0, at)}${middle}${token.slice(at)}${trail}`
+}
+
+/**
+ * What a padded header must get (RFC 6750 §2.1: 1*SP between scheme and token): a space after the
+ * scheme makes it a Bearer header; spaces around the token are dropped; anything else (a tab, other
+ * whitespace, whitespace inside) is a 400, never trimmed into the valid token; only the original
+ * token with spaces alone around it is accepted.
+ */
+function expectedFor (header: string, scheme: string, original: string): { status: number[], code?: string } {
+  const rest = header.slice(scheme.length)
+  if (rest === '') return { status: [400], code: 'FST_SUPABASE_JWKS_BAD_REQUEST' }
+  if (!rest.startsWith(' ')) return { status: [401], code: 'FST_SUPABASE_JWKS_NO_TOKEN' }
+  const token = spacesTrimmed(rest)
+  if (token === original) return { status: [200] }
+  if (token === '' || /\s/.test(token)) return { status: [400], code: 'FST_SUPABASE_JWKS_BAD_REQUEST' }
+  return { status: [401] }
+}
+
 // a short cooldown: even `npm run fuzz` (about 20 s) outlasts it many times
 const cooldown = 2
 
@@ -84,7 +139,7 @@ for (const several of [false, true]) {
     await fc.assert(fc.asyncProperty(fc.array(mutation, { minLength: 1, maxLength: 3 }), async (mutations) => {
       const token = mutations.reduce((value, mutate) => mutate(value), original)
       // spaces around the token only separate it from "Bearer" (RFC 6750 §2.1: 1*SP): not a mutation of it
-      fc.pre(token.replace(/^ +| +$/g, '') !== original)
+      fc.pre(spacesTrimmed(token) !== original)
       const res = await getMe(app, undefined, `Bearer ${token}`)
       const code = (res.json() as { code?: string }).code ?? ''
       seen.set(code, (seen.get(code) ?? 0) + 1)
@@ -99,3 +154,27 @@ for (const several of [false, true]) {
     t.ok(other.jwksRequests <= allowed - 1, `the other issuer is asked only for tokens claiming it: ${other.jwksRequests}`)
   })
 }
+
+t.test(`fuzz: ${RUNS} headers padded with whitespace (seed ${SEED}) get what RFC 6750 says, never a 5xx`, async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'], cooldown })
+  const original = issuer.sign()
+  const codes = new Set(Object.keys(errorCodes))
+  const seen = new Map<string, number>()
+  let longest = 0
+  await fc.assert(fc.asyncProperty(paddedHeader, async (parts) => {
+    const header = padded(original, parts)
+    longest = Math.max(longest, header.length)
+    const expected = expectedFor(header, parts.scheme, original)
+    const res = await getMe(app, undefined, header)
+    const code = res.statusCode === 200 ? 'OK' : (res.json() as { code?: string }).code ?? ''
+    seen.set(code, (seen.get(code) ?? 0) + 1)
+    const ok = expected.status.includes(res.statusCode) && (res.statusCode === 200 || codes.has(code)) &&
+      (expected.code === undefined || expected.code === code)
+    if (!ok) t.comment(`failing answer to a header of ${header.length} characters ${JSON.stringify(header.slice(0, 200))}: ${res.statusCode} ${res.body.slice(0, 300)}`)
+    return ok
+  }), { seed: SEED, numRuns: RUNS })
+  t.ok(['OK', 'FST_SUPABASE_JWKS_BAD_REQUEST', 'FST_SUPABASE_JWKS_NO_TOKEN'].every((code) => seen.has(code)),
+    `accepted, malformed and no-token headers were all reached: ${[...seen].map(([code, n]) => `${code.replace('FST_SUPABASE_JWKS_', '')}=${n}`).join(' ')}`)
+  t.ok(longest > 8 * 1024, `headers up to ${longest} characters`)
+})

@@ -62,6 +62,9 @@ t.test('a token goes only to the issuer configured for exactly its iss: anything
     t.match(res.json().message, message, name)
   }
   t.same([a.jwksRequests, b.jwksRequests, c.jwksRequests], [0, 0, 0], 'no fetch, from anywhere')
+  const foreign = await getMe(app, a.sign({ iss: 'https://evil.example.com/auth/v1' }))
+  t.equal(foreign.json().message, `The token is invalid: the iss claim value is not allowed (expected "${a.issuer}", "${b.issuer}" or "${c.issuer}")`,
+    'the answer names the configured issuers, not the token\'s')
 
   // c's kid and key, claiming a's iss: a's key set is asked, and it has no such key
   const forged = c.sign({ iss: a.issuer })

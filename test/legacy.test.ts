@@ -83,10 +83,10 @@ t.test('legacy tokens that fail a cheap check are refused with no call', async (
     ['another audience', issuer.signLegacy({ aud: 'some-oauth-client' }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['the legacy anon key', issuer.signLegacy({ iss: 'supabase', role: 'anon', sub: undefined, aud: undefined }), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED'],
     ['no sub', issuer.signLegacy({ sub: undefined }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
-    ['a short signature', issuer.signLegacy().replace(/[^.]*$/, 'A'.repeat(40)), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
+    ['a short signature', issuer.signLegacy().replace(/\.[^.]*$/, `.${'A'.repeat(40)}`), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['crit', issuer.signLegacy({}, { header: { crit: ['exp'] } }), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['HS512', issuer.signLegacy({}, { header: { alg: 'HS512' } }), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED'],
-    ['alg none', issuer.signLegacy({}, { header: { alg: 'none' } }).replace(/[^.]*$/, ''), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED']
+    ['alg none', issuer.signLegacy({}, { header: { alg: 'none' } }).replace(/\.[^.]*$/, '.'), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED']
   ]
   for (const [name, token, code] of cases) {
     const response = await getMe(app, token)

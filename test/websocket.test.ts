@@ -43,7 +43,7 @@ t.test('a WebSocket authenticated by its first message with verify(): served whe
 
   for (const [name, token, code] of [
     ['expired', issuer.sign({ exp: Math.floor(Date.now() / 1000) - 60 }), 'FST_SUPABASE_JWKS_TOKEN_EXPIRED'],
-    ['forged', issuer.sign().replace(/[^.]+$/, 'A'.repeat(342)), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
+    ['forged', issuer.sign().replace(/\.[^.]+$/, `.${'A'.repeat(342)}`), 'FST_SUPABASE_JWKS_TOKEN_INVALID'],
     ['not a token', 'hello', 'FST_SUPABASE_JWKS_MALFORMED_TOKEN']
   ]) {
     const bad = new WebSocket(url)
