@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import type { SupabaseAccessTokenClaims } from './claims'
+import type { SupabaseUser } from './index'
 import { COOKIE_NAME, sessionCookieName } from './cookie'
 import { OptionError } from './errors'
 
@@ -80,8 +80,11 @@ export interface Requirements {
   aal?: 'aal1' | 'aal2'
   /** `false`: anonymous users (`is_anonymous: true`) are refused. `true` (the default) lets them in. */
   anonymous?: boolean
-  /** Your own rule: `true` lets the request in; `false`, a rejection or a throw is a 403. */
-  check?: (user: Readonly<SupabaseAccessTokenClaims>, request: FastifyRequest) => boolean | Promise<boolean>
+  /**
+   * Your own rule, given the verified claims (your `SupabaseCustomClaims` included) and the request:
+   * `true` lets the request in; `false`, any other value, a rejection or a throw is a 403.
+   */
+  check?: (user: Readonly<SupabaseUser>, request: FastifyRequest) => boolean | Promise<boolean>
   /**
    * The issuers whose tokens the route accepts (their exact `iss`, as configured): a token another
    * configured issuer verified is a 403. Each must be a configured issuer. Default: every one.
@@ -193,11 +196,12 @@ export interface SupabaseJwksOptions {
    */
   allowInsecureJwksUrl?: boolean
   /**
-   * Called with the claims of every verified token, token-cache hits included (and with the request,
-   * `undefined` for `verify()`): `true` answers 401 `FST_SUPABASE_JWKS_TOKEN_REVOKED`, `false` lets
-   * it through; a throw or any other value is a 503. For a `session_id` denylist ("sign out everywhere").
+   * Called with the claims of every verified token (a `SupabaseUser`: your `SupabaseCustomClaims`
+   * included), token-cache hits included, and with the request (`undefined` for `verify()`): `true`
+   * answers 401 `FST_SUPABASE_JWKS_TOKEN_REVOKED`, `false` lets it through; a throw or any other
+   * value is a 503. For a `session_id` denylist ("sign out everywhere").
    */
-  isRevoked?: (claims: Readonly<SupabaseAccessTokenClaims>, request: FastifyRequest | undefined) => boolean | Promise<boolean>
+  isRevoked?: (claims: Readonly<SupabaseUser>, request: FastifyRequest | undefined) => boolean | Promise<boolean>
   /** Requirements for every route; a route's `config.supabaseJwks` overrides them key by key. Default: none. */
   require?: Requirements
   /**
