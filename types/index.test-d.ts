@@ -1,7 +1,7 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectType } from 'tsd'
 import supabaseJwks, { type IssuerOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
-import { createTestIssuer, type TestIssuer } from '../dist/testing'
+import { createTestIssuer, generateTestKey, signJwt, type SigningKey, type TestIssuer } from '../dist/testing'
 
 declare module '..' {
   interface SupabaseCustomClaims {
@@ -113,5 +113,11 @@ async function issuerTypes (): Promise<void> {
   expectType<string>(issuer.signLegacy({ sub: 'u' }))
   expectType<number>(issuer.userRequests)
   expectError(createTestIssuer({ alg: 'HS256' }))
+  // signJwt: a private KeyObject, or an HS* secret as a string, a Buffer or a secret KeyObject
+  expectType<string>(signJwt({ alg: 'ES256' }, { sub: 'u' }, generateTestKey('ES256').privateKey))
+  expectType<string>(signJwt({ alg: 'HS256' }, { sub: 'u' }, issuer.legacySecret))
+  expectType<string>(signJwt({ alg: 'HS512' }, { sub: 'u' }, Buffer.from('secret')))
+  expectAssignable<SigningKey>('secret')
+  expectError(signJwt({ alg: 'HS256' }, { sub: 'u' }, 42))
 }
 issuerTypes().catch(() => {})
