@@ -5,7 +5,7 @@ import {
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
 import { tokenFromSessionCookie } from './cookie'
-import type { SupabaseAccessTokenClaims } from './claims'
+import type { SupabaseUser } from './index'
 
 /** Where a request's token was looked for, named in the NO_TOKEN answer: the header alone unless configured. */
 export const IN_HEADER = 'the Authorization header'
@@ -115,7 +115,7 @@ export class Answers {
 export async function checkRevoked (config: Config, claims: User, request: FastifyRequest | undefined, log: { warn (object: object, message: string): void }): Promise<void> {
   let revoked: unknown
   try {
-    revoked = await config.isRevoked!(claims as unknown as SupabaseAccessTokenClaims, request)
+    revoked = await config.isRevoked!(claims as unknown as SupabaseUser, request)
   } catch (err) {
     log.warn({ err }, 'supabase-jwks: isRevoked threw: answered 503')
     throw new RevocationUnavailableError()
@@ -135,7 +135,7 @@ async function authorize (user: User, request: FastifyRequest, required: Require
   if (required.check === undefined) return
   let allowed: unknown
   try {
-    allowed = await required.check(user as unknown as SupabaseAccessTokenClaims, request)
+    allowed = await required.check(user as unknown as SupabaseUser, request)
   } catch (err) {
     request.log.warn({ err }, 'supabase-jwks: a route check threw: answered 403')
     allowed = false

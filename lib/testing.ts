@@ -137,13 +137,29 @@ export function generateTestKey (alg: TestAlgorithm = 'RS256', kid: string = ran
   return { kid, alg, privateKey: pair.privateKey, publicKey: pair.publicKey, jwk }
 }
 
+/**
+ * A key `signJwt` signs with: a private `KeyObject` for the asymmetric algorithms (RS*, PS*, ES*,
+ * EdDSA); for HS256, HS384 and HS512 the shared secret, as a string (its UTF-8 bytes, as Supabase's
+ * legacy JWT secret is used), a `Buffer` or a secret `KeyObject`.
+ */
+export type SigningKey = KeyObject | string | Buffer
+
 /** Signs `header.payload` with `key` the way `alg` says (RFC 7518); returns the base64url signature. */
-export function signInput (alg: string, key: KeyObject, input: string): string {
+export function signInput (alg: string, key: SigningKey, input: string): string {
+  // HS*: an HMAC with the secret (RFC 7518 §3.2); node:crypto refuses a key of the wrong kind
+  if (alg.startsWith('HS')) return base64url(createHmac(`sha${alg.slice(2)}`, key).update(input).digest())
+  if (typeof key === 'string' || Buffer.isBuffer(key)) {
+    throw new TypeError(`signJwt: ${alg} signs with a private KeyObject (generateTestKey(alg).privateKey); a string or a Buffer is an HS256/HS384/HS512 secret`)
+  }
   return base64url(cryptoSign(hashOf(alg), Buffer.from(input), keyInput(alg, key)))
 }
 
-/** Encodes and signs a JWT from any header and payload: for crafting tokens in tests. */
-export function signJwt (header: Record<string, unknown>, payload: Record<string, unknown>, key: KeyObject): string {
+/**
+ * Encodes and signs a JWT from any header and payload, by `header.alg`: for crafting tokens in
+ * tests. `key` is a private `KeyObject`, or for HS* the secret (`signJwt({ alg: 'HS256', typ: 'JWT' },
+ * claims, issuer.legacySecret)` signs a legacy token as `signLegacy` does).
+ */
+export function signJwt (header: Record<string, unknown>, payload: Record<string, unknown>, key: SigningKey): string {
   const input = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(payload))}`
   return `${input}.${signInput(String(header.alg), key, input)}`
 }
@@ -408,9 +424,10 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     apiKey,
     get userRequests () { return userRequests },
     signLegacy (claims = {}, signOptions = {}) {
+      // HS256 whatever the header says: a header may claim another alg, as a forged token would
       const header = withoutUndefined({ alg: 'HS256', typ: 'JWT', ...signOptions.header })
       const input = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(accessClaims(claims)))}`
-      return `${input}.${base64url(createHmac('sha256', legacySecret).update(input).digest())}`
+      return `${input}.${signInput('HS256', legacySecret, input)}`
     },
     respondToUserWith (next) { userResponder = next },
     addKey,

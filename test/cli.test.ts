@@ -464,7 +464,7 @@ t.test('usage errors: exit 2 with the reason on stderr, nothing fetched', async 
     [['check', issuer.jwksUrl, '--token', issuer.sign()], '--issuer is required with a jwksUrl and a token'],
     // what the user gave is quoted by its first 12 characters at most: it may be a token or a key
     [['a-long-command-name', issuer.url], 'unknown command "a-long-comma…": the command is check'],
-    [['check', 'abc.supabase.co'], 'supabaseUrl is not a valid URL: abc.supabase…'],
+    [['check', 'abc.supabase.co'], 'supabaseUrl has no scheme (https://, or http:// on a loopback host): set https://abc.supabase…'],
     [['check', issuer.url, '--alg', 'RS256,sb_secret_0123456789abcdef'], 'unknown algorithm sb_secret_01…;'],
     [['check', issuer.url, '--sb_secret_0123456789abcdef'], "Unknown option '--sb_secret_…'"]
   ]

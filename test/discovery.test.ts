@@ -215,7 +215,7 @@ t.test('discovery options are checked at registration', async (t) => {
     ['without audience', { discovery: true, issuer: 'https://id.example.com' }, /audience is required for an issuer that is not a Supabase project/],
     ['an issuer with a query', { discovery: true, issuer: 'https://id.example.com/?tenant=1', audience: 'a' }, /must not carry a query string, a fragment or credentials/],
     ['an issuer with credentials', { discovery: true, issuer: 'https://u:p@id.example.com', audience: 'a' }, /must not carry a query string, a fragment or credentials/],
-    ['an issuer that is not a URL', { discovery: true, issuer: 'id.example.com', audience: 'a' }, /issuer is not a valid URL/]
+    ['an issuer without a scheme', { discovery: true, issuer: 'id.example.com', audience: 'a' }, /issuer has no scheme \(https:\/\/, or http:\/\/ on a loopback host\): set https:\/\/id\.example\.com$/]
   ]
   for (const [name, options, message] of cases) {
     const err = await registrationError(options)

@@ -19,7 +19,8 @@ t.test('a bad option fails ready() with a clear message', async (t) => {
     ['jwtSecret', { supabaseUrl: URL, jwtSecret: 'super-secret' }, /shared secret is never used/],
     ['an unknown option', { supabaseUrl: URL, cacheTTL: 5 }, /unknown option cacheTTL/],
     ['supabaseUrl not a string', { supabaseUrl: 42 }, /supabaseUrl must be a non-empty string URL/],
-    ['supabaseUrl not a URL', { supabaseUrl: 'abc.supabase.co' }, /supabaseUrl is not a valid URL/],
+    ['supabaseUrl not a URL', { supabaseUrl: 'not a url' }, /supabaseUrl is not a valid URL: not a url/],
+    ['supabaseUrl without a scheme', { supabaseUrl: 'abc.supabase.co' }, /supabaseUrl has no scheme \(https:\/\/, or http:\/\/ on a loopback host\): set https:\/\/abc\.supabase\.co$/],
     ['supabaseUrl ftp', { supabaseUrl: 'ftp://abc.supabase.co' }, /must be an http\(s\) URL/],
     ['jwksUrl empty', { jwksUrl: '' }, /jwksUrl must be a non-empty string URL/],
     ['jwksUrl alone without issuer', { jwksUrl: 'https://auth.example.com/.well-known/jwks.json' }, /issuer is required with jwksUrl alone/],
@@ -72,6 +73,79 @@ t.test('a bad option fails ready() with a clear message', async (t) => {
     t.equal(err.code, 'FST_SUPABASE_JWKS_OPTION', `${name}: code`)
     t.match(err.message, message, `${name}: message`)
   }
+})
+
+/** The message `normalizeOptions` refuses `options` with, without the common prefix. */
+function refusal (options: unknown): string {
+  try {
+    normalizeOptions(options)
+  } catch (err) {
+    return (err as Error).message.replace(/^Invalid fastify-supabase-jwks option: /, '')
+  }
+  return 'accepted'
+}
+
+t.test('a URL without its scheme, or the dashboard\'s address, is refused with the URL to set instead', async (t) => {
+  const noScheme = 'has no scheme (https://, or http:// on a loopback host): set'
+  const dashboard = 'is a supabase.com address (the dashboard\'s or the Management API\'s), not the project URL: set'
+  const soon = new Date(Date.now() + 3_600_000).toISOString()
+  const cases: Array<[unknown, string]> = [
+    [{ supabaseUrl: 'abc.supabase.co' }, `supabaseUrl ${noScheme} https://abc.supabase.co`],
+    [{ supabaseUrl: 'abc.supabase.co/' }, `supabaseUrl ${noScheme} https://abc.supabase.co`],
+    [{ supabaseUrl: 'abc.supabase.co/auth/v1' }, `supabaseUrl ${noScheme} https://abc.supabase.co`],
+    // loopback (the Supabase CLI) is plain http
+    [{ supabaseUrl: '127.0.0.1:54321' }, `supabaseUrl ${noScheme} http://127.0.0.1:54321`],
+    [{ supabaseUrl: 'localhost:54321' }, `supabaseUrl ${noScheme} http://localhost:54321`],
+    [{ issuers: [{ supabaseUrl: 'prod.supabase.co' }] }, `issuers[0].supabaseUrl ${noScheme} https://prod.supabase.co`],
+    // the address bar while on the project's dashboard page, today's and the older one
+    [{ supabaseUrl: 'https://supabase.com/dashboard/project/abcdefghijklmnopqrst' }, `supabaseUrl ${dashboard} https://abcdefghijklmnopqrst.supabase.co`],
+    [{ supabaseUrl: 'https://supabase.com/dashboard/project/abc/settings/api-keys' }, `supabaseUrl ${dashboard} https://abc.supabase.co`],
+    [{ supabaseUrl: 'https://app.supabase.com/project/abc' }, `supabaseUrl ${dashboard} https://abc.supabase.co`],
+    [{ supabaseUrl: 'supabase.com/dashboard/project/abc' }, `supabaseUrl ${noScheme} https://abc.supabase.co`],
+    // no project in the path: the form of the URL, with the ref to fill in
+    [{ supabaseUrl: 'https://supabase.com' }, `supabaseUrl ${dashboard} https://<ref>.supabase.co`],
+    [{ supabaseUrl: 'https://supabase.com/dashboard/projects' }, `supabaseUrl ${dashboard} https://<ref>.supabase.co`],
+    [{ supabaseUrl: 'https://api.supabase.com/v1/projects/abc' }, `supabaseUrl ${dashboard} https://<ref>.supabase.co`],
+    // the other URL options: the value as given, with the scheme
+    [{ jwksUrl: 'auth.example.com/.well-known/jwks.json', issuer: false }, `jwksUrl ${noScheme} https://auth.example.com/.well-known/jwks.json`],
+    [{ discovery: true, issuer: 'tenant.eu.auth0.com/', audience: 'a' }, `issuer ${noScheme} https://tenant.eu.auth0.com/`],
+    [{ supabaseUrl: URL, legacyTokens: { until: soon, apiKey: 'k', userUrl: 'auth.example.com/user' } }, `legacyTokens.userUrl ${noScheme} https://auth.example.com/user`],
+    // nothing to offer
+    [{ supabaseUrl: 'not a url' }, 'supabaseUrl is not a valid URL: not a url'],
+    [{ supabaseUrl: 'abc' }, 'supabaseUrl is not a valid URL: abc']
+  ]
+  for (const [options, message] of cases) t.equal(refusal(options), message, JSON.stringify(options))
+  // a project URL on another host, and a custom domain, are as before
+  t.equal(single({ supabaseUrl: 'https://abc.supabase.co' }).authBase, 'https://abc.supabase.co/auth/v1')
+  t.equal(single({ supabaseUrl: 'https://auth.supabase.company.example' }).authBase, 'https://auth.supabase.company.example/auth/v1')
+})
+
+t.test('an unknown option says which known one it resembles, when one does', async (t) => {
+  const soon = new Date(Date.now() + 3_600_000).toISOString()
+  const cases: Array<[unknown, string]> = [
+    [{ supabaseUrl: URL, jwksURL: 'https://a.example/jwks' }, 'unknown option jwksURL: did you mean jwksUrl?'],
+    [{ supabaseUrl: URL, cacheTTL: 60 }, 'unknown option cacheTTL: did you mean cacheTtl?'],
+    [{ supabaseUrl: URL, cache_ttl: 60 }, 'unknown option cache_ttl: did you mean cacheTtl?'],
+    [{ supabaseUrl: URL, audiences: ['a'] }, 'unknown option audiences: did you mean audience?'],
+    [{ supabaseUrl: URL, algorithm: ['ES256'] }, 'unknown option algorithm: did you mean algorithms?'],
+    [{ supabaseUrl: URL, clockTolerence: 5 }, 'unknown option clockTolerence: did you mean clockTolerance?'],
+    [{ supabaseURL: URL }, 'unknown option supabaseURL: did you mean supabaseUrl?'],
+    [{ issuers: [{ supabaseUrl: URL, coolDown: 5 }] }, 'unknown option issuers[0].coolDown: did you mean cooldown?'],
+    [{ supabaseUrl: URL, legacyTokens: { until: soon, apiKey: 'k', userURL: 'https://a.example/user' } }, 'unknown option legacyTokens.userURL: did you mean userUrl?'],
+    [{ supabaseUrl: URL, require: { anonymus: false } }, 'unknown requirement require.anonymus: did you mean anonymous?'],
+    // too far from every name: no guess
+    [{ supabaseUrl: URL, foo: 1 }, 'unknown option foo'],
+    [{ supabaseUrl: URL, url: 'x' }, 'unknown option url'],
+    [{ supabaseUrl: URL, require: { role: 'admin' } }, 'unknown requirement require.role'],
+    [{ supabaseUrl: URL, ['cacheTtl'.repeat(9)]: 1 }, `unknown option ${'cacheTtl'.repeat(9)}`]
+  ]
+  for (const [options, message] of cases) t.equal(refusal(options), message, message)
+  // a route's requirements, checked when it is declared: the same
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: URL, warmStart: false })
+  t.throws(() => app.get('/x', { config: { supabaseJwks: { aall: 'aal2' } as never } }, async () => 'ok'),
+    { code: 'FST_SUPABASE_JWKS_OPTION', message: /unknown requirement config\.supabaseJwks of GET \/x\.aall: did you mean aal\?$/ })
 })
 
 t.test('options that are not an object are refused', async (t) => {

@@ -1,13 +1,16 @@
 /*
- * Proof that the published package works: `npm pack`, the tarball installed into a project of its
- * own (its dependencies from the npm cache that `npm ci` filled), and there an ES module, a
- * CommonJS module, `tsc --noEmit` on TypeScript that uses the types, and the `check` bin.
+ * Proof that the published package works: `npm pack` of a clean checkout of the working tree (as
+ * `npm publish` packs it: scripts on), the tarball installed into a project of its own (its
+ * dependencies from the npm cache that `npm ci` filled) with no warning about it, its source maps
+ * naming files it ships, and there an ES module, a CommonJS module, `tsc --noEmit` on TypeScript
+ * that uses the types, and the `check` bin. Then the install from git: the checkout without dist/
+ * installed as npm installs a git dependency, built by its `prepare` script.
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { delimiter, join } from 'node:path'
+import { delimiter, dirname, join, relative, resolve, sep } from 'node:path'
 import { createTestIssuer } from '../lib/testing'
 
 const root = join(__dirname, '..')
@@ -35,6 +38,34 @@ function run (command: string, args: string[], cwd: string, input = '') {
     child.on('close', (code) => resolve({ code, stdout, stderr }))
     child.stdin.end(input)
   })
+}
+
+/**
+ * A clean checkout of the working tree in `dir`: the files git has (tracked ones, and new ones it
+ * does not ignore) as they are now, so no dist/ and nothing else built or ignored; this
+ * repository's node_modules linked in, standing for the `npm ci` of a fresh clone.
+ */
+async function checkout (dir: string): Promise<void> {
+  const listed = await run('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], root)
+  if (listed.code !== 0) throw new Error(`git ls-files: ${listed.stderr}`)
+  for (const path of listed.stdout.split('\0')) {
+    // a tracked file deleted in the working tree is not part of it
+    if (path === '' || !existsSync(join(root, path))) continue
+    mkdirSync(dirname(join(dir, path)), { recursive: true })
+    cpSync(join(root, path), join(dir, path))
+  }
+  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'), 'junction')
+}
+
+/** Every file under `dir`, recursively. */
+function filesUnder (dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) =>
+    entry.isDirectory() ? filesUnder(join(dir, entry.name)) : [join(dir, entry.name)])
+}
+
+/** npm's warnings in `output` that are about this package or its scripts (others, such as EBADENGINE for a dependency of fastify on Node 20, are not). */
+function warningsAboutPackage (output: string): string[] {
+  return output.split('\n').filter((line) => /^npm warn/i.test(line) && /fastify-supabase-jwks|install-scripts|prepare/i.test(line))
 }
 
 /** The version this repository's lockfile installs, so that the npm cache has it. */
@@ -90,16 +121,23 @@ export async function mint (): Promise<string> {
 t.test('the packed package installs and works: import, require(), tsc, the check bin', { timeout: 600_000 }, async (t) => {
   const work = mkdtempSync(join(tmpdir(), 'fastify-supabase-jwks-pack-'))
   t.teardown(() => rmSync(work, { recursive: true, force: true }))
+  const source = join(work, 'checkout')
+  await checkout(source)
+  const manifest = readFileSync(join(source, 'package.json'), 'utf8')
 
-  // scripts off: `npm test` has built dist already, and the tarball is what users get from it
-  const pack = await run('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], root)
-  t.equal(pack.code, 0, pack.stderr)
+  // scripts on, as `npm publish` runs them: prepack builds dist/ and sets package.json aside for
+  // one without prepare, which the tarball gets; postpack puts it back
+  const pack = await run('npm', ['pack', '--json', '--pack-destination', work], source)
+  t.equal(pack.code, 0, 'npm pack, scripts on', { stderr: pack.stderr })
+  if (pack.code !== 0) return
+  t.equal(readFileSync(join(source, 'package.json'), 'utf8'), manifest, 'package.json is as it was after the pack')
+  t.notOk(existsSync(join(source, 'package.json.prepack')), 'nothing left aside')
   const [packed] = JSON.parse(pack.stdout) as Array<{ filename: string, files: Array<{ path: string }> }>
   const files = packed!.files.map((file) => file.path).sort()
 
   t.test('the tarball holds what users need, and nothing else', async (t) => {
-    const outside = files.filter((path) => !path.startsWith('dist/') && !['package.json', 'README.md', 'SECURITY.md', 'LICENSE', 'CHANGELOG.md'].includes(path))
-    t.same(outside, [], 'only dist, the docs and package.json')
+    const outside = files.filter((path) => !/^(dist|lib)\//.test(path) && !['package.json', 'README.md', 'SECURITY.md', 'LICENSE', 'CHANGELOG.md'].includes(path))
+    t.same(outside, [], 'only dist, lib, the docs and package.json')
     for (const path of ['LICENSE', 'CHANGELOG.md', 'README.md', 'SECURITY.md', 'dist/index.js', 'dist/index.d.ts', 'dist/esm.mjs', 'dist/testing.js', 'dist/testing.d.ts', 'dist/cli.js']) {
       t.ok(files.includes(path), path)
     }
@@ -109,6 +147,8 @@ t.test('the packed package installs and works: import, require(), tsc, the check
       return !existsSync(join(root, 'lib', source))
     })
     t.same(orphans, [], 'no dist file without its lib source')
+    // lib is there for the source maps: the sources of the build, all of them
+    t.same(files.filter((path) => path.startsWith('lib/')), readdirSync(join(root, 'lib')).map((name) => `lib/${name}`).sort(), 'lib: every source of dist')
     t.same(files.filter((path) => /\.test\.|fixture|bench|example/i.test(path)), [], 'no test, fixture, bench or example file')
     t.match(readFileSync(join(root, 'LICENSE'), 'utf8'), /^MIT License\n\nCopyright \(c\) 2026 fastify-supabase-jwks contributors/)
   })
@@ -123,9 +163,34 @@ t.test('the packed package installs and works: import, require(), tsc, the check
       '@types/node': locked('@types/node')
     }
   }, null, 2))
-  const install = await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel', 'error'], work)
-  t.equal(install.code, 0, `npm install: ${install.stderr}`)
+  // npm's own warnings shown (the default loglevel): the install must give none about the package
+  const install = await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund'], work)
+  t.equal(install.code, 0, 'npm install of the tarball', { stderr: install.stderr })
   if (install.code !== 0) return
+  const installed = join(work, 'node_modules', 'fastify-supabase-jwks')
+
+  t.test('installing the tarball prints no warning about the package: its manifest has no prepare script', async (t) => {
+    t.same(warningsAboutPackage(install.stdout + install.stderr), [], 'no npm warning about the package or its scripts')
+    const { scripts, ...rest } = JSON.parse(readFileSync(join(installed, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+    const { scripts: ownScripts, ...ownRest } = JSON.parse(manifest) as { scripts: Record<string, string> }
+    t.equal(scripts.prepare, undefined, 'no prepare script (it never runs from a tarball)')
+    t.same(scripts, Object.fromEntries(Object.entries(ownScripts).filter(([name]) => name !== 'prepare')), 'the other scripts as they are')
+    t.same(rest, ownRest, 'the rest of package.json as it is')
+  })
+
+  t.test('every source map names files the installed package holds', async (t) => {
+    // the .js maps, and declaration maps (.d.ts.map) if the build makes any
+    const maps = filesUnder(installed).filter((path) => path.endsWith('.map'))
+    t.ok(maps.length >= 15, `${maps.length} source maps`)
+    for (const map of maps) {
+      const { sources, sourceRoot = '' } = JSON.parse(readFileSync(map, 'utf8')) as { sources: string[], sourceRoot?: string }
+      t.not(sources.length, 0, `${relative(installed, map)} names its sources`)
+      for (const name of sources) {
+        const path = resolve(dirname(map), sourceRoot, name)
+        t.ok(path.startsWith(installed + sep) && existsSync(path), `${relative(installed, map)}: ${name} is ${relative(installed, path)}, in the package`)
+      }
+    }
+  })
 
   t.test('import from an ES module', async (t) => {
     writeFileSync(join(work, 'main.mjs'), usage(`import Fastify from 'fastify'
@@ -168,4 +233,47 @@ const { createTestIssuer } = require('fastify-supabase-jwks/testing')`))
     t.match(JSON.parse(token.stdout), { token: { accepted: false, statusCode: 401, code: 'FST_SUPABASE_JWKS_TOKEN_EXPIRED' } })
     t.equal(issuer.jwksRequests, 2)
   })
+
+  t.test('an install from git still builds dist/: the repository\'s prepare script runs', async (t) => {
+    // npm installs a git dependency by cloning it, installing its dependencies there and packing it,
+    // which runs prepare (and no prepack); here the clean checkout, its dist/ removed and its
+    // dependencies linked in, packed the same way: installed as a directory with --install-links
+    rmSync(join(source, 'dist'), { recursive: true, force: true })
+    const project = join(work, 'from-git')
+    mkdirSync(project)
+    writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'git-proof', private: true }))
+    const fromGit = await run('npm', ['install', '--install-links', '--prefer-offline', '--no-audit', '--no-fund', source], project)
+    t.equal(fromGit.code, 0, 'npm install --install-links of the checkout', { stderr: fromGit.stderr })
+    const built = join(project, 'node_modules', 'fastify-supabase-jwks')
+    t.ok(existsSync(join(built, 'dist', 'index.js')) && existsSync(join(built, 'dist', 'index.d.ts')), 'dist/ built by prepare')
+    t.equal((JSON.parse(readFileSync(join(built, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.prepare, 'npm run build', 'its manifest keeps prepare')
+    const loaded = await run(process.execPath, ['-e', 'process.stdout.write(typeof require("fastify-supabase-jwks"))'], project)
+    t.equal(loaded.stdout, 'function', 'require() gets the plugin', { stderr: loaded.stderr })
+  })
+})
+
+t.test('scripts/packed-manifest.js: strip sets package.json aside for one without prepare, restore puts it back, a leftover stops strip', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fastify-supabase-jwks-manifest-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  mkdirSync(join(dir, 'scripts'))
+  cpSync(join(root, 'scripts', 'packed-manifest.js'), join(dir, 'scripts', 'packed-manifest.js'))
+  const original = readFileSync(join(root, 'package.json'), 'utf8')
+  writeFileSync(join(dir, 'package.json'), original)
+  const manifest = (command: string) => run(process.execPath, [join('scripts', 'packed-manifest.js'), command], dir)
+
+  t.equal((await manifest('strip')).code, 0)
+  const stripped = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+  t.equal(stripped.scripts.prepare, undefined, 'no prepare')
+  t.equal(stripped.scripts.build, 'tsc -p tsconfig.build.json', 'the other scripts stay')
+  t.equal(readFileSync(join(dir, 'package.json.prepack'), 'utf8'), original, 'the original set aside')
+
+  // a pack that stopped before postpack: strip refuses, and says how to go on
+  const again = await manifest('strip')
+  t.equal(again.code, 1)
+  t.match(again.stderr, /package\.json\.prepack is left from a pack that did not finish: .*packed-manifest\.js restore/)
+  t.equal((await manifest('restore')).code, 0)
+  t.equal(readFileSync(join(dir, 'package.json'), 'utf8'), original, 'restored byte for byte')
+  t.notOk(existsSync(join(dir, 'package.json.prepack')))
+  t.equal((await manifest('restore')).code, 0, 'restore with nothing set aside does nothing')
+  t.equal((await manifest('nope')).code, 2)
 })

@@ -1,6 +1,7 @@
 import t from 'tap'
+import Fastify from 'fastify'
 import { createTestIssuer, generateTestKey, signJwt } from '../lib/testing'
-import { issuerFor } from './fixtures/helpers'
+import { appFor, codeOf, getMe, issuerFor } from './fixtures/helpers'
 
 t.test('the issuer serves the JWKS at GoTrue paths with GoTrue headers and counts requests', async (t) => {
   const issuer = await issuerFor(t)
@@ -78,6 +79,55 @@ t.test('signJwt signs any header and payload; generateTestKey makes each kind of
     t.equal(token.split('.').length, 3)
   }
   t.match(generateTestKey().jwk, { alg: 'RS256', kty: 'RSA' })
+})
+
+t.test('signJwt signs HS256, HS384 and HS512 with a secret: a string, a Buffer or a secret KeyObject', async (t) => {
+  const { createHmac, createSecretKey, timingSafeEqual } = await import('node:crypto')
+  const payload = { sub: 'user-1', exp: Math.floor(Date.now() / 1000) + 60 }
+  const secrets = { string: 'super-secret-jwt-token-with-at-least-32-characters', buffer: Buffer.from('0123456789abcdef0123456789abcdef') }
+  for (const [alg, bytes] of [['HS256', 32], ['HS384', 48], ['HS512', 64]] as const) {
+    for (const [kind, secret] of [['string', secrets.string], ['Buffer', secrets.buffer], ['secret KeyObject', createSecretKey(secrets.buffer)]] as const) {
+      const token = signJwt({ alg, typ: 'JWT' }, payload, secret)
+      const [head, body, signature] = token.split('.') as [string, string, string]
+      t.same(JSON.parse(Buffer.from(head, 'base64url').toString()), { alg, typ: 'JWT' }, `${alg} with a ${kind}: the header`)
+      t.same(JSON.parse(Buffer.from(body, 'base64url').toString()), payload, `${alg} with a ${kind}: the payload`)
+      // the signature is the HMAC of header.payload under the secret's bytes (RFC 7518 §3.2)
+      const expected = createHmac(`sha${alg.slice(2)}`, kind === 'string' ? Buffer.from(secrets.string) : secrets.buffer).update(`${head}.${body}`).digest()
+      const given = Buffer.from(signature, 'base64url')
+      t.equal(given.length, bytes, `${alg} with a ${kind}: ${bytes} bytes`)
+      t.ok(timingSafeEqual(given, expected), `${alg} with a ${kind}: the HMAC of the signing input`)
+    }
+  }
+  // an asymmetric algorithm wants a private key: a secret is a mistake, said so
+  t.throws(() => signJwt({ alg: 'RS256' }, payload, secrets.string), { name: 'TypeError', message: /RS256 signs with a private KeyObject/ })
+  t.throws(() => signJwt({ alg: 'ES256' }, payload, secrets.buffer), { name: 'TypeError' })
+})
+
+t.test('an HS256 token from signJwt: refused by default as ALGORITHM_NOT_ALLOWED; with legacyTokens, checked by the issuer\'s Auth', async (t) => {
+  const issuer = await issuerFor(t)
+  const now = Math.floor(Date.now() / 1000)
+  const claims = { sub: 'user-1', aud: 'authenticated', iss: issuer.issuer, exp: now + 600, iat: now, role: 'authenticated' }
+  const legacy = signJwt({ alg: 'HS256', typ: 'JWT' }, claims, issuer.legacySecret)
+  const forged = signJwt({ alg: 'HS256', typ: 'JWT' }, claims, 'not-the-project-secret')
+
+  const app = await appFor(t, { supabaseUrl: issuer.url })
+  for (const token of [legacy, forged]) {
+    const response = await getMe(app, token)
+    t.equal(response.statusCode, 401)
+    t.equal(codeOf(response), 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED')
+    t.match(response.json().message, /HS256 \(tokens signed with the legacy JWT secret are not accepted\)/)
+  }
+  t.equal(issuer.userRequests, 0, 'no call to Supabase Auth without the window')
+
+  const until = new Date(Date.now() + 3_600_000).toISOString()
+  const migrating = await appFor(t, { supabaseUrl: issuer.url, legacyTokens: { until, apiKey: issuer.apiKey } }, Fastify())
+  const accepted = await getMe(migrating, legacy)
+  t.equal(accepted.statusCode, 200, 'signed with the project\'s legacy secret: Supabase Auth accepts it')
+  t.match(accepted.json(), { sub: 'user-1', iss: issuer.issuer })
+  const refused = await getMe(migrating, forged)
+  t.equal(refused.statusCode, 401, 'another secret: Supabase Auth refuses it')
+  t.equal(codeOf(refused), 'FST_SUPABASE_JWKS_TOKEN_INVALID')
+  t.equal(issuer.userRequests, 2)
 })
 
 t.test('a fixed port', async (t) => {

@@ -1,11 +1,12 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectType } from 'tsd'
 import supabaseJwks, { type IssuerOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
-import { createTestIssuer, type TestIssuer } from '../dist/testing'
+import { createTestIssuer, generateTestKey, signJwt, type SigningKey, type TestIssuer } from '../dist/testing'
 
 declare module '..' {
   interface SupabaseCustomClaims {
     tenant_id?: string
+    user_role?: 'admin' | 'member'
   }
 }
 
@@ -42,6 +43,27 @@ app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', require: { 
 expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', require: { aal: 'aal3' } }))
 app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', isRevoked: async (claims, request) => claims.session_id === 'x' && request !== undefined })
 expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', isRevoked: true }))
+// route checks and isRevoked get the claims as request.user has them: your custom claims included
+app.register(supabaseJwks, {
+  supabaseUrl: 'https://abc.supabase.co',
+  require: {
+    check: (user) => {
+      expectType<Readonly<SupabaseUser>>(user)
+      expectType<'admin' | 'member' | undefined>(user.user_role)
+      return user.tenant_id === 't1'
+    }
+  },
+  isRevoked: (claims, request) => {
+    expectType<Readonly<SupabaseUser>>(claims)
+    expectType<FastifyRequest | undefined>(request)
+    expectType<string | undefined>(claims.tenant_id)
+    return claims.user_role === 'member'
+  }
+})
+app.delete('/posts/:id', { preHandler: app.authenticate, config: { supabaseJwks: { check: (user) => user.user_role === 'admin' } } }, async () => 'ok')
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', require: { check: (user) => user.nope === 1 } }))
+expectError(app.get('/nope', { config: { supabaseJwks: { check: (user) => user.nope === 'admin' } } }, async () => 'ok'))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', isRevoked: (claims) => claims.nope === true }))
 app.get('/mfa', { preHandler: app.authenticate, config: { supabaseJwks: { aal: 'aal2' } } }, async () => 'ok')
 app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { until: '2026-12-08T00:00:00Z', apiKey: 'sb_publishable_x' } })
 app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', legacyTokens: { until: new Date(), apiKey: 'k', maxCallsPerSecond: 10, maxConcurrentCalls: 4 } })
@@ -91,5 +113,11 @@ async function issuerTypes (): Promise<void> {
   expectType<string>(issuer.signLegacy({ sub: 'u' }))
   expectType<number>(issuer.userRequests)
   expectError(createTestIssuer({ alg: 'HS256' }))
+  // signJwt: a private KeyObject, or an HS* secret as a string, a Buffer or a secret KeyObject
+  expectType<string>(signJwt({ alg: 'ES256' }, { sub: 'u' }, generateTestKey('ES256').privateKey))
+  expectType<string>(signJwt({ alg: 'HS256' }, { sub: 'u' }, issuer.legacySecret))
+  expectType<string>(signJwt({ alg: 'HS512' }, { sub: 'u' }, Buffer.from('secret')))
+  expectAssignable<SigningKey>('secret')
+  expectError(signJwt({ alg: 'HS256' }, { sub: 'u' }, 42))
 }
 issuerTypes().catch(() => {})
