@@ -188,16 +188,20 @@ const OPTION_PREFIX = new OptionError('').message
  * The requirements of a route whose `config.supabaseJwks` the plugin meets only now (declared before
  * it): checked as `onRoute` checks the others, or the message of the route's error when invalid.
  */
-function routeRequirements (config: Config, request: FastifyRequest, own: unknown): Requirements | { invalid: string } {
+function routeRequirements (config: Config, request: FastifyRequest, own: unknown): Requirements | Invalid {
   if (typeof own !== 'object') return config.require
   const { method, url } = request.routeOptions
+  const route = `${String(method)} ${url}`
   try {
-    return { ...config.require, ...requirements(`config.supabaseJwks of ${String(method)} ${url}`, own, config.knownIssuers) }
+    return { ...config.require, ...requirements(`config.supabaseJwks of ${route}`, own, config.knownIssuers) }
   } catch (err) {
-    // requirements() throws only OptionError: its detail, which names the route
-    return { invalid: (err as Error).message.slice(OPTION_PREFIX.length) }
+    // requirements() throws only OptionError: its detail, which names the route, for the log alone
+    return { route, invalid: (err as Error).message.slice(OPTION_PREFIX.length) }
   }
 }
+
+/** A route whose requirements are invalid: the route (for its answers) and what is wrong (for the log). */
+interface Invalid { route: string, invalid: string }
 
 /** Verifies the request's token; decorates `request.user` or throws the answer. */
 export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
@@ -210,7 +214,7 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
    * after the plugin had them checked by `onRoute`; one declared before is checked here, and when
    * invalid keeps its error's message: logged once, answered 500 to every request.
    */
-  const byRoute = new WeakMap<object, Requirements | { invalid: string } | null>()
+  const byRoute = new WeakMap<object, Requirements | Invalid | null>()
   function requiredFor (request: FastifyRequest): Requirements | null {
     const routeConfig = request.routeOptions.config as { supabaseJwks?: unknown }
     let required = byRoute.get(routeConfig)
@@ -221,11 +225,11 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
         : merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
       byRoute.set(routeConfig, required)
       if ('invalid' in merged) {
-        request.log.error({ err: new RouteConfigError(merged.invalid) },
+        request.log.error({ code: 'FST_SUPABASE_JWKS_ROUTE_CONFIG', route: merged.route, reason: merged.invalid },
           'supabase-jwks: a route declared before the plugin has invalid requirements: every request to it is answered 500 until it is fixed')
       }
     }
-    if (required !== null && 'invalid' in required) throw new RouteConfigError(required.invalid)
+    if (required !== null && 'invalid' in required) throw new RouteConfigError(required.route)
     return required
   }
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {

@@ -82,10 +82,11 @@ export const RegistrationError = createError(
 /**
  * A route's `config.supabaseJwks` is invalid, and the plugin met it only at a request (the route was
  * declared before the plugin, so `onRoute` never saw it): the app's mistake, not the client's. Every
- * request to that route is answered 500 with this code (token or not), and it is logged at error once.
+ * request to that route is answered 500 with this code (token or not). The answer names the route only;
+ * what is wrong is the app's configuration, said once in the plugin's log, never to a client.
  */
 export const RouteConfigError = createError(
-  'FST_SUPABASE_JWKS_ROUTE_CONFIG', 'Invalid route requirements: %s', 500)
+  'FST_SUPABASE_JWKS_ROUTE_CONFIG', 'Invalid route requirements of %s: the server log says what is wrong', 500)
 
 /** The codes a request can be answered with, and their HTTP statuses. */
 export const errorCodes = {

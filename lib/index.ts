@@ -94,7 +94,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   fastify.decorate('supabaseJwks', {
     verify: async (token: string) => {
       try {
-        const claims = await verifyToken(bounded(token, config.maxTokenLength))
+        const claims = await verifyToken(bounded(token, config.maxTokenLength, 'verify()\'s argument'))
         if (config.isRevoked !== undefined) await checkRevoked(config, claims, undefined, fastify.log)
         answers.accepted++
         return claims as unknown as fastifySupabaseJwks.SupabaseUser
@@ -198,7 +198,8 @@ declare namespace fastifySupabaseJwks {
      * keys keep verifying meanwhile, and the fetch is retried in the background with the backoff
      * (after `retryAfter`, then doubling up to `cooldown`), with no further call, until one
      * succeeds. With several issuers, every issuer is fetched, and it rejects if any failed: the
-     * `cause` names them (the first three) and `retryAfter` is the longest of their waits.
+     * `cause` names them (the first three) and `retryAfter` is the longest of their waits. Await it
+     * or `.catch()` it: a floating call that fails is an unhandled rejection.
      */
     refresh (): Promise<void>
     /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */

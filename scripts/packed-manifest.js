@@ -36,10 +36,21 @@ function strip () {
   writeFileSync(MANIFEST, `${JSON.stringify(manifest, null, 2)}\n`)
 }
 
-const commands = { strip, restore }
+/**
+ * Fails when package.json is not the repository's own: a pack that died between strip and restore
+ * left it without `prepare` (a git install would then stop building dist/). Run first by `npm test`.
+ */
+function check () {
+  if (existsSync(ORIGINAL)) throw new Error(`${ORIGINAL} is left from a pack that did not finish: run node scripts/packed-manifest.js restore`)
+  if (JSON.parse(readFileSync(MANIFEST, 'utf8')).scripts?.prepare === undefined) {
+    throw new Error('package.json has no prepare script: git installs would not build dist/ (was it stripped by a pack that failed?)')
+  }
+}
+
+const commands = { strip, restore, check }
 const command = commands[process.argv[2]]
 if (command === undefined) {
-  console.error('usage: node scripts/packed-manifest.js strip|restore')
+  console.error('usage: node scripts/packed-manifest.js strip|restore|check')
   process.exitCode = 2
 } else {
   try {

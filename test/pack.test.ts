@@ -261,7 +261,11 @@ t.test('scripts/packed-manifest.js: strip sets package.json aside for one withou
   writeFileSync(join(dir, 'package.json'), original)
   const manifest = (command: string) => run(process.execPath, [join('scripts', 'packed-manifest.js'), command], dir)
 
+  t.equal((await manifest('check')).code, 0, 'check: the repository\'s own package.json passes')
   t.equal((await manifest('strip')).code, 0)
+  const failed = await manifest('check')
+  t.equal(failed.code, 1, 'check: a pack left unfinished fails npm test')
+  t.match(failed.stderr, /package\.json\.prepack is left from a pack that did not finish/)
   const stripped = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
   t.equal(stripped.scripts.prepare, undefined, 'no prepare')
   t.equal(stripped.scripts.build, 'tsc -p tsconfig.build.json', 'the other scripts stay')
@@ -275,5 +279,9 @@ t.test('scripts/packed-manifest.js: strip sets package.json aside for one withou
   t.equal(readFileSync(join(dir, 'package.json'), 'utf8'), original, 'restored byte for byte')
   t.notOk(existsSync(join(dir, 'package.json.prepack')))
   t.equal((await manifest('restore')).code, 0, 'restore with nothing set aside does nothing')
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ ...JSON.parse(original), scripts: { build: 'tsc' } }))
+  const unprepared = await manifest('check')
+  t.equal(unprepared.code, 1, 'check: a package.json without prepare fails')
+  t.match(unprepared.stderr, /no prepare script: git installs would not build dist/)
   t.equal((await manifest('nope')).code, 2)
 })

@@ -199,6 +199,20 @@ t.test('close() while a refresh() fails: no retry is left behind', async (t) => 
   t.equal(app.supabaseJwks.stats().fetches, 1, 'no retry after close()')
 })
 
+t.test('close() after a refresh() failed: the retry it armed never runs', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = Fastify()
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
+  await app.ready()
+  issuer.respondWith((_request, response) => { response.writeHead(502).end(); return true })
+  await t.rejects(app.supabaseJwks.refresh(), { code: 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE' })
+  issuer.respondWith(undefined)
+  await app.close() // before the first wait (about 1 s) is over
+  await sleep(1300)
+  t.equal(issuer.jwksRequests, 1, 'the retry timer was cleared by close()')
+  t.equal(app.supabaseJwks.stats().fetches, 1)
+})
+
 t.test('the fetching JWKS log line says why the fetch runs, and names a kid only for a lookup', async (t) => {
   const issuer = await issuerFor(t)
   const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url, warmStart: true, cacheTtl: 0.2, timeout: 2 }, 'info')

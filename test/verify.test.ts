@@ -22,6 +22,7 @@ t.test('fastify.supabaseJwks.verify(token): the claims, or the coded error a req
   for (const [name, token, code, statusCode] of cases) {
     await t.rejects(app.supabaseJwks.verify(token as string), { code, statusCode }, name)
   }
+  await t.rejects(app.supabaseJwks.verify(''), { message: 'Missing bearer token in verify()\'s argument' }, 'no header is named: verify() reads none')
 })
 
 t.test('authenticate and verify() share one path and one token cache', async (t) => {
