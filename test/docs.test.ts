@@ -1,6 +1,7 @@
 /*
  * Every TypeScript and JavaScript block of the docs compiles against the built package, under the
- * project's compiler settings (tsconfig.json: strict), as one TypeScript program:
+ * project's compiler settings (tsconfig.json: strict), as one TypeScript program; blocks marked to
+ * run also run:
  *
  * - each block is a module of its own (`.mts` for ts, `.mjs` for js, checked with checkJs), placed
  *   beside its markdown file, so `fastify-supabase-jwks` and `fastify-supabase-jwks/testing` resolve
@@ -11,30 +12,40 @@
  *   and imports shadow;
  * - declaration merging in one block (`declare module 'fastify-supabase-jwks'`) applies to the
  *   whole program, as it would in an app;
- * - blocks in other languages are skipped by their language (SKIPPED); a ts or js block that cannot
- *   compile by nature is skipped only with `<!-- not-compiled: <reason> -->` on the last non-blank
- *   line before its fence. A fence without a language, or with one in neither list, fails.
+ * - blocks in other languages are skipped by their language (SKIPPED). A fence without a language,
+ *   or with one in neither list, fails.
  *
- * Run `npm run build` first: the blocks compile against dist/.
+ * Two markers, each an HTML comment on the last non-blank line before a ts or js block's fence:
+ *
+ * - `<!-- not-compiled: <reason> -->`: a block that cannot compile by nature (a partial signature,
+ *   a sketch of a file layout) is skipped, and says why;
+ * - `<!-- run -->`: the block is compiled as the others, then run with node after the build, and
+ *   must exit 0 within RUN_TIMEOUT. It runs as an ES module file (ts transpiled by typescript's
+ *   transpileModule) in a temporary folder whose node_modules links the package by its own name, so
+ *   its imports reach dist/ through package.json "exports" as a user's do. It is complete: no
+ *   PREAMBLE at run time, every name declared or imported. Whatever it starts it stops (a server
+ *   listens on 127.0.0.1 and is closed, the test issuer too); a block that never ends fails on the
+ *   timeout.
+ *
+ * Run `npm run build` first: the blocks compile against dist/, and run it.
  */
 import t from 'tap'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import ts from 'typescript'
-import { codeBlocks, type CodeBlock } from './fixtures/code-blocks'
+import { codeBlocks, markdownFiles, type CodeBlock } from './fixtures/code-blocks'
+
+/** A tap subtest, as the callback of `t.test` gets it. */
+type Test = Parameters<Parameters<typeof t.test>[0]>[0]
 
 const ROOT = join(__dirname, '..')
-
-/** Folders never searched for markdown. */
-const IGNORED = new Set(['node_modules', 'dist', 'coverage', '.tap', '.git'])
-
-/** Every markdown file of the repository (README.md, SECURITY.md, docs/, examples/, …), relative to ROOT. */
-function markdownFiles (dir = ROOT): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-    if (entry.isDirectory()) return IGNORED.has(entry.name) ? [] : markdownFiles(join(dir, entry.name))
-    return entry.name.endsWith('.md') ? [relative(ROOT, join(dir, entry.name))] : []
-  }).sort()
-}
+/** The package's own name, which the blocks import. */
+const PACKAGE = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { name: string }).name
+/** How long a block marked `<!-- run -->` may run, in milliseconds, before it is killed and fails. */
+const RUN_TIMEOUT = 30_000
 
 /** Languages compiled, and the extension their blocks get. */
 const COMPILED: Record<string, string> = { ts: '.mts', typescript: '.mts', js: '.mjs', javascript: '.mjs' }
@@ -98,29 +109,39 @@ function describe (diagnostic: ts.Diagnostic, blockOf: Map<string, CodeBlock>): 
   return `${where}: TS${diagnostic.code} ${message}`
 }
 
+/** Every fenced block of the repository's markdown files. */
+function docBlocks (files: readonly string[]): CodeBlock[] {
+  return files.flatMap((file) => codeBlocks(file, readFileSync(join(ROOT, file), 'utf8')))
+}
+
+/** A block of no markdown file, with its code from line 4 of canary.md: the tests' proof that they can fail. */
+function canary (lang: string, lines: readonly string[], runs = false): CodeBlock {
+  return { file: 'canary.md', line: 3, end: 4 + lines.length, lang, code: lines.join('\n') + '\n', notCompiled: undefined, run: runs }
+}
+
 t.test('every TypeScript and JavaScript block of the docs compiles against the built package', async (t) => {
   t.ok(existsSync(join(ROOT, 'dist', 'index.d.ts')), 'dist/ is built (npm run build)')
-  const files = markdownFiles()
+  const files = markdownFiles(ROOT)
   t.ok(files.includes('README.md'), 'README.md is among the files')
-  const blocks = files.flatMap((file) => codeBlocks(file, readFileSync(join(ROOT, file), 'utf8')))
 
   const compiled: CodeBlock[] = []
-  for (const block of blocks) {
+  for (const block of docBlocks(files)) {
     const name = `${block.file}:${block.line} (${block.lang || 'no language'})`
     if (block.notCompiled !== undefined) {
       t.not(block.notCompiled, '', `${name}: not compiled, with a reason`)
       t.ok(COMPILED[block.lang] !== undefined, `${name}: the marker is only for ts and js blocks`)
       continue
     }
+    if (block.run) t.ok(COMPILED[block.lang] !== undefined, `${name}: <!-- run --> is only for ts and js blocks`)
     if (COMPILED[block.lang] !== undefined) compiled.push(block)
     else t.ok(SKIPPED.has(block.lang), `${name}: a language that is not compiled (${[...SKIPPED].join(', ')}), or ts/js`)
   }
 
   // a block with a known error, compiled with the others: proof that the blocks are checked, and errors placed
-  const canary: CodeBlock = { file: 'canary.md', line: 3, lang: 'ts', code: "import { createTestIssuer } from 'fastify-supabase-jwks/testing'\nconst issuer: number = await createTestIssuer()\n", notCompiled: undefined }
+  const broken = canary('ts', ["import { createTestIssuer } from 'fastify-supabase-jwks/testing'", 'const issuer: number = await createTestIssuer()'])
   const sources = new Map<string, string>([[join(ROOT, 'docs-preamble.d.ts'), PREAMBLE]])
   const blockOf = new Map<string, CodeBlock>()
-  for (const block of [canary, ...compiled]) {
+  for (const block of [broken, ...compiled]) {
     sources.set(pathOf(block), block.code)
     blockOf.set(pathOf(block), block)
   }
@@ -130,9 +151,80 @@ t.test('every TypeScript and JavaScript block of the docs compiles against the b
   t.same(diagnostics.filter((line) => !line.startsWith('canary.md:')), [], `${compiled.length} blocks of ${files.length} files compile`)
 })
 
+/**
+ * A folder to run blocks in, laid out as a user's project: `<tmp>/app/node_modules/<PACKAGE>`
+ * links this repository (whose package.json "exports" lead to dist/), and `<tmp>/node_modules`
+ * links this repository's node_modules for the other imports (fastify, @fastify/cookie, …).
+ * Removed after `t`.
+ */
+function runFolder (t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'docs-run-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir')
+  const app = join(dir, 'app')
+  mkdirSync(join(app, 'node_modules'), { recursive: true })
+  symlinkSync(ROOT, join(app, 'node_modules', PACKAGE), 'dir')
+  return app
+}
+
+/** A block's code as node runs it: ts transpiled to an ES module, js as written. */
+function runnable (block: CodeBlock): string {
+  if (COMPILED[block.lang] !== '.mts') return block.code
+  const compilerOptions = { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 }
+  return ts.transpileModule(block.code, { fileName: 'block.mts', compilerOptions }).outputText
+}
+
+/** Runs `block` as an ES module file of `dir` (a runFolder) with node; why it failed, or `undefined` when it exited 0 within `timeout` ms. */
+async function run (dir: string, block: CodeBlock, timeout = RUN_TIMEOUT): Promise<string | undefined> {
+  const file = join(dir, `${block.file.replaceAll('/', '-')}.${block.line}.mjs`)
+  writeFileSync(file, runnable(block))
+  const child = spawn(process.execPath, [file], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], timeout, killSignal: 'SIGKILL' })
+  let output = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { output += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { output += chunk })
+  const [code, signal] = await once(child, 'close') as [number | null, NodeJS.Signals | null]
+  if (code === 0) return undefined
+  return `${code === null ? `killed (${signal}) after ${timeout} ms` : `exit code ${code}`}:\n${output}`
+}
+
+t.test('blocks marked <!-- run --> run against the built package, and exit 0', async (t) => {
+  t.ok(existsSync(join(ROOT, 'dist', 'index.js')), 'dist/ is built (npm run build)')
+  const dir = runFolder(t)
+
+  // canaries: a ts block through both entry points passes; one that throws, and one that never ends, fail
+  t.equal(await run(dir, canary('ts', [
+    "import { strict as assert } from 'node:assert'",
+    "import Fastify from 'fastify'",
+    "import supabaseJwks from 'fastify-supabase-jwks'",
+    "import { createTestIssuer } from 'fastify-supabase-jwks/testing'",
+    '',
+    'const issuer = await createTestIssuer()',
+    'const app = Fastify()',
+    'await app.register(supabaseJwks, { supabaseUrl: issuer.url })',
+    "app.get('/me', { preHandler: app.authenticate }, async (request) => ({ sub: request.user.sub }))",
+    "const res = await app.inject({ url: '/me', headers: { authorization: 'Bearer ' + issuer.sign({ sub: 'ada' }) } })",
+    'const status: number = res.statusCode',
+    'assert.equal(status, 200)',
+    "assert.equal(res.json().sub, 'ada')",
+    'await Promise.all([app.close(), issuer.close()])'
+  ], true)), undefined, 'a ts block runs, transpiled, with the package by its name (both entry points, through "exports")')
+  t.match(await run(dir, canary('js', ["throw new Error('the canary throws')"], true)), /^exit code 1:\n[\s\S]*Error: the canary throws/,
+    'a block that throws fails, with its output')
+  t.match(await run(dir, canary('js', ['setInterval(() => {}, 1000)'], true), 1000), /^killed \(SIGKILL\) after 1000 ms/,
+    'a block that never ends is killed at the timeout, and fails')
+
+  const marked = docBlocks(markdownFiles(ROOT)).filter((block) => block.run && COMPILED[block.lang] !== undefined)
+  for (const block of marked) {
+    const name = `${block.file}:${block.line}`
+    if (block.code.includes('.listen(')) t.ok(block.code.includes('127.0.0.1'), `${name}: listens on 127.0.0.1`)
+    t.equal(await run(dir, block), undefined, `${name} runs and exits 0`)
+  }
+  t.pass(`${marked.length} blocks marked <!-- run --> ran`)
+})
+
 t.test('blocks are read as CommonMark fences: backticks or tildes, indented in lists, with their markers', async (t) => {
   const markdown = [
-    '# Title', // 1
+    '<!-- run -->', // 1
     '```ts', // 2
     'const a = 1', // 3
     '```', // 4
@@ -155,11 +247,11 @@ t.test('blocks are read as CommonMark fences: backticks or tildes, indented in l
     '```sh', // 21
     'unclosed' // 22
   ].join('\n')
-  t.same(codeBlocks('x.md', markdown).map(({ line, lang, code, notCompiled }) => ({ line, lang, code, notCompiled })), [
-    { line: 2, lang: 'ts', code: 'const a = 1\n', notCompiled: undefined },
-    { line: 7, lang: 'js', code: '```\n', notCompiled: 'a partial signature' },
-    { line: 11, lang: 'ts', code: 'const b = 2\n  indented more\n', notCompiled: undefined },
-    { line: 17, lang: '', code: 'no language\n', notCompiled: undefined },
-    { line: 21, lang: 'sh', code: 'unclosed\n', notCompiled: '' }
+  t.same(codeBlocks('x.md', markdown).map(({ line, end, lang, code, notCompiled, run }) => ({ line, end, lang, code, notCompiled, run })), [
+    { line: 2, end: 4, lang: 'ts', code: 'const a = 1\n', notCompiled: undefined, run: true },
+    { line: 7, end: 9, lang: 'js', code: '```\n', notCompiled: 'a partial signature', run: false },
+    { line: 11, end: 14, lang: 'ts', code: 'const b = 2\n  indented more\n', notCompiled: undefined, run: false },
+    { line: 17, end: 19, lang: '', code: 'no language\n', notCompiled: undefined, run: false },
+    { line: 21, end: 22, lang: 'sh', code: 'unclosed\n', notCompiled: '', run: false }
   ])
 })
