@@ -2,6 +2,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse } from 'yaml'
+import { codeBlocks, type CodeBlock } from './fixtures/code-blocks'
 
 /* The public CI runs what .ci/run runs, on each supported Node.js line; they cannot drift apart. */
 
@@ -27,6 +28,27 @@ t.test('the test job: .ci/run on Node 20, 22 and 24', async (t) => {
   t.same(job.steps.map((step) => step.run).filter(Boolean), ['bash .ci/run'], 'its only command is .ci/run itself')
   t.same(commandsOf(readFileSync(path.join(ROOT, '.ci/run'), 'utf8')), ['npm ci', 'npm test'], '.ci/run is npm ci, then npm test')
   for (const event of ['push', 'pull_request', 'workflow_dispatch']) t.ok(event in workflow.on, `runs on ${event}`)
+})
+
+/** The fenced blocks of `markdown` under its `## <title>` heading, up to the next heading of level 1 or 2 (outside code). */
+function blocksUnder (markdown: string, title: string): CodeBlock[] {
+  const lines = markdown.split('\n')
+  const blocks = codeBlocks('README.md', markdown)
+  const start = lines.indexOf(`## ${title}`) + 1
+  if (start === 0) return []
+  const inCode = (line: number): boolean => blocks.some((block) => line >= block.line && line <= block.end)
+  let end = start + 1
+  while (end <= lines.length && !(/^##? /.test(lines[end - 1]!) && !inCode(end))) end++
+  return blocks.filter((block) => block.line > start && block.line < end)
+}
+
+t.test("the README's quick start is what CI runs: npm ci && npm start, then npm test", async (t) => {
+  const sh = blocksUnder(readFileSync(path.join(ROOT, 'README.md'), 'utf8'), 'Quick start').filter((block) => block.lang === 'sh')
+  t.same(sh.slice(0, 2).map((block) => block.code), ['npm ci && npm start\n', 'npm test\n'],
+    'the first two sh blocks under "## Quick start", word for word')
+  const commands = sh.slice(0, 2).flatMap((block) => block.code.trim().split(' && '))
+  t.same(commands.filter((command) => command !== 'npm start'), commandsOf(readFileSync(path.join(ROOT, '.ci/run'), 'utf8')),
+    'without the demo (npm start), they are .ci/run\'s commands, in order')
 })
 
 t.test('the fuzz job: weekly (and on demand), npm run fuzz with a random seed printed in the log', async (t) => {
