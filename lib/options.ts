@@ -220,7 +220,7 @@ export interface SupabaseJwksOptions {
    * `request.cookies` (register @fastify/cookie too). `true`: the project's cookie,
    * `sb-<ref>-auth-token` (<ref>: the first DNS label of `supabaseUrl`'s host), chunks
    * (`.0`, `.1`, …) joined; `{ name }` for another storage key. An `Authorization: Bearer` header wins.
-   * Cookies bring CSRF into play: see the README. Default `false`.
+   * Cookies bring CSRF into play: see docs/session-cookies.md. Default `false`.
    */
   cookie?: boolean | { name: string }
   /**

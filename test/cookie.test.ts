@@ -301,7 +301,7 @@ t.test('extractToken: any other place a token may come from', async (t) => {
   t.ok(bounded.includes('n'.repeat(128)) && bounded.length < 250, `bounded by the longest cookie name allowed: ${bounded.length} characters`)
 })
 
-t.test('the README\'s CSRF layout: the cookie in one sibling context, the header only in the other', async (t) => {
+t.test('the CSRF layout of docs/session-cookies.md: the cookie in one sibling context, the header only in the other', async (t) => {
   const issuer = await issuerFor(t)
   const session = `base64-${Buffer.from(JSON.stringify({ access_token: issuer.sign({ sub: 'u-4' }) })).toString('base64url')}`
   const app = Fastify()

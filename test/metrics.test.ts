@@ -5,7 +5,7 @@ import supabaseJwks from '../lib/index'
 import { errorCodes } from '../lib/errors'
 import { issuerFor } from './fixtures/helpers'
 
-/** The README's `/metrics` route, as written there. */
+/** The `/metrics` route of docs/metrics.md, as written there. */
 function metricsRoute (app: FastifyInstance): void {
   const registry = new client.Registry()
   const stats = () => app.supabaseJwks.stats()

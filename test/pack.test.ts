@@ -36,6 +36,8 @@ function run (command: string, args: string[], cwd: string, input = '') {
     child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
     child.on('error', reject)
     child.on('close', (code) => resolve({ code, stdout, stderr }))
+    // a child that exits without reading its input (git) closes the pipe: EPIPE is no failure of the run
+    child.stdin.on('error', (error: NodeJS.ErrnoException) => { if (error.code !== 'EPIPE') reject(error) })
     child.stdin.end(input)
   })
 }
@@ -136,8 +138,13 @@ t.test('the packed package installs and works: import, require(), tsc, the check
   const files = packed!.files.map((file) => file.path).sort()
 
   t.test('the tarball holds what users need, and nothing else', async (t) => {
-    const outside = files.filter((path) => !/^(dist|lib)\//.test(path) && !['package.json', 'README.md', 'SECURITY.md', 'LICENSE', 'CHANGELOG.md'].includes(path))
+    const outside = files.filter((path) => !/^(dist|lib|docs)\//.test(path) && !['package.json', 'README.md', 'SECURITY.md', 'LICENSE', 'CHANGELOG.md'].includes(path))
     t.same(outside, [], 'only dist, lib, the docs and package.json')
+    // the guides the README links to ship with it, so its links resolve where npm shows the README
+    t.same(files.filter((path) => path.startsWith('docs/')), readdirSync(join(root, 'docs')).map((name) => `docs/${name}`).sort(), 'docs: every guide')
+    const linked = [...new Set([...readFileSync(join(root, 'README.md'), 'utf8').matchAll(/\]\((docs\/[^)#]+)/g)].map(([, path]) => path!))]
+    t.ok(linked.length > 0, 'the README links to guides')
+    t.same(linked.filter((path) => !files.includes(path)), [], 'every guide the README links to is in the tarball')
     for (const path of ['LICENSE', 'CHANGELOG.md', 'README.md', 'SECURITY.md', 'dist/index.js', 'dist/index.d.ts', 'dist/esm.mjs', 'dist/testing.js', 'dist/testing.d.ts', 'dist/cli.js']) {
       t.ok(files.includes(path), path)
     }
