@@ -70,7 +70,17 @@ t.test('cacheTtl shorter than cooldown: unknown kids cost at most one fetch per 
   t.equal(codeOf(await forged()), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
   const fetched = issuer.jwksRequests
   t.equal(fetched, lookups + 2, 'the cooldown over, an unknown kid fetched and started another')
-  await sleep(400)
+})
+
+t.test('a set past cacheTtl within the unknown-kid cooldown: unknown kids fetch nothing, a kid the set has refreshes it', async (t) => {
+  const issuer = await issuerFor(t)
+  // a cooldown long enough that a loaded machine still answers the next requests within it
+  const app = await appFor(t, { supabaseUrl: issuer.url, cacheTtl: 0.2, timeout: 0.1, cooldown: 5 })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  const forged = () => getMe(app, issuer.sign({}, { header: { kid: randomUUID() } }))
+  t.equal(codeOf(await forged()), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
+  const fetched = issuer.jwksRequests // the lookup that started the cooldown
+  await sleep(400) // the set is past cacheTtl + timeout
   t.equal(codeOf(await forged()), 'FST_SUPABASE_JWKS_UNKNOWN_KID')
   const standby = issuer.addKey()
   const standbyToken = issuer.sign({}, { kid: standby.kid })
