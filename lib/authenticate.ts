@@ -128,7 +128,7 @@ export async function checkRevoked (config: Config, claims: User, request: Fasti
 }
 
 /** Refuses (403) a verified user that the route's requirements do not let in. */
-async function authorize (user: User, request: FastifyRequest, required: Requirements): Promise<void> {
+export async function authorize (user: User, request: FastifyRequest, required: Requirements): Promise<void> {
   if (required.aal === 'aal2' && user.aal !== 'aal2') throw new ForbiddenError('the route requires aal2 (multi-factor authentication)')
   if (required.anonymous === false && user.is_anonymous === true) throw new ForbiddenError('anonymous users are not allowed')
   if (required.issuers !== undefined && !required.issuers.includes(user.iss as string)) throw new ForbiddenError('the route does not accept tokens of this issuer')
@@ -203,19 +203,16 @@ function routeRequirements (config: Config, request: FastifyRequest, own: unknow
 /** A route whose requirements are invalid: the route (for its answers) and what is wrong (for the log). */
 interface Invalid { route: string, invalid: string }
 
-/** Verifies the request's token; decorates `request.user` or throws the answer. */
-export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
-  tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
-  const { realm } = config
-  /*
-   * Each route's requirements: the `require` option overridden key by key by the route's
-   * `config.supabaseJwks`, worked out on the route's first request and kept (by its config object);
-   * `null` when the route asks for nothing, which is then all a request pays. A route declared
-   * after the plugin had them checked by `onRoute`; one declared before is checked here, and when
-   * invalid keeps its error's message: logged once, answered 500 to every request.
-   */
+/**
+ * Each route's requirements: the `require` option overridden key by key by the route's
+ * `config.supabaseJwks`, worked out on the route's first request and kept (by its config object);
+ * `null` when the route asks for nothing, which is then all a request pays. A route declared after
+ * the plugin had them checked by `onRoute`; one declared before is checked here, and when invalid
+ * keeps its error's message: logged once, answered 500 to every request.
+ */
+export function buildRequiredFor (config: Config): (request: FastifyRequest) => Requirements | null {
   const byRoute = new WeakMap<object, Requirements | Invalid | null>()
-  function requiredFor (request: FastifyRequest): Requirements | null {
+  return function requiredFor (request) {
     const routeConfig = request.routeOptions.config as { supabaseJwks?: unknown }
     let required = byRoute.get(routeConfig)
     if (required === undefined) {
@@ -232,6 +229,25 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
     if (required !== null && 'invalid' in required) throw new RouteConfigError(required.route)
     return required
   }
+}
+
+/**
+ * The headers of an answer: `Retry-After` on a 503 (the time until the issuer's next fetch is
+ * allowed; 1 s when a legacy token's call or `isRevoked` may answer at the next try), no header for a
+ * server's mistake (it asks nothing of the client's credentials), else the `WWW-Authenticate` challenge.
+ */
+export function answerHeaders (realm: string, err: AuthError): Record<string, string> {
+  if (err instanceof KeysUnavailableError) return { 'retry-after': String((err as { retryAfter?: number }).retryAfter) }
+  if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) return { 'retry-after': '1' }
+  if (err instanceof RouteConfigError) return {}
+  return { 'www-authenticate': challenge(realm, err) }
+}
+
+/** Verifies the request's token; decorates `request.user` or throws the answer. */
+export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
+  tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
+  const { realm } = config
+  const requiredFor = buildRequiredFor(config)
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
       // the route first: a broken one is the app's mistake, answered alike whatever the request carries
@@ -250,16 +266,7 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
       // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
       if (reply === undefined) throw err
-      if (err instanceof KeysUnavailableError) {
-        // the time until the issuer's next fetch is allowed: a client that honours it gets its answer
-        reply.header('retry-after', String((err as { retryAfter?: number }).retryAfter))
-      } else if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) {
-        // a legacy token's call caps refill within a second; isRevoked may answer at the next try
-        reply.header('retry-after', '1')
-      } else if (!(err instanceof RouteConfigError)) {
-        // a server's mistake asks nothing of the client's credentials: no challenge
-        reply.header('www-authenticate', challenge(realm, err))
-      }
+      reply.headers(answerHeaders(realm, err))
       throw err
     }
   }

@@ -88,6 +88,15 @@ export const RegistrationError = createError(
 export const RouteConfigError = createError(
   'FST_SUPABASE_JWKS_ROUTE_CONFIG', 'Invalid route requirements of %s: the server log says what is wrong', 500)
 
+/**
+ * @fastify/jwt, registered with `fastifyJwtOptions`, was asked for something that cannot verify a
+ * Supabase token safely: `fastify.jwt.verify()` (thrown synchronously, since its result would be a
+ * Promise that an `if` takes for true), or a `request.jwtVerify()` whose token did not come through
+ * the plugin's `extractToken`. The app's mistake: never an accepted token.
+ */
+export const FastifyJwtUsageError = createError(
+  'FST_SUPABASE_JWKS_FASTIFY_JWT_USAGE', 'This @fastify/jwt registration cannot verify a Supabase token here: %s', 500)
+
 /** The codes a request can be answered with, and their HTTP statuses. */
 export const errorCodes = {
   FST_SUPABASE_JWKS_NO_TOKEN: 401,

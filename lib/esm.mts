@@ -5,3 +5,4 @@ import plugin from './index.js'
 
 export default plugin
 export const fastifySupabaseJwks = plugin
+export const fastifyJwtOptions = plugin.fastifyJwtOptions

@@ -4,12 +4,13 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, type Cookies } from './authenticate'
 import { KeysUnavailableError, RegistrationError, errorCodes as codes } from './errors'
-import { combineStats, createKeyResolver, type KeyStats, type KeysUnavailable } from './keys'
+import { combineStats, createResolvers, type KeyStats, type KeysUnavailable } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
-import { normalizeOptions, requirements, type IssuerOptions, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
+import { normalizeOptions, routeRequirementsCheck, type IssuerOptions, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
+import { fastifyJwtOptions, type FastifyJwtExtraOptions } from './jwt'
 
 /** How many failed issuers a failed refresh() names. */
 const MAX_NAMED = 3
@@ -25,14 +26,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       '@fastify/jwt\'s own recipe decorates one): give yours another name, or register this plugin in an encapsulated context')
   }
   const config = normalizeOptions(options)
-  // one key resolver per issuer; with several, each logs with its issuer
-  const resolvers = config.issuers.map((issuer) => {
-    const log = config.routed ? fastify.log.child({ issuer: issuer.issuer![0] }) : fastify.log
-    if (issuer.insecureJwksUrl) {
-      log.warn({ jwksUrl: issuer.jwksUrl?.href, discoveryUrl: issuer.discovery?.urls[0]!.href }, 'supabase-jwks: the JWKS is fetched over plain http')
-    }
-    return createKeyResolver(issuer, log)
-  })
+  const resolvers = createResolvers(config, fastify.log)
   if (config.legacy?.insecure) {
     fastify.log.warn({ userUrl: config.legacy.userUrl.href }, 'supabase-jwks: legacy tokens are checked over plain http')
   }
@@ -122,11 +116,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     })
   })
 
-  // a route's requirements are checked when it is declared (routes declared before the plugin: on their first request)
-  fastify.addHook('onRoute', function checkSupabaseJwksRequirements (route) {
-    const own = (route.config as { supabaseJwks?: unknown } | undefined)?.supabaseJwks
-    if (typeof own === 'object') requirements(`config.supabaseJwks of ${route.method} ${route.url}`, own, config.knownIssuers)
-  })
+  fastify.addHook('onRoute', routeRequirementsCheck(config))
 
   if (config.hook) {
     fastify.addHook(config.hook, function supabaseJwksHook (request: FastifyRequest, reply: FastifyReply) {
@@ -139,6 +129,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
 // fastify-plugin marks the function in place and sets `.default` and `.fastifySupabaseJwks` on it:
 // with `export =` below, require() and import both get the plugin itself
 fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
+Object.assign(fastifySupabaseJwks, { fastifyJwtOptions })
 
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
@@ -205,6 +196,13 @@ declare namespace fastifySupabaseJwks {
     /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */
     stats (): Stats
   }
+  export type { FastifyJwtExtraOptions }
+  /**
+   * @fastify/jwt's registration options for Supabase tokens, verified with the project's JWKS by
+   * `kid` through the plugin's key resolver and checks: for apps already on @fastify/jwt.
+   * `app.register(require('@fastify/jwt'), fastifyJwtOptions({ supabaseUrl }))`
+   */
+  export const fastifyJwtOptions: typeof import('./jwt').fastifyJwtOptions
   export { fastifySupabaseJwks as default, fastifySupabaseJwks }
 }
 

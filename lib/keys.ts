@@ -4,7 +4,7 @@ import buildGetJwks from 'get-jwks'
 import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
 import { KeysUnavailableError, UnknownKeyError } from './errors'
-import { isLoopback, type Algorithm, type DiscoveryConfig, type IssuerConfig } from './options'
+import { isLoopback, type Algorithm, type Config, type DiscoveryConfig, type IssuerConfig } from './options'
 import { signatureCheck, type SignatureCheck, type SignatureCounts } from './signature'
 
 /*
@@ -45,6 +45,8 @@ export interface CachedKey {
   algorithms: readonly string[]
   /** A signature check per algorithm the key and the allowlist both accept. */
   checks: ReadonlyMap<string, SignatureCheck>
+  /** The key itself (absent only from the placeholder legacy tokens are cached under). */
+  publicKey?: KeyObject
 }
 
 /** `KeysUnavailableError`, with the seconds until the next fetch is allowed and the failure in `cause`. */
@@ -169,7 +171,7 @@ export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly str
   }
   const checks = new Map<string, SignatureCheck>()
   for (const alg of algorithms) if (allowed.includes(alg)) checks.set(alg, signatureCheck(alg, key, counts))
-  return { kid: jwk.kid, algorithms, checks }
+  return { kid: jwk.kid, algorithms, checks, publicKey: key }
 }
 
 /** One entry of a JWKS as the plugin reads it: the key it verifies with, or why it is skipped. */
@@ -631,4 +633,18 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       await agent.destroy()
     }
   }
+}
+
+/**
+ * One key resolver per issuer of a registration; with several issuers, each logs with its issuer. A
+ * JWKS (or discovery document) fetched over plain http is said once, at warn.
+ */
+export function createResolvers (config: Config, log: FastifyBaseLogger): KeyResolver[] {
+  return config.issuers.map((issuer) => {
+    const issuerLog = config.routed ? log.child({ issuer: issuer.issuer![0] }) : log
+    if (issuer.insecureJwksUrl) {
+      issuerLog.warn({ jwksUrl: issuer.jwksUrl?.href, discoveryUrl: issuer.discovery?.urls[0]!.href }, 'supabase-jwks: the JWKS is fetched over plain http')
+    }
+    return createKeyResolver(issuer, issuerLog)
+  })
 }

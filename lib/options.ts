@@ -727,3 +727,14 @@ export function normalizeOptions (input: unknown): Config {
     extractToken: functionOption('extractToken', opts.extractToken, '(request) => string | undefined')
   }
 }
+
+/**
+ * The `onRoute` hook that checks a route's requirements (`config.supabaseJwks`) when it is declared:
+ * an invalid one fails the route's declaration (routes declared before the plugin: their first request).
+ */
+export function routeRequirementsCheck (config: Config) {
+  return function checkSupabaseJwksRequirements (route: { method: string | string[], url: string, config?: unknown }): void {
+    const own = (route.config as { supabaseJwks?: unknown } | undefined)?.supabaseJwks
+    if (typeof own === 'object') requirements(`config.supabaseJwks of ${String(route.method)} ${route.url}`, own, config.knownIssuers)
+  }
+}

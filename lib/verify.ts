@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { MalformedTokenError, TokenExpiredError, TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
 import type { CachedKey, KeyResolver } from './keys'
+import type { SignatureCheck } from './signature'
 import type { LegacyChecker } from './legacy'
 import type { Config, IssuerConfig } from './options'
 import { deepFreeze, type TokenCache } from './token-cache'
@@ -160,9 +161,22 @@ function claimChecks (config: IssuerConfig, log: FastifyBaseLogger): Route['chec
   }
 }
 
-/** Builds the verification path for one registration: `keys` are the resolvers of `config.issuers`, in order. */
-export function createTokenVerifier (config: Config, keys: readonly KeyResolver[], cache: TokenCache, log: FastifyBaseLogger,
-  legacy?: LegacyChecker): TokenVerifier {
+/** A token decoded and checked up to its signature (steps 2-4): what its signature check needs. */
+interface Checked {
+  head: string
+  header: Readonly<Record<string, unknown>>
+  payload: Record<string, unknown>
+  alg: string
+  kid: string
+  route: Route
+}
+
+/**
+ * Steps 2-4 of one registration, shared by the verifier and the key finder: `keys` are the resolvers
+ * of `config.issuers`, in order. `check` throws the answer, or gives the token's parts; a legacy
+ * token (only when `legacy` says its window is open) stops after step 4 with `kid` empty.
+ */
+function createChecks (config: Config, keys: readonly KeyResolver[], log: FastifyBaseLogger, legacy?: LegacyChecker) {
   const routes: Route[] = config.issuers.map((issuer, index) => ({
     algorithms: new Set(issuer.algorithms),
     keys: keys[index]!,
@@ -194,55 +208,15 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
    */
   const knownHeaders = new Map<string, Readonly<Record<string, unknown>>>()
 
-  /** What the token cache holds legacy tokens under: usable only while the window is open. */
-  const legacyKey: CachedKey = { kid: '', algorithms: ['HS256'], checks: new Map() }
-  /** Whether a cached token's key still verifies: a key its issuer still holds fresh, or the open legacy window. */
-  function current (key: CachedKey, claims: Claims): boolean {
-    return key === legacyKey ? legacy!.active() : routeOf(claims).keys.held(key.kid) === key
+  /** Remembers a verified token's header, decoded. */
+  function remember (head: string, header: Readonly<Record<string, unknown>>): void {
+    if (knownHeaders.has(head)) return
+    if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
+    knownHeaders.set(head, Object.freeze(header))
   }
 
-  /** Step 6: the claims frozen, offered to the token cache (a legacy token at once), the header remembered. */
-  function keep (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, key: CachedKey,
-    members = deepFreeze(payload)): Claims {
-    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, members, key === legacyKey)
-    if (!knownHeaders.has(head)) {
-      if (knownHeaders.size >= MAX_KNOWN_HEADERS) knownHeaders.clear()
-      knownHeaders.set(head, Object.freeze(header))
-    }
-    return payload
-  }
-
-  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool), then keep. */
-  function finish (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>, alg: string, key: CachedKey): Claims | Promise<Claims> {
-    const check = key.checks.get(alg)
-    if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
-    const dot = token.lastIndexOf('.')
-    const valid = check(Buffer.from(token.slice(0, dot)), Buffer.from(token.slice(dot + 1), 'base64url'))
-    if (valid === true) return keep(token, head, header, payload, key)
-    if (valid === false) throw new TokenInvalidError('the token signature is invalid')
-    return valid.then((ok) => {
-      if (!ok) throw new TokenInvalidError('the token signature is invalid')
-      return keep(token, head, header, payload, key)
-    })
-  }
-
-  /** The legacy branch: every check that costs nothing first, then Supabase Auth in place of the signature. */
-  async function verifyLegacy (token: string, head: string, header: Readonly<Record<string, unknown>>, payload: Record<string, unknown>): Promise<Claims> {
-    const members = deepFreeze(payload) // claims nested too deep are refused before any call
-    await legacy!.check(token, payload.sub as string, payload.exp as number)
-    // the window may have closed during the call
-    if (!legacy!.active()) throw algorithmNotAllowed('HS256', payload)
-    const claims = keep(token, head, header, payload, legacyKey, members)
-    legacy!.accepted()
-    return claims
-  }
-
-  return function verifyToken (token: string): Claims | Promise<Claims> {
-    const hit = cache.get(token, current)
-    if (hit !== undefined) {
-      if (hit.key === legacyKey) legacy!.accepted()
-      return hit.claims
-    }
+  /** Steps 2-4. */
+  function check (token: string): Checked {
     checkStructure(token)
     const first = token.indexOf('.')
     const head = token.slice(0, first)
@@ -264,9 +238,99 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
     const route = routeOf(payload)
     if (byIssuer !== undefined && !route.algorithms.has(alg as string)) throw algorithmNotAllowed(alg, payload)
     route.checkClaims(payload)
-    if (isLegacy) return verifyLegacy(token, head, header, payload)
-    const key = route.keys.held(kid as string)
-    if (key !== undefined) return finish(token, head, header, payload, alg as string, key)
-    return route.keys.resolve(kid as string).then((resolved) => finish(token, head, header, payload, alg as string, resolved))
+    return { head, header, payload, alg: alg as string, kid: isLegacy ? '' : kid as string, route }
+  }
+
+  return { check, routeOf, remember }
+}
+
+/** The key named by a checked token: held at once, or resolved (which may fetch the JWKS). */
+function keyOf ({ route, kid }: Checked): CachedKey | Promise<CachedKey> {
+  return route.keys.held(kid) ?? route.keys.resolve(kid)
+}
+
+/** The key's signature check for the token's algorithm, or the answer when the key does not verify that algorithm. */
+function checkFor (key: CachedKey, alg: string): SignatureCheck {
+  const check = key.checks.get(alg)
+  if (check === undefined) throw new TokenInvalidError('the algorithm does not match the key')
+  return check
+}
+
+/**
+ * Steps 2-5 up to the signature check itself, for a verifier outside the plugin (@fastify/jwt's, see
+ * jwt.ts): the key that will verify the token, once every check that needs no signature has passed
+ * and the key is known to verify the token's algorithm. Throws (or rejects with) the answer.
+ */
+export function createKeyFinder (config: Config, keys: readonly KeyResolver[], log: FastifyBaseLogger): (token: string) => CachedKey | Promise<CachedKey> {
+  const { check } = createChecks(config, keys, log)
+  return function keyFor (token) {
+    const checked = check(token)
+    const key = keyOf(checked)
+    if (!(key instanceof Promise)) {
+      checkFor(key, checked.alg)
+      return key
+    }
+    return key.then((resolved) => {
+      checkFor(resolved, checked.alg)
+      return resolved
+    })
+  }
+}
+
+/** Builds the verification path for one registration: `keys` are the resolvers of `config.issuers`, in order. */
+export function createTokenVerifier (config: Config, keys: readonly KeyResolver[], cache: TokenCache, log: FastifyBaseLogger,
+  legacy?: LegacyChecker): TokenVerifier {
+  const { check, routeOf, remember } = createChecks(config, keys, log, legacy)
+
+  /** What the token cache holds legacy tokens under: usable only while the window is open. */
+  const legacyKey: CachedKey = { kid: '', algorithms: ['HS256'], checks: new Map() }
+  /** Whether a cached token's key still verifies: a key its issuer still holds fresh, or the open legacy window. */
+  function current (key: CachedKey, claims: Claims): boolean {
+    return key === legacyKey ? legacy!.active() : routeOf(claims).keys.held(key.kid) === key
+  }
+
+  /** Step 6: the claims frozen, offered to the token cache (a legacy token at once), the header remembered. */
+  function keep (token: string, { head, header, payload }: Checked, key: CachedKey, members = deepFreeze(payload)): Claims {
+    cache.set(token, { claims: payload, key, expiresAt: (payload.exp as number) * 1000 }, members, key === legacyKey)
+    remember(head, header)
+    return payload
+  }
+
+  /** Steps 5 and 6, once the key named by the token is at hand: the signature (on the thread pool), then keep. */
+  function finish (token: string, checked: Checked, key: CachedKey): Claims | Promise<Claims> {
+    const check = checkFor(key, checked.alg)
+    const dot = token.lastIndexOf('.')
+    const valid = check(Buffer.from(token.slice(0, dot)), Buffer.from(token.slice(dot + 1), 'base64url'))
+    if (valid === true) return keep(token, checked, key)
+    if (valid === false) throw new TokenInvalidError('the token signature is invalid')
+    return valid.then((ok) => {
+      if (!ok) throw new TokenInvalidError('the token signature is invalid')
+      return keep(token, checked, key)
+    })
+  }
+
+  /** The legacy branch: every check that costs nothing first, then Supabase Auth in place of the signature. */
+  async function verifyLegacy (token: string, checked: Checked): Promise<Claims> {
+    const { payload } = checked
+    const members = deepFreeze(payload) // claims nested too deep are refused before any call
+    await legacy!.check(token, payload.sub as string, payload.exp as number)
+    // the window may have closed during the call
+    if (!legacy!.active()) throw algorithmNotAllowed('HS256', payload)
+    const claims = keep(token, checked, legacyKey, members)
+    legacy!.accepted()
+    return claims
+  }
+
+  return function verifyToken (token: string): Claims | Promise<Claims> {
+    const hit = cache.get(token, current)
+    if (hit !== undefined) {
+      if (hit.key === legacyKey) legacy!.accepted()
+      return hit.claims
+    }
+    const checked = check(token)
+    if (checked.kid === '') return verifyLegacy(token, checked)
+    const key = keyOf(checked)
+    if (!(key instanceof Promise)) return finish(token, checked, key)
+    return key.then((resolved) => finish(token, checked, resolved))
   }
 }
