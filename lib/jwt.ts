@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyJWTOptions } from '@fastify/jwt'
 import { answerFor, answerHeaders, authorize, bounded, buildRequiredFor, checkRevoked } from './authenticate'
-import { FastifyJwtUsageError, OptionError, type AuthError } from './errors'
+import { FastifyJwtUsageError, OptionError, RegistrationError, type AuthError } from './errors'
 import { createResolvers, type CachedKey } from './keys'
 import { normalizeOptions, routeRequirementsCheck, type SupabaseJwksOptions } from './options'
 import { checkStructure, createKeyFinder, jsonObject } from './verify'
@@ -20,6 +20,8 @@ import { checkStructure, createKeyFinder, jsonObject } from './verify'
  *     handed back as a PEM string exported once per key: @fastify/jwt keeps one fast-jwt verifier per
  *     key string, so a request builds none;
  *   - `trusted`: after fast-jwt checked the signature, `isRevoked` and the route requirements.
+ * `fastify.jwt.verify()`, which cannot answer synchronously with a key function, is replaced as soon
+ * as @fastify/jwt has loaded by one that throws.
  * Every answer of these carries its `WWW-Authenticate` (or `Retry-After`) in `headers`, which
  * Fastify's error handling sets on the reply; what @fastify/jwt decides itself (no token, a bad
  * signature) keeps its codes.
@@ -83,7 +85,24 @@ function pemOf (key: CachedKey): string {
   return pem
 }
 
-type Decorator = { lookupToken (request: FastifyRequest, options?: Record<string, unknown>): string }
+/** What this registration uses of @fastify/jwt's decorator (`fastify.jwt`, or `fastify.jwt[namespace]`). */
+interface Decorator {
+  lookupToken (request: FastifyRequest, options?: Record<string, unknown>): string
+  verify: (...args: unknown[]) => unknown
+  options?: { verify?: { extractToken?: unknown } }
+}
+
+/**
+ * `fastify.jwt.verify()` of this registration. @fastify/jwt's would return a Promise whenever the key
+ * is a function: for a token fast-jwt cannot decode (`'garbage'`, a number) even before the key
+ * function is asked, a rejected Promise, which `if (fastify.jwt.verify(t))` takes for true and
+ * `fastify.jwt.verify(t, callback)` hands its callback as the result, without an error. Thrown
+ * synchronously, whatever the token: never an accepted one.
+ */
+function refuseVerify (): never {
+  throw new FastifyJwtUsageError('fastify.jwt.verify() would return a Promise, which an `if` takes for true: ' +
+    'verify with request.jwtVerify(), or, outside a request, with the plugin\'s fastify.supabaseJwks.verify()')
+}
 
 /**
  * @fastify/jwt's registration options for the plugin's issuers: `request.jwtVerify()` then verifies
@@ -97,7 +116,9 @@ type Decorator = { lookupToken (request: FastifyRequest, options?: Record<string
  * options (`namespace`, `formatUser`, `trusted`, `cookie`, `messages`, `decode`, `verify` but for what
  * the plugin sets). It returns a function Fastify calls with the registering instance: the key
  * resolvers belong to that instance, fetch the keys at its `ready()` (the `warmStart` option), and
- * close with it. Nothing is decorated by the plugin: @fastify/jwt decorates as it documents.
+ * close with it. Give it to @fastify/jwt's own registration (not to a plugin that registers
+ * @fastify/jwt itself: start-up fails). Nothing is decorated by the plugin: @fastify/jwt decorates as it
+ * documents, but `fastify.jwt.verify()` throws FST_SUPABASE_JWKS_FASTIFY_JWT_USAGE.
  */
 export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwtExtraOptions = {}): (instance: FastifyInstance) => FastifyJWTOptions {
   const config = normalizeOptions(options)
@@ -132,12 +153,26 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
     instance.addHook('onRoute', routeRequirementsCheck(config))
     const keyFor = createKeyFinder(config, resolvers, instance.log)
     const requiredFor = buildRequiredFor(config)
-    let decorator: Decorator | undefined
+    /** This registration's decorator: set once @fastify/jwt has loaded (before any request). */
+    let decorator: Decorator
+
+    // @fastify/jwt is the plugin loading now: `after` runs once it has loaded (never if it failed), before
+    // any plugin registered after it, so that one keeping `fastify.jwt.verify` keeps `refuseVerify`
+    instance.after(async function guardFastifyJwtVerify () {
+      const jwt = instance.jwt as unknown as Record<string, unknown> | undefined
+      const found = (namespace === undefined ? jwt : jwt?.[namespace]) as Decorator | undefined
+      if (found?.options?.verify?.extractToken !== extractToken) {
+        // given to another plugin, which registers @fastify/jwt itself (or not at all): not decorated yet, here
+        throw new RegistrationError('fastifyJwtOptions() must be @fastify/jwt\'s own registration options: ' +
+          'app.register(require(\'@fastify/jwt\'), fastifyJwtOptions({ supabaseUrl })), not another plugin\'s')
+      }
+      decorator = found
+      found.verify = refuseVerify
+    })
 
     function extractToken (request: FastifyRequest): string {
       try {
         // @fastify/jwt's own lookup (header, then its cookie option) with its own codes, or the app's extractToken
-        decorator ??= (namespace === undefined ? instance.jwt : (instance.jwt as unknown as Record<string, unknown>)[namespace]) as Decorator
         const found = ownExtract === undefined ? decorator.lookupToken(request, { extractToken: null }) : ownExtract(request)
         // nothing found: @fastify/jwt answers it (400 FST_JWT_BAD_REQUEST)
         if (found === undefined || found === null || found === '') return found as unknown as string
@@ -157,15 +192,10 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
     }
 
     /**
-     * The key function: called by @fastify/jwt's request path as (request, decoded, callback), and by
-     * fast-jwt itself, for `fastify.jwt.verify(token)`, as (decoded, callback).
+     * The key function, called by @fastify/jwt's request path as (request, decoded, callback): fast-jwt
+     * calls it directly only from `fastify.jwt.verify()`, which is `refuseVerify` here.
      */
     function supabaseJwksKey (request: FastifyRequest, decoded: unknown): Promise<string> {
-      if (typeof decoded === 'function') {
-        // thrown synchronously: out of fastify.jwt.verify() itself, so that `if (app.jwt.verify(t))` cannot pass
-        throw new FastifyJwtUsageError('fastify.jwt.verify() would return a Promise, which an `if` takes for true: ' +
-          'verify with request.jwtVerify(), or, outside a request, with the plugin\'s fastify.supabaseJwks.verify()')
-      }
       // decode.complete: the token exactly as @fastify/jwt looked it up and fast-jwt will verify it
       const { input, signature } = decoded as { input?: unknown, signature?: unknown }
       if (typeof input !== 'string' || typeof signature !== 'string') {
