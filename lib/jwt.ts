@@ -155,6 +155,8 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
     const requiredFor = buildRequiredFor(config)
     /** This registration's decorator: set once @fastify/jwt has loaded (before any request). */
     let decorator: Decorator
+    /** The token `extractToken` checked, by request: the only one the key function answers for. */
+    const checked = new WeakMap<FastifyRequest, string>()
 
     // @fastify/jwt is the plugin loading now: `after` runs once it has loaded (never if it failed), before
     // any plugin registered after it, so that one keeping `fastify.jwt.verify` keeps `refuseVerify`
@@ -182,6 +184,7 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
         const first = token.indexOf('.')
         jsonObject(token.slice(0, first), 'header')
         jsonObject(token.slice(first + 1, token.lastIndexOf('.')), 'payload')
+        checked.set(request, token)
         return token
       } catch (err) {
         // @fastify/jwt's own answers (no token, a malformed header or cookie) go through as they are
@@ -196,13 +199,14 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
      * calls it directly only from `fastify.jwt.verify()`, which is `refuseVerify` here.
      */
     function supabaseJwksKey (request: FastifyRequest, decoded: unknown): Promise<string> {
-      // decode.complete: the token exactly as @fastify/jwt looked it up and fast-jwt will verify it
+      // decode.complete: the token exactly as extractToken checked it and fast-jwt will verify it. Local
+      // options of request.jwtVerify() can change that (decode without complete, another verify.extractToken)
       const { input, signature } = decoded as { input?: unknown, signature?: unknown }
-      if (typeof input !== 'string' || typeof signature !== 'string') {
-        return Promise.reject(new FastifyJwtUsageError('the token was decoded without decode.complete ' +
-          '(request.jwtVerify() was given decode options): give decode options in fastifyJwtOptions\'s second argument'))
+      const token = `${String(input)}.${String(signature)}`
+      if (typeof input !== 'string' || typeof signature !== 'string' || checked.get(request) !== token) {
+        return Promise.reject(new FastifyJwtUsageError('the token was not decoded whole as the registration\'s extractToken ' +
+          'gave it (request.jwtVerify() was given decode or extractToken options): give options in fastifyJwtOptions\'s second argument'))
       }
-      const token = `${input}.${signature}`
       try {
         const key = keyFor(token)
         if (!(key instanceof Promise)) return Promise.resolve(pemOf(key))
