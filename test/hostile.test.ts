@@ -28,6 +28,8 @@ const UNAVAILABLE = 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE'
 const SIGNATURE: Code = { authenticate: INVALID, '@fastify/jwt': FST_JWT.INVALID }
 
 const now = () => Math.floor(Date.now() / 1000)
+/** An attacker's own RSA key pair (one for the file: generating one costs more than a test). */
+const attacker = generateTestKey('RS256')
 
 type Case = [name: string, token: string, status: number, code: Code]
 type Response = Awaited<ReturnType<typeof getMe>>
@@ -129,6 +131,17 @@ each('alg: algorithms outside the allowlist, signed with the right key', async (
   const es = issuer.addKey({ alg: 'ES256' })
   cases.push(['ES256 with a published ES256 key', issuer.sign({}, { kid: es.kid }), 401, ALG])
   await expectAll(cases)
+})
+
+each('alg: a held kid under an allowed algorithm its key does not verify is refused before the signature', async (t, mode) => {
+  const { issuer, app, expectAll } = await setup(t, mode, ['ES256', 'RS256', 'EdDSA'])
+  const kid = issuer.currentKey.kid
+  const { claims } = parts(issuer.sign())
+  await expectAll([
+    ['RS256 over the ES256 key\'s kid', signJwt({ alg: 'RS256', kid }, claims, attacker.privateKey), 401, INVALID],
+    ['EdDSA over the ES256 key\'s kid', signJwt({ alg: 'EdDSA', kid }, claims, generateTestKey('EdDSA').privateKey), 401, INVALID]
+  ])
+  t.match((await getMe(app, signJwt({ alg: 'RS256', kid }, claims, attacker.privateKey))).json().message, /algorithm does not match the key/)
 })
 
 each('alg: a header with alg twice is read as JSON.parse reads it, the last one wins (RFC 7515 §4)', async (t, mode) => {
@@ -457,8 +470,10 @@ each('a key that signs for one issuer does not verify for another', async (t, mo
 /*
  * JWKS outages: whatever the JWKS server does, a token is accepted only by a held key, within
  * staleIfError; a token that needs a key not held gets 503 with Retry-After, in either mode.
+ * ES256 issuers (Supabase's recommendation), whose keys are quick to make.
  */
-const OUTAGE = { cacheTtl: 0.2, timeout: 0.2, maxResponseSize: 10_000 }
+const OUTAGE = { algorithms: ['ES256'] as supabaseJwks.SupabaseJwksOptions['algorithms'], cacheTtl: 0.2, timeout: 0.2, maxResponseSize: 10_000 }
+const attackerEc = generateTestKey('ES256')
 const outages: Array<[name: string, responder: (issuer: TestIssuer) => JwksResponder]> = [
   ['a 500', () => (_request, response) => {
     response.writeHead(500, { 'content-type': 'application/json' }).end('{"keys":[]}')
@@ -475,23 +490,20 @@ const outages: Array<[name: string, responder: (issuer: TestIssuer) => JwksRespo
   }]
 ]
 
-/** The attacker's own key pair, one for all the outage tests. */
-const attacker = generateTestKey('RS256')
-
-/** Tokens an attacker can make for `issuer`: its own kid over another key, and HS256 keyed with its public key. */
+/** Tokens an attacker can make for an ES256 `issuer`: its own kid over another key, and HS256 keyed with its public key. */
 function forgeries (issuer: TestIssuer) {
   const { claims } = parts(issuer.sign())
   const kid = issuer.currentKey.kid
   const pem = issuer.currentKey.publicKey.export({ type: 'spki', format: 'pem' }) as string
   return {
-    otherKey: signJwt({ alg: 'RS256', kid, typ: 'JWT' }, claims, attacker.privateKey),
+    otherKey: signJwt({ alg: 'ES256', kid, typ: 'JWT' }, claims, attackerEc.privateKey),
     hmac: hmac('HS256', { alg: 'HS256', kid, typ: 'JWT' }, claims, pem)
   }
 }
 
 for (const [name, responder] of outages) {
   each(`outage (${name}) before any key is held: 503 with Retry-After, one fetch per backoff, nothing accepted`, async (t, mode) => {
-    const issuer = await issuerFor(t)
+    const issuer = await issuerFor(t, { alg: 'ES256' })
     issuer.respondWith(responder(issuer))
     const app = await appIn(t, mode, { supabaseUrl: issuer.url, ...OUTAGE })
     const forged = forgeries(issuer)
@@ -506,7 +518,7 @@ for (const [name, responder] of outages) {
   })
 
   each(`outage (${name}) with a key held: it keeps verifying (stale if error), a kid not held gets 503, nothing forged is accepted`, async (t, mode) => {
-    const issuer = await issuerFor(t)
+    const issuer = await issuerFor(t, { alg: 'ES256' })
     const app = await appIn(t, mode, { supabaseUrl: issuer.url, ...OUTAGE })
     const token = issuer.sign()
     t.equal((await getMe(app, token)).statusCode, 200)
