@@ -122,7 +122,7 @@ function expectedFor (header: string, scheme: string, original: string): { statu
   return { status: [401] }
 }
 
-// a short cooldown: even `npm run fuzz` (about 20 s) outlasts it many times
+// a short cooldown: even `npm run fuzz` (tens of seconds) outlasts it many times
 const cooldown = 2
 
 for (const several of [false, true]) {
@@ -215,7 +215,7 @@ t.test(`fuzz: ${RUNS} hostile tokens and headers (seed ${SEED}) to @fastify/jwt 
   const rsa = generateTestKey('RS256').privateKey
   const ec = generateTestKey('ES256').privateKey
   const forgery = fc.constantFrom<[string, SigningKey]>(['HS256', pem], ['HS384', pem], ['HS512', pem], ['RS256', rsa], ['ES256', ec], ['none', ''])
-  const mutated = fc.tuple(fc.array(mutation, { minLength: 1, maxLength: 3 }), fc.option(forgery, { nil: undefined }))
+  const mutated = fc.tuple(fc.array(mutation, { minLength: 1, maxLength: 3 }), fc.option(forgery, { nil: undefined, freq: 2 }))
     .map(([mutations, forged]) => {
       const token = mutations.reduce((value, mutate) => mutate(value), original)
       return `Bearer ${forged === undefined ? token : resigned(token, ...forged)}`
