@@ -2,7 +2,9 @@ import t from 'tap'
 import fc from 'fast-check'
 import { appFor, getMe, issuerFor } from './fixtures/helpers'
 import { b64, parts } from './fixtures/craft'
+import { FST_JWT, appIn } from './fixtures/modes'
 import { errorCodes } from '../lib/errors'
+import { generateTestKey, signInput, type SigningKey } from '../lib/testing'
 
 /*
  * Property: no mutation of a valid token is accepted, and none gets a 5xx.
@@ -120,7 +122,7 @@ function expectedFor (header: string, scheme: string, original: string): { statu
   return { status: [401] }
 }
 
-// a short cooldown: even `npm run fuzz` (about 20 s) outlasts it many times
+// a short cooldown: even `npm run fuzz` (tens of seconds) outlasts it many times
 const cooldown = 2
 
 for (const several of [false, true]) {
@@ -177,4 +179,64 @@ t.test(`fuzz: ${RUNS} headers padded with whitespace (seed ${SEED}) get what RFC
   t.ok(['OK', 'FST_SUPABASE_JWKS_BAD_REQUEST', 'FST_SUPABASE_JWKS_NO_TOKEN'].every((code) => seen.has(code)),
     `accepted, malformed and no-token headers were all reached: ${[...seen].map(([code, n]) => `${code.replace('FST_SUPABASE_JWKS_', '')}=${n}`).join(' ')}`)
   t.ok(longest > 8 * 1024, `headers up to ${longest} characters`)
+})
+
+/*
+ * The same hostile input against @fastify/jwt registered with fastifyJwtOptions: mutated tokens,
+ * the same re-signed as an attacker can (HS* keyed with the issuer's public key, the attacker's own
+ * keys, alg none), and padded headers. The header is @fastify/jwt's to read (fastifyJwtLookup); a
+ * token it takes is accepted only if it is the issuer's, else refused with a 401 and a stable code.
+ */
+
+/** @fastify/jwt's own reading of the Authorization header (its lookupToken): the token it takes, or its answer. */
+function fastifyJwtLookup (header: string): { token: string } | { status: number, code: string } {
+  if (!/^Bearer\s/i.test(header)) return { status: 401, code: FST_JWT.NO_HEADER }
+  const split = header.split(' ')
+  return split.length === 2 && split[1] !== '' ? { token: split[1]! } : { status: 400, code: FST_JWT.BAD_REQUEST }
+}
+
+/** A (mutated) token signed again by someone other than the issuer: its header's `alg` set when it is a JSON object. */
+function resigned (token: string, alg: string, key: SigningKey): string {
+  const [head = '', body = ''] = token.split('.')
+  let header: unknown
+  try {
+    header = JSON.parse(Buffer.from(head, 'base64url').toString())
+  } catch {}
+  const input = `${typeof header === 'object' && header !== null && !Array.isArray(header) ? b64({ ...header, alg }) : head}.${body}`
+  return `${input}.${alg === 'none' ? '' : signInput(alg, key, input)}`
+}
+
+t.test(`fuzz: ${RUNS} hostile tokens and headers (seed ${SEED}) to @fastify/jwt with fastifyJwtOptions: never accepted unless the issuer's, never a 5xx`, async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appIn(t, '@fastify/jwt', { supabaseUrl: issuer.url, algorithms: ['RS256', 'ES256'], cooldown })
+  const original = issuer.sign()
+  t.equal((await getMe(app, original)).statusCode, 200)
+  const pem = issuer.currentKey.publicKey.export({ type: 'spki', format: 'pem' }) as string
+  const rsa = generateTestKey('RS256').privateKey
+  const ec = generateTestKey('ES256').privateKey
+  const forgery = fc.constantFrom<[string, SigningKey]>(['HS256', pem], ['HS384', pem], ['HS512', pem], ['RS256', rsa], ['ES256', ec], ['none', ''])
+  const mutated = fc.tuple(fc.array(mutation, { minLength: 1, maxLength: 3 }), fc.option(forgery, { nil: undefined, freq: 2 }))
+    .map(([mutations, forged]) => {
+      const token = mutations.reduce((value, mutate) => mutate(value), original)
+      return `Bearer ${forged === undefined ? token : resigned(token, ...forged)}`
+    })
+  const header = fc.oneof({ weight: 2, arbitrary: mutated }, { weight: 1, arbitrary: paddedHeader.map((pads) => padded(original, pads)) })
+  const codes = new Set([...Object.keys(errorCodes), FST_JWT.INVALID])
+  const seen = new Map<string, number>()
+  const started = Date.now()
+  await fc.assert(fc.asyncProperty(header, async (authorization) => {
+    const res = await getMe(app, undefined, authorization)
+    const code = res.statusCode === 200 ? 'OK' : (res.json() as { code?: string }).code ?? ''
+    seen.set(code, (seen.get(code) ?? 0) + 1)
+    const lookup = fastifyJwtLookup(authorization)
+    const ok = 'status' in lookup
+      ? res.statusCode === lookup.status && code === lookup.code
+      : lookup.token === original ? res.statusCode === 200 : res.statusCode === 401 && codes.has(code)
+    if (!ok) t.comment(`failing answer to ${JSON.stringify(authorization.slice(0, 300))}: ${res.statusCode} ${res.body.slice(0, 300)}`)
+    return ok
+  }), { seed: SEED, numRuns: RUNS })
+  t.ok(['OK', FST_JWT.NO_HEADER, FST_JWT.BAD_REQUEST, FST_JWT.INVALID, 'FST_SUPABASE_JWKS_ALGORITHM_NOT_ALLOWED', 'FST_SUPABASE_JWKS_MALFORMED_TOKEN']
+    .every((code) => seen.has(code)), `@fastify/jwt's answers and the plugin's were all reached: ${[...seen].map(([code, n]) => `${code.replace('FST_SUPABASE_JWKS_', '')}=${n}`).join(' ')}`)
+  const allowed = 2 + Math.floor((Date.now() - started) / (cooldown * 1000))
+  t.ok(issuer.jwksRequests <= allowed, `mutated kids cost at most one fetch per cooldown: ${issuer.jwksRequests} of at most ${allowed}`)
 })
