@@ -9,7 +9,9 @@
 // limit-async (the same with crypto.verify's callback form: the signature on the libuv thread pool,
 // unbounded: the thread-pool floor),
 // plugin, jose (createRemoteJWKSet + jwtVerify), fastjwt (fast-jwt alone, one verifier per key:
-// what verification costs without @fastify/jwt's request path).
+// what verification costs without @fastify/jwt's request path), fastifyjwt (@fastify/jwt registered
+// with fastifyJwtOptions, the route's preHandler `await request.jwtVerify()`: the plugin's keys and
+// checks through @fastify/jwt's request path, with no token cache).
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -20,6 +22,7 @@
 // and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
 import { execFileSync, fork } from 'node:child_process'
+import { get } from 'node:http'
 import { availableParallelism } from 'node:os'
 import { writeFileSync, mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
@@ -67,11 +70,13 @@ const VARIANTS = [
   { name: 'limit-async-rs256', alg: 'RS256', scenarios: ['unique'] },
   { name: 'jose-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
   { name: 'fastjwt-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
+  { name: 'fastifyjwt-rs256', alg: 'RS256', scenarios: UNIQUE_HOT },
   { name: 'limit-es256', alg: 'ES256', scenarios: ALL },
   { name: 'plugin-es256', alg: 'ES256', scenarios: ALL },
   { name: 'limit-async-es256', alg: 'ES256', scenarios: ['unique'] },
   { name: 'jose-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
   { name: 'fastjwt-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
+  { name: 'fastifyjwt-es256', alg: 'ES256', scenarios: UNIQUE_HOT },
   { name: 'plugin-tc0-rs256', alg: 'RS256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc1k-rs256', alg: 'RS256', scenarios: ['zipf'], pluginOptions: { tokenCache: 1000 } },
   { name: 'plugin-tc0-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
@@ -176,6 +181,25 @@ function load (address, tokens, duration, cursor = { next: 0 }) {
   })
 }
 
+/** The status of one GET /me with `token` (none when undefined), on a connection of its own. */
+function statusOf (address, token) {
+  return new Promise((resolve, reject) => {
+    const headers = token === undefined ? {} : { authorization: `Bearer ${token}` }
+    get(`${address}/me`, { agent: false, headers }, (res) => {
+      res.resume()
+      res.once('end', () => resolve(res.statusCode))
+    }).once('error', reject)
+  })
+}
+
+/** Throws unless the server answers 200 to `valid`, and 401 to `tampered` and to no token. */
+async function checkAnswers (server, { valid, tampered }) {
+  const got = [await statusOf(server.address, valid), await statusOf(server.address, tampered), await statusOf(server.address)]
+  if (got.join() !== '200,401,401') {
+    throw new Error(`${server.variant.name} answered ${got.join(', ')} to a valid token, a tampered one and none (expected 200, 401, 401)`)
+  }
+}
+
 /**
  * How steady the servers' cores are: the same fixed work (100,000 SHA-256 hashes of 1 KB) timed 7
  * times, in a child pinned as the servers are. On a quiet machine the times agree within a few percent;
@@ -216,6 +240,13 @@ async function main () {
     warmUp.RS256.push(issuer.sign({ sub: `warm-up-${i}` }, { kid: rs.kid }))
     warmUp.ES256.push(issuer.sign({ sub: `warm-up-${i}` }, { kid: es.kid }))
   }
+  // the answer check's tokens: a valid one, one with a signature changed in its middle, none
+  const answerCheck = {}
+  for (const [alg, kid] of [['RS256', rs.kid], ['ES256', es.kid]]) {
+    const valid = issuer.sign({ sub: 'answer-check' }, { kid })
+    const at = valid.length - 10
+    answerCheck[alg] = { valid, tampered: valid.slice(0, at) + (valid[at] === 'A' ? 'B' : 'A') + valid.slice(at + 1) }
+  }
   // zipf: the first ZIPF_USERS tokens of each pool are the users (one token each), requested in this order
   const zipf = zipfSequence(ZIPF_USERS, ZIPF_S, ZIPF_SEQUENCE)
   const zipfTokens = (pool) => Array.from(zipf, (user) => pool[user])
@@ -228,6 +259,15 @@ async function main () {
       const key = variant.alg === 'ES256' ? es : rs
       const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions }
       servers.push({ variant, cursor: { next: 0 }, ...(await startServer(variant, config)) })
+    }
+    // every verifier answers 200 to a valid token and 401 to a bad one: a variant that let every token through would measure nothing
+    try {
+      for (const server of servers) {
+        if (!server.variant.name.startsWith('public')) await checkAnswers(server, answerCheck[server.variant.alg])
+      }
+    } catch (err) {
+      await Promise.all(servers.map((server) => stopServer(server.child)))
+      throw err
     }
     // warm-up: every server once, short, with tokens of its own (never requested again)
     for (const server of servers) await load(server.address, warmUp[server.variant.alg], 1)
@@ -331,6 +371,14 @@ async function main () {
     'RSS MB plugin-es256 - public (unique, <= 25)': rss('plugin-es256', 'public', 'unique'),
     'fastjwt-rs256 / limit-rs256 (unique, reference: fast-jwt alone)': ratio('fastjwt-rs256', 'limit-rs256', 'unique'),
     'fastjwt-es256 / limit-es256 (unique, reference: fast-jwt alone)': ratio('fastjwt-es256', 'limit-es256', 'unique'),
+    'fastifyjwt-rs256 / plugin-rs256 (unique, reference: the request path of @fastify/jwt)': ratio('fastifyjwt-rs256', 'plugin-rs256', 'unique'),
+    'CPU fastifyjwt-rs256 / plugin-rs256 (unique, reference)': cpu('fastifyjwt-rs256', 'plugin-rs256', 'unique'),
+    'fastifyjwt-es256 / plugin-es256 (unique, reference)': ratio('fastifyjwt-es256', 'plugin-es256', 'unique'),
+    'CPU fastifyjwt-es256 / plugin-es256 (unique, reference)': cpu('fastifyjwt-es256', 'plugin-es256', 'unique'),
+    'fastifyjwt-rs256 / plugin-rs256 (hot, reference: no token cache)': ratio('fastifyjwt-rs256', 'plugin-rs256', 'hot'),
+    'CPU fastifyjwt-rs256 / plugin-rs256 (hot, reference)': cpu('fastifyjwt-rs256', 'plugin-rs256', 'hot'),
+    'fastifyjwt-es256 / plugin-es256 (hot, reference)': ratio('fastifyjwt-es256', 'plugin-es256', 'hot'),
+    'CPU fastifyjwt-es256 / plugin-es256 (hot, reference)': cpu('fastifyjwt-es256', 'plugin-es256', 'hot'),
     'plugin-es256 / limit-async-es256 (unique, >= 0.9)': ratio('plugin-es256', 'limit-async-es256', 'unique'),
     'plugin-es256 / jose-es256 (unique, >= 1.1)': ratio('plugin-es256', 'jose-es256', 'unique'),
     'p99 plugin-es256 / limit-async-es256 (unique, <= 1.2)': p99('plugin-es256', 'limit-async-es256', 'unique'),

@@ -60,6 +60,13 @@ async function main (config) {
       const { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses } = app.supabaseJwks.stats()
       return { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses }
     }
+  } else if (variant.startsWith('fastifyjwt')) {
+    // @fastify/jwt verifying with the plugin's keys and checks (fastifyJwtOptions): its request path, and request.jwtVerify()
+    const { fastifyJwtOptions } = require('fastify-supabase-jwks')
+    await app.register(require('@fastify/jwt'), fastifyJwtOptions({ jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions }))
+    preHandler = async function jwtVerify (request) {
+      await request.jwtVerify()
+    }
   } else if (variant.startsWith('fastjwt')) {
     const { createVerifier } = require('fast-jwt')
     const pem = createPublicKey({ key: config.jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' })

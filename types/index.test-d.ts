@@ -1,6 +1,7 @@
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { expectAssignable, expectError, expectType } from 'tsd'
-import supabaseJwks, { type IssuerOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
+import supabaseJwks, { fastifyJwtOptions, type FastifyJwtExtraOptions, type IssuerOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
 import { createTestIssuer, generateTestKey, signJwt, type SigningKey, type TestIssuer } from '../dist/testing'
 
 declare module '..' {
@@ -104,6 +105,34 @@ app.get('/me', { preHandler: app.authenticate }, async (request) => {
 })
 
 app.get('/public', { config: { supabaseJwks: false } }, async () => 'ok')
+
+// @fastify/jwt verifying Supabase tokens: fastifyJwtOptions gives its registration options (a function of the instance)
+expectType<(instance: FastifyInstance) => FastifyJWTOptions>(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }))
+expectType<typeof fastifyJwtOptions>(supabaseJwks.fastifyJwtOptions)
+app.register(fastifyJwt, fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }))
+app.register(fastifyJwt, fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co', algorithms: ['ES256'] }, { namespace: 'supabase' }))
+app.register(fastifyJwt, fastifyJwtOptions({ issuers: [{ supabaseUrl: 'https://prod.supabase.co' }], require: { aal: 'aal2' }, isRevoked: (claims) => claims.sub === 'x' }, {
+  namespace: 'supabase',
+  jwtVerify: 'jwtVerify',
+  trusted: async (request, payload) => request.method === 'GET' && payload !== null,
+  verify: { extractToken: (request) => request.headers['x-token'] as string },
+  cookie: { cookieName: 'token', signed: false }
+}))
+expectAssignable<FastifyJwtExtraOptions>({ namespace: 'supabase', formatUser: (payload: SupabaseUser) => payload })
+// what this registration gives @fastify/jwt itself, and sign options (it cannot sign), are type errors; so are the plugin's bad options
+expectError(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }, { secret: 'shh' }))
+expectError(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }, { namespace: 'supabase', secret: { public: 'pem' } }))
+expectError(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }, { sign: { expiresIn: '1h' } }))
+expectError(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co', algorithms: ['HS256'] }))
+expectError(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co', secret: 'shh' }))
+expectError(fastifyJwtOptions())
+app.get('/jwt', async (request) => {
+  await request.jwtVerify()
+  expectType<SupabaseUser>(request.user)
+  expectType<'aal1' | 'aal2' | undefined>(request.user.aal)
+  expectType<string | undefined>(request.user.tenant_id)
+  return request.user.sub
+})
 
 async function issuerTypes (): Promise<void> {
   const issuer = await createTestIssuer({ alg: 'ES256' })
