@@ -36,12 +36,20 @@ const NOT_HERE: Record<string, string> = {
   extractToken: 'give @fastify/jwt\'s verify.extractToken in the second argument',
   hook: 'call request.jwtVerify() in your own hook',
   legacyTokens: 'the migration window needs the plugin\'s own authenticate',
-  tokenCache: '@fastify/jwt checks every token\'s signature (its verify.cache option is its own token cache)'
+  tokenCache: 'the token cache needs the plugin\'s own authenticate (@fastify/jwt checks every token\'s signature here)'
 }
 
-/** fast-jwt verify options that the plugin's options set: given here, they would loosen what the plugin checks, or disagree with it. */
-const OWNED_VERIFY = ['key', 'algorithms', 'allowedIss', 'allowedAud', 'requiredClaims', 'clockTolerance', 'clockTimestamp',
-  'ignoreExpiration', 'ignoreNotBefore', 'complete']
+/*
+ * The verify options (@fastify/jwt's and fast-jwt's) an app may still give. Every other is refused:
+ * those the plugin's options set (key, algorithms, issuer, audience, claims, clock) would loosen what
+ * it checks or disagree with it; fast-jwt's token cache (cache, cacheTTL, errorCacheTTL) would keep
+ * accepting a token after its key left the JWKS, or repeat a 503; and fast-jwt checks the rest
+ * (checkTyp, allowedJti, allowedNonce, maxAge, allowedCritHeaders) with errors @fastify/jwt does not
+ * map, so that a genuine token would get a 500.
+ */
+const APP_VERIFY = new Set(['extractToken', 'onlyCookie', 'allowedSub'])
+const PLUGIN_VERIFY = new Set(['key', 'algorithms', 'allowedIss', 'allowedAud', 'requiredClaims', 'clockTolerance', 'clockTimestamp',
+  'ignoreExpiration', 'ignoreNotBefore', 'complete'])
 
 function fail (message: string): never {
   throw new OptionError(message)
@@ -62,9 +70,11 @@ function extraOptions (jwt: unknown): FastifyJwtExtraOptions {
   const verify = extra.verify
   if (verify !== undefined) {
     if (verify === null || typeof verify !== 'object') fail('verify must be an object')
-    const owned = OWNED_VERIFY.find((name) => name in verify)
-    if (owned !== undefined) {
-      fail(`verify.${owned} is set from the plugin's options (algorithms, issuer, audience, clockTolerance): remove it`)
+    const refused = Object.keys(verify).find((name) => !APP_VERIFY.has(name))
+    if (refused !== undefined) {
+      fail(PLUGIN_VERIFY.has(refused)
+        ? `verify.${refused} is set from the plugin's options (algorithms, issuer, audience, clockTolerance): remove it`
+        : `verify.${refused} is not supported with fastifyJwtOptions (verify takes extractToken, onlyCookie and allowedSub)`)
     }
     const extract = (verify as { extractToken?: unknown }).extractToken
     if (extract !== undefined && typeof extract !== 'function') fail('verify.extractToken must be a function')

@@ -536,12 +536,17 @@ t.test('options fastifyJwtOptions refuses, at the call', async (t) => {
     'ignoreExpiration', 'ignoreNotBefore', 'complete']) {
     refusedOption({ supabaseUrl }, { verify: { [name]: undefined } }, new RegExp(`verify\\.${name} is set from the plugin's options`))
   }
+  // fast-jwt's token cache (it would outlive a revoked key) and the checks whose errors @fastify/jwt does not map (500s)
+  for (const name of ['cache', 'cacheTTL', 'errorCacheTTL', 'cacheKeyBuilder', 'checkTyp', 'allowedJti', 'allowedNonce', 'maxAge',
+    'allowedCritHeaders']) {
+    refusedOption({ supabaseUrl }, { verify: { [name]: undefined } }, new RegExp(`verify\\.${name} is not supported with fastifyJwtOptions \\(verify takes extractToken, onlyCookie and allowedSub\\)`))
+  }
   refusedOption({ supabaseUrl }, { verify: { extractToken: 'authorization' } }, /verify\.extractToken must be a function/)
   refusedOption({ supabaseUrl }, { trusted: true }, /trusted must be a function/)
   refusedOption({ supabaseUrl }, { namespace: 42 }, /namespace must be a string/)
   // what it takes
   t.type(fastifyJwtOptions({ supabaseUrl }, {
-    namespace: 'supabase', decode: { checkTyp: 'JWT' }, verify: { extractToken: () => 'x', maxAge: 3600 }, trusted: () => true, formatUser: (user) => user, messages: {}
+    namespace: 'supabase', decode: { checkTyp: 'JWT' }, verify: { extractToken: () => 'x', onlyCookie: false, allowedSub: 'u' }, trusted: () => true, formatUser: (user) => user, messages: {}
   }), 'function')
   t.type(fastifyJwtOptions({ supabaseUrl }, { cookie: { cookieName: 'token', signed: false } }), 'function', '@fastify/jwt\'s own cookie option')
 })
