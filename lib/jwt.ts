@@ -27,8 +27,20 @@ import { checkStructure, createKeyFinder, jsonObject } from './verify'
  * signature) keeps its codes.
  */
 
-/** @fastify/jwt's options that `fastifyJwtOptions` takes beside the plugin's: all but `secret` (and `sign`: this registration verifies only). */
-export type FastifyJwtExtraOptions = Omit<FastifyJWTOptions, 'secret' | 'sign'>
+type JwtVerifyOptions = NonNullable<FastifyJWTOptions['verify']>
+
+/**
+ * @fastify/jwt's options that `fastifyJwtOptions` takes beside the plugin's: all but `secret` and
+ * `sign` (this registration verifies only), `decode` without `complete`, and of `verify` only what
+ * the plugin does not set.
+ */
+export type FastifyJwtExtraOptions = Omit<FastifyJWTOptions, 'secret' | 'sign' | 'decode' | 'verify'> & {
+  decode?: Omit<NonNullable<FastifyJWTOptions['decode']>, 'complete'>
+  verify?: Pick<JwtVerifyOptions, 'extractToken' | 'allowedSub'> & {
+    /** @fastify/jwt reads the token from its `cookie` only, never from the `Authorization` header. */
+    onlyCookie?: boolean
+  }
+}
 
 /** The plugin's options that have no meaning here, and what to use instead. */
 const NOT_HERE: Record<string, string> = {
@@ -167,6 +179,8 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
     let decorator: Decorator
     /** The token `extractToken` checked, by request: the only one the key function answers for. */
     const checked = new WeakMap<FastifyRequest, string>()
+    /** The claims of the token the key function answered for (decoded by @fastify/jwt), by request. */
+    const claimsOf = new WeakMap<FastifyRequest, Record<string, unknown>>()
 
     // @fastify/jwt is the plugin loading now: `after` runs once it has loaded (never if it failed), before
     // any plugin registered after it, so that one keeping `fastify.jwt.verify` keeps `refuseVerify`
@@ -217,6 +231,7 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
         return Promise.reject(new FastifyJwtUsageError('the token was not decoded whole as the registration\'s extractToken ' +
           'gave it (request.jwtVerify() was given decode or extractToken options): give options in fastifyJwtOptions\'s second argument'))
       }
+      claimsOf.set(request, (decoded as { payload: Record<string, unknown> }).payload)
       try {
         const key = keyFor(token)
         if (!(key instanceof Promise)) return Promise.resolve(pemOf(key))
@@ -226,8 +241,18 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
       }
     }
 
-    /** After the signature: `isRevoked`, the route requirements, then the app's own `trusted`. */
+    /**
+     * After the signature: `isRevoked` and the route requirements, given the claims the key function
+     * checked, then the app's own `trusted`. fast-jwt's result must be those claims (their `exp` and
+     * `sub`, which the checks required): with `request.jwtVerify({ complete: true })` it is the whole
+     * token, whose top level has neither, and which the app would read as the user.
+     */
     function trusted (request: FastifyRequest, claims: Record<string, unknown>): boolean | Promise<boolean> {
+      const verified = claimsOf.get(request)
+      if (verified === undefined || claims.exp !== verified.exp || claims.sub !== verified.sub) {
+        return Promise.reject(new FastifyJwtUsageError('request.jwtVerify() was given options that change its result (complete): ' +
+          'call it without options, and read the header with request.jwtDecode()'))
+      }
       let required
       try {
         required = requiredFor(request)
@@ -237,8 +262,8 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
       if (config.isRevoked === undefined && required === null && ownTrusted === undefined) return true
       return (async () => {
         try {
-          if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
-          if (required !== null) await authorize(claims, request, required)
+          if (config.isRevoked !== undefined) await checkRevoked(config, verified, request, request.log)
+          if (required !== null) await authorize(verified, request, required)
         } catch (err) {
           throw answer(request.log, err)
         }

@@ -378,6 +378,35 @@ t.test('traps: request.jwtVerify() options that change which token is checked ar
   t.equal((await get(app, '/me', lookalike)).statusCode, 200, 'the registration\'s own options verify the same token')
 })
 
+t.test('traps: request.jwtVerify() options that change its result (complete) are a usage error, so isRevoked and requirements never see the wrong object', async (t) => {
+  const issuer = await issuerFor(t)
+  const revokedSeen: unknown[] = []
+  const registrations = [
+    fastifyJwtOptions({
+      supabaseUrl: issuer.url,
+      require: { anonymous: false },
+      isRevoked: (user) => { revokedSeen.push(user.session_id); return user.session_id === 'revoked' }
+    }),
+    fastifyJwtOptions({ supabaseUrl: issuer.url })
+  ]
+  for (const [index, registration] of registrations.entries()) {
+    const app = await appOf(t, registration, (app) => {
+      app.get('/complete', async (request) => await request.jwtVerify({ complete: true }))
+      app.get('/verify-complete', async (request) => await request.jwtVerify({ verify: { complete: true } } as never))
+    })
+    const token = issuer.sign({ session_id: 'revoked', is_anonymous: true })
+    if (index === 0) refused(t, await get(app, '/me', token), 401, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
+    for (const url of ['/complete', '/verify-complete']) {
+      const res = await get(app, url, token)
+      refused(t, res, 500, 'FST_SUPABASE_JWKS_FASTIFY_JWT_USAGE')
+      t.match(res.json().message, /request\.jwtVerify\(\) was given options that change its result \(complete\)/)
+    }
+    t.equal((await get(app, '/me', issuer.sign())).statusCode, 200, 'without options, the same registration verifies')
+  }
+  t.equal(revokedSeen.length, 2, 'isRevoked was asked for the two tokens /me verified, not for those of /complete')
+  t.match(revokedSeen, ['revoked', /^[0-9a-f-]{36}$/], 'and saw their claims')
+})
+
 const FORBIDDEN = 'Bearer realm="api", error="insufficient_scope", error_description="The token does not grant access to this route"'
 
 t.test('requirements: the require option and a route\'s config.supabaseJwks answer 403 with insufficient_scope', async (t) => {
