@@ -126,7 +126,7 @@ export interface SupabaseJwksOptions {
   /**
    * The Supabase project URL, e.g. `https://<ref>.supabase.co` or `http://127.0.0.1:54321` (CLI).
    * The JWKS is read from `${supabaseUrl}/auth/v1/.well-known/jwks.json` and the issuer is
-   * `${supabaseUrl}/auth/v1`. One of `supabaseUrl` and `jwksUrl` is required.
+   * `${supabaseUrl}/auth/v1`. One of `supabaseUrl` and `jwksUrl` is required, unless `jwks` is given alone.
    */
   supabaseUrl?: string
   /**
@@ -137,7 +137,7 @@ export interface SupabaseJwksOptions {
   jwksUrl?: string
   /**
    * Accepted `iss` values; `false` skips the check (a self-hosted GoTrue without
-   * `GOTRUE_JWT_ISSUER` sends no `iss`). Default: `${supabaseUrl}/auth/v1`; required with `jwksUrl` alone.
+   * `GOTRUE_JWT_ISSUER` sends no `iss`). Default: `${supabaseUrl}/auth/v1`; required with `jwksUrl` or `jwks` alone.
    * When set, a token without `iss` is rejected.
    */
   issuer?: string | string[] | false
