@@ -6,13 +6,14 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
-import { randomUUID } from 'node:crypto'
+import { createPublicKey, randomUUID, type JsonWebKey } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { performance } from 'node:perf_hooks'
 import type { ServerResponse } from 'node:http'
 import { fastifyJwtOptions } from '../lib/index'
 import { generateTestKey, signJwt, type TestKey } from '../lib/testing'
 import { appFor, codeOf, getMe, issuerFor, loggedAppFor, registrationError } from './fixtures/helpers'
+import { RESOURCE, providerFor, providerKey } from './fixtures/oidc'
 
 /** The `iss` of tokens checked against keys given inline alone: no server answers at this address. */
 const ISS = 'https://inline.example.com/auth/v1'
@@ -230,6 +231,23 @@ t.test('beside supabaseUrl, the JWKS failing from the start: the seed verifies l
   t.match(app.supabaseJwks.stats(), { keys: 1, state: 'fresh' })
   const revoked = await getMe(app, issuer.sign({}, { kid: seedKey.kid }))
   t.equal(codeOf(revoked), 'FST_SUPABASE_JWKS_UNKNOWN_KID', 'the seed\'s key, gone from the fetched set, no longer verifies')
+})
+
+t.test('beside jwksUrl, or discovery: the same seed, no request before the first fetch is due', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = await appFor(t, { jwksUrl: issuer.jwksUrl, issuer: issuer.issuer, jwks: JSON.stringify(issuer.jwks()) })
+  t.equal((await getMe(app, issuer.sign())).statusCode, 200)
+  t.equal(issuer.jwksRequests, 0)
+
+  const signing = providerKey('RS256')
+  const publicJwk = { ...createPublicKey({ key: signing.jwk as JsonWebKey, format: 'jwk' }).export({ format: 'jwk' }), kid: signing.kid, alg: signing.alg, use: 'sig' }
+  const provider = await providerFor(t, [signing])
+  const oidc = await appFor(t, { issuer: provider.issuer, discovery: true, audience: RESOURCE, jwks: { keys: [publicJwk] } })
+  t.equal((await getMe(oidc, await provider.token())).statusCode, 200, 'an OIDC provider\'s token, from the seed')
+  t.same([provider.discoveryRequests, provider.jwksRequests], [0, 0], 'neither the discovery document nor the JWKS was read')
+  await oidc.supabaseJwks.refresh()
+  t.same([provider.discoveryRequests, provider.jwksRequests], [1, 1], 'refresh() reads both, as usual')
+  t.equal((await getMe(oidc, await provider.token())).statusCode, 200)
 })
 
 t.test('issuers: each entry its own inline set, alone or beside a URL', async (t) => {
