@@ -190,7 +190,8 @@ declare namespace fastifySupabaseJwks {
      * (after `retryAfter`, then doubling up to `cooldown`), with no further call, until one
      * succeeds. With several issuers, every issuer is fetched, and it rejects if any failed: the
      * `cause` names them (the first three) and `retryAfter` is the longest of their waits. Await it
-     * or `.catch()` it: a floating call that fails is an unhandled rejection.
+     * or `.catch()` it: a floating call that fails is an unhandled rejection. Keys given inline alone
+     * (`jwks` without a URL) have nothing to fetch: it resolves at once.
      */
     refresh (): Promise<void>
     /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */

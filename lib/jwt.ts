@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyJWTOptions } from '@fastify/jwt'
 import { answerFor, answerHeaders, authorize, bounded, buildRequiredFor, checkRevoked } from './authenticate'
 import { FastifyJwtUsageError, OptionError, RegistrationError, type AuthError } from './errors'
-import { createResolvers, type CachedKey } from './keys'
+import { createResolvers, readInlineKeySet, type CachedKey } from './keys'
 import { normalizeOptions, routeRequirementsCheck, type SupabaseJwksOptions } from './options'
 import { checkStructure, createKeyFinder, jsonObject } from './verify'
 
@@ -144,6 +144,8 @@ function refuseVerify (): never {
  */
 export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwtExtraOptions = {}): (instance: FastifyInstance) => FastifyJWTOptions {
   const config = normalizeOptions(options)
+  // keys given inline are judged here too: thrown from the function Fastify calls below, a refusal would escape the registration
+  for (const issuer of config.issuers) if (issuer.jwks !== undefined) readInlineKeySet(issuer.jwks, issuer.algorithms)
   const unavailable = Object.keys(NOT_HERE).find((name) => (options as Record<string, unknown>)[name] !== undefined)
   if (unavailable !== undefined) fail(`${unavailable} is not available through @fastify/jwt: ${NOT_HERE[unavailable]}`)
   const extra = extraOptions(jwt)

@@ -3,8 +3,8 @@ import { performance } from 'node:perf_hooks'
 import buildGetJwks from 'get-jwks'
 import { Agent, type Dispatcher } from 'undici'
 import type { FastifyBaseLogger } from 'fastify'
-import { KeysUnavailableError, UnknownKeyError } from './errors'
-import { isLoopback, type Algorithm, type Config, type DiscoveryConfig, type IssuerConfig } from './options'
+import { KeysUnavailableError, OptionError, UnknownKeyError } from './errors'
+import { isLoopback, type Algorithm, type Config, type DiscoveryConfig, type InlineKeySet, type IssuerConfig } from './options'
 import { signatureCheck, type SignatureCheck, type SignatureCounts } from './signature'
 
 /*
@@ -31,6 +31,11 @@ import { signatureCheck, type SignatureCheck, type SignatureCounts } from './sig
  *   - with `discovery`, the JWKS URL is read first from the issuer's discovery document, through
  *     the same agent and within the same `timeout`: again at the first fetch after `cacheTtl` and
  *     after a failure. The document must name the configured issuer and an https `jwks_uri`.
+ * A key set given inline (option `jwks`) is read and held as a fetched one is, at registration:
+ *   - alone, it is the only set there will ever be: it never ages, nothing is fetched, and a kid it
+ *     lacks is unknown at once;
+ *   - beside a URL, it is held as if fetched at registration (trusted for `cacheTtl`, then refreshed
+ *     ahead), and the first good fetch replaces it; the warm start fetches without being waited for.
  * One resolver per issuer: with several issuers, each has its own key set, cooldown and backoff.
  * Durations are measured on the monotonic clock: a wall-clock step cannot extend a key's life.
  */
@@ -70,7 +75,8 @@ export interface KeyStats {
   /** Time of the last failed fetch, in ms since the epoch, or `null`. */
   lastFailureAt: number | null
   /**
-   * `fresh`: a good key set within `cacheTtl`; `refreshing`: a fetch is running while held keys
+   * `fresh`: a good key set within `cacheTtl` (one given inline counts from registration, and alone
+   * stays fresh); `refreshing`: a fetch is running while held keys
    * verify; `stale`: the last fetch failed (held keys verify within `staleIfError`), or the set is past
    * `cacheTtl` and the next request refreshes it; `unavailable`: no key can verify (not fetched yet,
    * or failing past the stale window). A readiness check answers 503 on `unavailable` only.
@@ -92,9 +98,13 @@ export interface KeyResolver {
    * Fetch the JWKS now, ignoring TTL and cooldown; a fetch already running is not reused. Resolves to
    * `undefined` when a key set was had, else to the error to answer with (never rejects); a failed
    * refresh is retried with the backoff by a timer until a fetch succeeds, which then ends the cooldown.
+   * With keys given inline alone, there is nothing to fetch: `undefined` at once.
    */
   refresh (): Promise<KeysUnavailable | undefined>
-  /** The first fetch, at start: like a refresh ahead, it starts no unknown-kid cooldown. */
+  /**
+   * The first fetch, at start: like a refresh ahead, it starts no unknown-kid cooldown. Beside keys given
+   * inline, it is started and not waited for (they answer meanwhile); with them alone, there is none.
+   */
   warm (): Promise<void>
   stats (): KeyStats
   close (): Promise<void>
@@ -139,6 +149,11 @@ const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
 
 class UnusableKeyError extends Error {}
 
+/** The first member of `jwk` that only a private or symmetric key has, or `undefined`. */
+function privateMember (jwk: object): string | undefined {
+  return PRIVATE_MEMBERS.find((member) => member in jwk)
+}
+
 /** Checks that a JWK is a public signing key (RFC 7517, RFC 7518) and builds its checks for the `allowed` algorithms. */
 /** Counts for keys built outside a resolver (tests). */
 const UNCOUNTED: SignatureCounts = { signaturesOffLoop: 0, signaturesOnLoop: 0 }
@@ -149,7 +164,7 @@ export function toCachedKey (jwk: Record<string, unknown>, allowed: readonly str
   if (jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes('verify'))) {
     throw new UnusableKeyError('key_ops does not allow "verify"')
   }
-  const secret = PRIVATE_MEMBERS.find((member) => member in jwk)
+  const secret = privateMember(jwk)
   if (secret !== undefined) throw new UnusableKeyError(`a private key is published (${secret})`)
   let algorithms: readonly string[]
   if (jwk.kty === 'RSA') algorithms = RSA_ALGORITHMS
@@ -195,9 +210,13 @@ export function readKeySet (body: Buffer, allowed: readonly string[], counts = U
     return undefined
   }
   const list = (document as { keys?: unknown } | null)?.keys
-  if (!Array.isArray(list)) return undefined
+  return Array.isArray(list) ? keyEntries(list, allowed, counts) : undefined
+}
+
+/** The entries of a key set's `keys` list, fetched or given inline: see `readKeySet`. */
+function keyEntries (list: readonly unknown[], allowed: readonly string[], counts: SignatureCounts): KeyEntry[] {
   const kids = new Set<string>()
-  return (list as unknown[]).map((jwk, index): KeyEntry => {
+  return list.map((jwk, index): KeyEntry => {
     if (index >= MAX_KEYS) return { jwk, skipped: `past the first ${MAX_KEYS} keys of the set` }
     try {
       if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new UnusableKeyError('not a JSON object')
@@ -230,6 +249,51 @@ function usableKeys (entries: readonly KeyEntry[], log: FastifyBaseLogger): Map<
     }
   }
   return keys
+}
+
+/**
+ * Why no token can verify with `keys` (none usable, or none for `algorithms`), with the algorithms they
+ * offer, or `undefined` when some key can: said of a fetched set at warn, and refusing one given inline.
+ */
+function unusable (keys: Iterable<CachedKey>, algorithms: readonly string[]): { reason: string, offered: string[] } | undefined {
+  const list = [...keys]
+  if (list.some((key) => key.checks.size > 0)) return undefined
+  const offered = [...new Set(list.flatMap((key) => key.algorithms))]
+  return {
+    offered,
+    reason: offered.length === 0
+      ? 'no usable signing key'
+      : `no key for the algorithms option (${algorithms.join(', ')}); its keys sign with ${offered.join(', ')}: add those to algorithms`
+  }
+}
+
+/** How many refused entries a refusal of an inline key set names. */
+const MAX_NAMED_ENTRIES = 3
+
+/**
+ * The entries of the key set given inline (option `jwks`), read as a fetched set's are. Refused with an
+ * OptionError, which names entries by their index and never shows a key, when an entry is a private or
+ * symmetric key (a fetched set's is skipped; here it is a secret in configuration), when there is no
+ * key, or when no key can verify a token with `algorithms`.
+ */
+export function readInlineKeySet ({ option, keys: list }: InlineKeySet, algorithms: readonly string[], counts = UNCOUNTED): KeyEntry[] {
+  for (const [index, jwk] of list.entries()) {
+    const member = typeof jwk === 'object' && jwk !== null ? privateMember(jwk) : undefined
+    if (member === 'k') {
+      throw new OptionError(`${option}.keys[${index}] is a symmetric key (it has "k"): tokens are verified with public keys only, never with a shared secret`)
+    }
+    if (member !== undefined) {
+      throw new OptionError(`${option}.keys[${index}] is a private key (it has "${member}"): give the public key set, as the JWKS URL serves it; ` +
+        'a private key in the configuration lets whoever reads it sign tokens')
+    }
+  }
+  if (list.length === 0) throw new OptionError(`${option} has no keys: give the set the JWKS URL serves (a project still on the legacy JWT secret serves none: rotate to asymmetric keys)`)
+  const entries = keyEntries(list, algorithms, counts)
+  const why = unusable(entries.flatMap(({ key }) => key === undefined ? [] : [key]), algorithms)
+  if (why === undefined) return entries
+  const skipped = entries.flatMap(({ skipped }, index) => skipped === undefined ? [] : [`keys[${index}]: ${skipped}`])
+  if (skipped.length > MAX_NAMED_ENTRIES) skipped.splice(MAX_NAMED_ENTRIES, Infinity, `and ${skipped.length - MAX_NAMED_ENTRIES} more`)
+  throw new OptionError(`${option} holds ${why.reason}, so every token would be refused${skipped.length === 0 ? '' : ` (${skipped.join('; ')})`}`)
 }
 
 /** Why a fetch of an empty key set fails: what a project still on the legacy JWT secret serves. */
@@ -348,6 +412,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   let retryTimer: NodeJS.Timeout | undefined
   let closed = false
   const stats: Omit<KeyStats, 'state' | 'nextRetryAt'> = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
+  /** Whether there is anywhere to fetch from: not with a key set given inline alone. */
+  const fetching = config.jwksUrl !== undefined || config.discovery !== undefined
 
   /** Counts and logs a failed fetch (once per fetch), starts the backoff; returns the cause, for refresh(). */
   function failed (reason: string, extra: Record<string, unknown> = {}): string {
@@ -383,13 +449,18 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
 
   /** After a good fetch: says at warn when the set holds no key that `algorithms` lets verify anything. */
   function warnIfUnusable (set: Map<string, CachedKey>, url: URL): void {
-    if ([...set.values()].some((key) => key.checks.size > 0)) return
-    const offered = [...new Set([...set.values()].flatMap((key) => key.algorithms))]
-    log.warn({ jwksUrl: url.href, algorithms: config.algorithms, offered },
-      offered.length === 0
-        ? 'supabase-jwks: the JWKS holds no usable signing key: every token will be refused'
-        : `supabase-jwks: the JWKS holds no key for the algorithms option (${config.algorithms.join(', ')}); ` +
-          `its keys sign with ${offered.join(', ')}: add those to algorithms`)
+    const why = unusable(set.values(), config.algorithms)
+    if (why === undefined) return
+    log.warn({ jwksUrl: url.href, algorithms: config.algorithms, offered: why.offered },
+      `supabase-jwks: the JWKS holds ${why.reason}${why.offered.length === 0 ? ': every token will be refused' : ''}`)
+  }
+
+  /** Holds the usable keys of `entries` as the key set, trusted for `cacheTtl` from now: a fetch's, or the one given inline. */
+  function hold (entries: readonly KeyEntry[]): Map<string, CachedKey> {
+    keys = usableKeys(entries, log)
+    setAt = clock()
+    stats.keys = keys.size
+    return keys
   }
 
   /** One request (`run`, through the agent); what the server answered, as the interceptor saw it, and why not if nothing. */
@@ -509,9 +580,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     if (entries === undefined || entries.length === 0) {
       return failed(entries === undefined ? 'the body is not a JSON key set' : EMPTY_SET, { status: 200 })
     }
-    const set = usableKeys(entries, log)
-    keys = set
-    setAt = clock()
+    const set = hold(entries)
     lastFetchFailed = false
     failuresInRow = 0
     if (refreshPending) {
@@ -522,7 +591,6 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     } else if (mode === 'lookup' && !set.has(kid)) {
       unknownUntil = Math.max(unknownUntil, setAt + cooldownMs)
     }
-    stats.keys = set.size
     stats.lastSuccessAt = Date.now()
     warnIfUnusable(set, url)
     return undefined
@@ -587,6 +655,13 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     return now < setAt + cacheTtlMs ? 'fresh' : 'stale'
   }
 
+  if (config.jwks !== undefined) hold(readInlineKeySet(config.jwks, config.algorithms, stats))
+  if (!fetching) {
+    // the inline set alone is all there will ever be: it never ages, and a kid it lacks is unknown at once, for ever
+    setAt = Number.POSITIVE_INFINITY
+    unknownUntil = Number.POSITIVE_INFINITY
+  }
+
   async function resolve (kid: string): Promise<CachedKey> {
     const now = clock()
     if (lastFetchFailed) {
@@ -609,6 +684,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     held,
     resolve,
     async refresh () {
+      // keys given inline alone: nothing to fetch, and the held set is as current as it will ever be
+      if (!fetching) return undefined
       if (inflight !== undefined) await inflight
       refreshPending = true
       const cause = await fetchOnce('', 'forced')
@@ -617,7 +694,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       return Object.assign(new KeysUnavailableError({ cause: new Error(cause) }), { retryAfter: retryAfter() }) as KeysUnavailable
     },
     async warm () {
-      await fetchOnce('', 'warm')
+      if (!fetching) return
+      const fetched = fetchOnce('', 'warm') // never rejects
+      // keys given inline already answer: start-up does not wait on the network for their replacement
+      if (config.jwks === undefined) await fetched
     },
     stats () {
       const now = clock()

@@ -98,7 +98,7 @@ export interface Requirements {
  * top level. Every duration is in seconds.
  */
 export interface IssuerOptions extends Pick<SupabaseJwksOptions, 'supabaseUrl' | 'jwksUrl' | 'discovery' | 'audience' | 'algorithms' |
-'clockTolerance' | 'cacheTtl' | 'cooldown' | 'staleIfError' | 'timeout' | 'maxResponseSize'> {
+'clockTolerance' | 'cacheTtl' | 'cooldown' | 'staleIfError' | 'timeout' | 'maxResponseSize' | 'jwks'> {
   /**
    * The exact `iss` of this issuer's tokens: what tokens are routed by (one string). Default with
    * `supabaseUrl`: `${supabaseUrl}/auth/v1`; required otherwise.
@@ -106,12 +106,27 @@ export interface IssuerOptions extends Pick<SupabaseJwksOptions, 'supabaseUrl' |
   issuer?: string
 }
 
+/**
+ * A JSON Web Key as a JWKS lists it (RFC 7517): `kty`, `kid` (required by the plugin), `alg`, `use`,
+ * `key_ops` and the public members; node:crypto's `JsonWebKey` fits.
+ */
+export interface InlineJwk {
+  kty?: string
+  kid?: string
+  [member: string]: unknown
+}
+
+/** A key set given in configuration (the `jwks` option): the JWKS document itself. */
+export interface InlineJwks {
+  keys: InlineJwk[]
+}
+
 /** Options of `fastify.register(supabaseJwks, options)`. Every duration is in seconds. */
 export interface SupabaseJwksOptions {
   /**
    * The Supabase project URL, e.g. `https://<ref>.supabase.co` or `http://127.0.0.1:54321` (CLI).
    * The JWKS is read from `${supabaseUrl}/auth/v1/.well-known/jwks.json` and the issuer is
-   * `${supabaseUrl}/auth/v1`. One of `supabaseUrl` and `jwksUrl` is required.
+   * `${supabaseUrl}/auth/v1`. One of `supabaseUrl` and `jwksUrl` is required, unless `jwks` is given alone.
    */
   supabaseUrl?: string
   /**
@@ -122,7 +137,7 @@ export interface SupabaseJwksOptions {
   jwksUrl?: string
   /**
    * Accepted `iss` values; `false` skips the check (a self-hosted GoTrue without
-   * `GOTRUE_JWT_ISSUER` sends no `iss`). Default: `${supabaseUrl}/auth/v1`; required with `jwksUrl` alone.
+   * `GOTRUE_JWT_ISSUER` sends no `iss`). Default: `${supabaseUrl}/auth/v1`; required with `jwksUrl` or `jwks` alone.
    * When set, a token without `iss` is rejected.
    */
   issuer?: string | string[] | false
@@ -134,6 +149,15 @@ export interface SupabaseJwksOptions {
    * https (or loopback): otherwise no key is had (503) and a warning says why. Default `false`.
    */
   discovery?: boolean
+  /**
+   * The key set given in configuration: a JWKS document `{ keys: [...] }`, or its JSON text (e.g.
+   * `process.env.SUPABASE_JWKS`), as `${supabaseUrl}/auth/v1/.well-known/jwks.json` serves it. Its keys
+   * are judged as a fetched set's are; a private or symmetric key, or no key usable with `algorithms`,
+   * fails registration. Alone (with `issuer`), nothing is ever fetched: a rotation needs a redeploy with
+   * the new set. Beside `supabaseUrl`, `jwksUrl` or `discovery`, it answers until the first good fetch,
+   * whose set alone is trusted from then on. Default: none.
+   */
+  jwks?: string | InlineJwks
   /**
    * Several issuers in one registration, each with its own key set, cache, cooldown and claim
    * rules; a token goes to the entry configured for exactly its `iss` (any other `iss` is a 401,
@@ -258,6 +282,14 @@ export interface IssuerConfig {
   insecureJwksUrl: boolean
   /** `allowInsecureJwksUrl`: a discovered `jwks_uri` may be plain http too. */
   allowInsecure: boolean
+  /** The key set given inline (option `jwks`), its keys not judged yet: the key resolver does, as it does a fetched set's. */
+  jwks: InlineKeySet | undefined
+}
+
+/** The `jwks` option read: the entries of its `keys`, as given, and the option's name for messages. */
+export interface InlineKeySet {
+  option: string
+  keys: unknown[]
 }
 
 /** The options after validation, in the units the code uses. */
@@ -284,10 +316,10 @@ export interface Config {
 /** The options each issuer has: at the top level, or per entry of `issuers`. */
 const ISSUER_OPTIONS = new Set<string>([
   'supabaseUrl', 'jwksUrl', 'issuer', 'discovery', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
-  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize'
+  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'jwks'
 ])
 /** Where the keys come from: per entry only once there are `issuers`. */
-const SOURCE_OPTIONS = ['supabaseUrl', 'jwksUrl', 'issuer', 'discovery']
+const SOURCE_OPTIONS = ['supabaseUrl', 'jwksUrl', 'issuer', 'discovery', 'jwks']
 const KNOWN_OPTIONS = new Set<string>([
   // what Fastify itself may pass to a plugin
   'prefix', 'logLevel', 'logSerializers',
@@ -602,11 +634,14 @@ function issuerConfig (prefix: string, own: Record<string, unknown>, defaults: R
     jwksUrl = new URL(`${authBase}/.well-known/jwks.json`)
   }
   const discovery = boolean(name('discovery'), own.discovery, false)
+  const jwks = inlineKeySet(name('jwks'), own.jwks)
   if (own.jwksUrl !== undefined) {
     if (discovery) fail(`${name('discovery')} reads the JWKS URL from the issuer's discovery document: remove ${name('jwksUrl')}, or discovery`)
     jwksUrl = parseUrl(name('jwksUrl'), own.jwksUrl)
-  } else if (authBase === undefined && !discovery) {
-    fail(routed ? `${prefix}supabaseUrl, ${prefix}jwksUrl or ${prefix}discovery is required` : 'supabaseUrl or jwksUrl is required')
+  } else if (authBase === undefined && !discovery && jwks === undefined) {
+    fail(routed
+      ? `${prefix}supabaseUrl, ${prefix}jwksUrl or ${prefix}discovery is required (or ${prefix}jwks, the key set itself)`
+      : 'supabaseUrl or jwksUrl is required (or jwks, the key set itself, with issuer)')
   }
   if (jwksUrl?.username || jwksUrl?.password) fail(`${name('jwksUrl')} must not carry credentials`)
   if (jwksUrl?.hash) fail(`${name('jwksUrl')} must not carry a fragment`)
@@ -627,6 +662,10 @@ function issuerConfig (prefix: string, own: Record<string, unknown>, defaults: R
   }
   if (single && own.issuer === undefined && authBase === undefined) {
     fail(`${name('issuer')} is required ${routed ? 'in an issuers entry without supabaseUrl' : 'with discovery'}: the exact iss of the tokens`)
+  }
+  if (own.issuer === undefined && jwksUrl === undefined && !discovery) {
+    // jwks alone (an issuers entry without supabaseUrl was refused above): no URL to derive the issuer from
+    fail(`${name('issuer')} is required with jwks alone: the exact iss of the tokens (for a Supabase project, https://<ref>.supabase.co/auth/v1), or false to skip the check`)
   }
   const issuer = stringList(name('issuer'), own.issuer, authBase)
   let discoveryConfig: DiscoveryConfig | undefined
@@ -656,8 +695,33 @@ function issuerConfig (prefix: string, own: Record<string, unknown>, defaults: R
     timeoutMs: seconds(...pick('timeout'), DEFAULT_TIMEOUT, 0.001, MAX_TIMEOUT),
     maxResponseSize: integer(...pick('maxResponseSize'), DEFAULT_MAX_RESPONSE_SIZE),
     insecureJwksUrl,
-    allowInsecure
+    allowInsecure,
+    jwks
   }
+}
+
+/**
+ * The `jwks` option: a key set as an object, or its JSON text (`process.env.SUPABASE_JWKS`). Only its
+ * shape is checked here; its keys are judged by the key resolver. A message never shows the value,
+ * which may hold a private key given by mistake.
+ */
+function inlineKeySet (name: string, value: unknown): InlineKeySet | undefined {
+  if (value === undefined) return undefined
+  let document = value
+  if (typeof value === 'string') {
+    try {
+      document = JSON.parse(value)
+    } catch {
+      // not even JSON.parse's message: it quotes the text
+      fail(`${name} is a string that is not JSON: give the JWKS document itself, { "keys": [...] }, as the JWKS URL serves it`)
+    }
+  }
+  if (Array.isArray(document)) fail(`${name} is a list: give the key set, { "keys": [...] }, not its list of keys`)
+  const keys = (document as { keys?: unknown } | null)?.keys
+  if (typeof document !== 'object' || !Array.isArray(keys)) {
+    fail(`${name} is not a key set: give the JWKS document itself, { "keys": [...] }, as the JWKS URL serves it (or its JSON text)`)
+  }
+  return { option: name, keys }
 }
 
 /** The `issuers` option: at least one entry, each a distinct issuer. */

@@ -93,6 +93,20 @@ expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co',
 app.get('/prod', { preHandler: app.authenticate, config: { supabaseJwks: { issuers: ['https://prod.supabase.co/auth/v1'] } } }, async () => 'ok')
 expectType<Record<string, KeyStats> | undefined>(app.supabaseJwks.stats().issuers)
 
+// keys given inline: the JWKS document, or its JSON text (an environment variable); node:crypto's JsonWebKey fits
+app.register(supabaseJwks, { jwks: process.env.SUPABASE_JWKS ?? '', issuer: 'https://abc.supabase.co/auth/v1', algorithms: ['ES256'] })
+app.register(supabaseJwks, {
+  supabaseUrl: 'https://abc.supabase.co',
+  jwks: { keys: [{ kty: 'EC', kid: 'k1', crv: 'P-256', x: 'x', y: 'y', alg: 'ES256', use: 'sig', key_ops: ['verify'] }] }
+})
+app.register(supabaseJwks, { jwks: { keys: [generateTestKey().publicKey.export({ format: 'jwk' })] }, issuer: false })
+expectAssignable<SupabaseJwksOptions['jwks']>(JSON.parse('{"keys":[]}') as { keys: Array<Record<string, unknown>> })
+expectAssignable<IssuerOptions>({ issuer: 'https://abc.supabase.co/auth/v1', audience: 'authenticated', jwks: '{"keys":[]}' })
+expectError(app.register(supabaseJwks, { issuer: 'https://abc.supabase.co/auth/v1', jwks: [{ kty: 'EC' }] }))
+expectError(app.register(supabaseJwks, { issuer: 'https://abc.supabase.co/auth/v1', jwks: { keys: 'k1' } }))
+expectError(app.register(supabaseJwks, { issuer: 'https://abc.supabase.co/auth/v1', jwks: { keys: [{ kty: 1 }] } }))
+expectError(app.register(supabaseJwks, { issuer: 'https://abc.supabase.co/auth/v1', jwks: true }))
+
 app.get('/me', { preHandler: app.authenticate }, async (request) => {
   expectType<SupabaseUser>(request.user)
   expectType<string>(request.user.sub)
