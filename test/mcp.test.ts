@@ -6,6 +6,10 @@ import {
   discoverAuthorizationServerMetadata, discoverOAuthProtectedResourceMetadata, discoverOAuthServerInfo, extractResourceMetadataUrl,
   extractWWWAuthenticateParams, selectResourceURL, type OAuthClientProvider
 } from '@modelcontextprotocol/sdk/client/auth.js'
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import supabaseJwks from '../lib/index'
 import { appFor, getMe, issuerFor } from './fixtures/helpers'
 
@@ -93,4 +97,40 @@ t.test('the test issuer\'s discovery document is what the plugin\'s own discover
   t.same(issuer.authorizationServerMetadata().id_token_signing_alg_values_supported, ['RS256'])
   const response = await fetch(`${issuer.url}/auth/v1/.well-known/openid-configuration`)
   t.same(await response.json(), issuer.authorizationServerMetadata())
+})
+
+t.test('an MCP server behind the plugin (the guide\'s example): the SDK\'s client calls a tool with a scoped token, and is refused without', async (t) => {
+  const issuer = await issuerFor(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, {
+    supabaseUrl: issuer.url,
+    hook: 'onRequest',
+    require: { scope: 'mcp:tools' },
+    resourceMetadata: { resource: 'http://127.0.0.1/mcp', scopesSupported: ['mcp:tools'] }
+  })
+  app.post('/mcp', async (request, reply) => {
+    const server = new McpServer({ name: 'notes', version: '1.0.0' })
+    server.registerTool('whoami', { description: 'Who the token was issued for' }, async () => ({
+      content: [{ type: 'text', text: `${request.user.sub} through ${request.user.client_id}` }]
+    }))
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined })
+    reply.hijack()
+    // one server and transport per request (stateless): closed with the response
+    reply.raw.on('close', () => { transport.close().catch(() => {}); server.close().catch(() => {}) })
+    await server.connect(transport)
+    await transport.handleRequest(request.raw, reply.raw, request.body)
+  })
+  const url = new URL(`${await app.listen({ host: '127.0.0.1', port: 0 })}/mcp`)
+  const connect = async (headers: Record<string, string>) => {
+    const client = new Client({ name: 'test-client', version: '1.0.0' })
+    await client.connect(new StreamableHTTPClientTransport(url, { requestInit: { headers } }))
+    t.teardown(() => client.close())
+    return client
+  }
+  const sub = '6c30a666-20e4-4cfb-9b52-2e0d6874432e'
+  const client = await connect({ authorization: `Bearer ${issuer.sign({ sub, client_id: 'claude', scope: 'openid mcp:tools' })}` })
+  t.same(await client.callTool({ name: 'whoami' }), { content: [{ type: 'text', text: `${sub} through claude` }] })
+  await t.rejects(connect({}), /401/, 'no token: the transport gets the 401')
+  await t.rejects(connect({ authorization: `Bearer ${issuer.sign({ scope: 'openid' })}` }), /403/, 'a token without the scope: 403')
 })
