@@ -269,8 +269,9 @@ export interface SupabaseJwksOptions {
   extractToken?: (request: FastifyRequest) => string | undefined | null | Promise<string | undefined | null>
   /**
    * Serve the OAuth 2.0 Protected Resource Metadata (RFC 9728) of this API, at the server's root
-   * whatever the prefix, outside `hook` and `require`, and name it in every 401 challenge
-   * (`resource_metadata="..."`): what an MCP client needs to find where to log in. Default: off.
+   * whatever the prefix, outside `hook` and `require`, and name it in every 401 and 403 challenge
+   * (`resource_metadata="..."`): what an MCP client needs to find where to log in. One registration
+   * per server may serve it. Not with `fastifyJwtOptions`. Default: off.
    */
   resourceMetadata?: ResourceMetadataOptions
 }
