@@ -4,6 +4,7 @@ import {
 } from './errors'
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
+import { grants, requiredScopes } from './scope'
 import { tokenFromSessionCookie } from './cookie'
 import type { SupabaseUser } from './index'
 
@@ -92,12 +93,52 @@ const DESCRIPTIONS: Record<string, string> = {
   FST_SUPABASE_JWKS_FORBIDDEN: 'The token does not grant access to this route'
 }
 
-/** The `WWW-Authenticate` challenge for an answer (RFC 6750 §3); fixed texts only, nothing from the request. */
-export function challenge (realm: string, err: AuthError): string {
+/** The description of a 403 for want of scopes: the route's own requirement, not another one's. */
+const SCOPE_DESCRIPTION = 'The token lacks a scope this route requires'
+
+/**
+ * The `WWW-Authenticate` challenge for an answer (RFC 6750 §3); fixed texts only, nothing from the
+ * request. A refusal for want of scopes names them (`scope`, §3.1). With `resourceMetadata`, every
+ * 401 and 403 names the metadata document (RFC 9728 §5.1; the MCP authorization spec asks it of
+ * `insufficient_scope` too, where a client steps up), a 400 does not: it asks for a well-formed
+ * request, not for a token from somewhere.
+ */
+export function challenge (realm: string, err: AuthError, resourceMetadata?: string): string {
+  const metadata = resourceMetadata === undefined || err.statusCode === 400 ? '' : `, resource_metadata="${resourceMetadata}"`
   const base = `Bearer realm="${realm}"`
-  if (err.code === 'FST_SUPABASE_JWKS_NO_TOKEN') return base
+  if (err.code === 'FST_SUPABASE_JWKS_NO_TOKEN') return base + metadata
+  const scope = (err as { scope?: string }).scope
+  if (scope !== undefined) return `${base}, error="insufficient_scope", scope="${scope}", error_description="${SCOPE_DESCRIPTION}"${metadata}`
   const error = err.statusCode === 400 ? 'invalid_request' : err.statusCode === 403 ? 'insufficient_scope' : 'invalid_token'
-  return `${base}, error="${error}", error_description="${DESCRIPTIONS[err.code]}"`
+  return `${base}, error="${error}", error_description="${DESCRIPTIONS[err.code]}"${metadata}`
+}
+
+/**
+ * The challenges of one registration, each made once: by code, and for a refusal for want of
+ * scopes by the scopes it names (one per route's requirement: as many as the app declares).
+ */
+export class Challenges {
+  readonly #byCode = new Map<string, string>()
+  readonly #byScope = new Map<string, string>()
+  readonly #realm: string
+  readonly #resourceMetadata: string | undefined
+
+  constructor (config: Pick<Config, 'realm' | 'resourceMetadata'>) {
+    this.#realm = config.realm
+    this.#resourceMetadata = config.resourceMetadata?.url
+  }
+
+  of (err: AuthError): string {
+    const scope = (err as { scope?: string }).scope
+    const made = scope === undefined ? this.#byCode : this.#byScope
+    const key = scope ?? err.code
+    let text = made.get(key)
+    if (text === undefined) {
+      text = challenge(this.#realm, err, this.#resourceMetadata)
+      made.set(key, text)
+    }
+    return text
+  }
 }
 
 type User = Readonly<Record<string, unknown>>
@@ -132,6 +173,11 @@ export async function authorize (user: User, request: FastifyRequest, required: 
   if (required.aal === 'aal2' && user.aal !== 'aal2') throw new ForbiddenError('the route requires aal2 (multi-factor authentication)')
   if (required.anonymous === false && user.is_anonymous === true) throw new ForbiddenError('anonymous users are not allowed')
   if (required.issuers !== undefined && !required.issuers.includes(user.iss as string)) throw new ForbiddenError('the route does not accept tokens of this issuer')
+  // a route without a scope requirement pays no lookup for it
+  const scopes = required.scope === undefined ? null : requiredScopes(required)
+  if (scopes !== null && !grants(user.scope, scopes.list)) {
+    throw Object.assign(new ForbiddenError(`the token lacks a scope the route requires (${scopes.text})`), { scope: scopes.text })
+  }
   if (required.check === undefined) return
   let allowed: unknown
   try {
@@ -200,6 +246,12 @@ function routeRequirements (config: Config, request: FastifyRequest, own: unknow
   }
 }
 
+/** Whether a route's requirements ask anything of its users: otherwise its requests pay nothing for them. */
+function asksSomething (required: Requirements): boolean {
+  return required.aal === 'aal2' || required.anonymous === false || required.check !== undefined || required.issuers !== undefined ||
+    requiredScopes(required) !== null
+}
+
 /** A route whose requirements are invalid: the route (for its answers) and what is wrong (for the log). */
 interface Invalid { route: string, invalid: string }
 
@@ -217,9 +269,7 @@ export function buildRequiredFor (config: Config): (request: FastifyRequest) => 
     let required = byRoute.get(routeConfig)
     if (required === undefined) {
       const merged = routeRequirements(config, request, routeConfig.supabaseJwks)
-      required = 'invalid' in merged
-        ? merged
-        : merged.aal === 'aal2' || merged.anonymous === false || merged.check !== undefined || merged.issuers !== undefined ? merged : null
+      required = 'invalid' in merged || asksSomething(merged) ? merged : null
       byRoute.set(routeConfig, required)
       if ('invalid' in merged) {
         request.log.error({ code: 'FST_SUPABASE_JWKS_ROUTE_CONFIG', route: merged.route, reason: merged.invalid },
@@ -236,17 +286,17 @@ export function buildRequiredFor (config: Config): (request: FastifyRequest) => 
  * allowed; 1 s when a legacy token's call or `isRevoked` may answer at the next try), no header for a
  * server's mistake (it asks nothing of the client's credentials), else the `WWW-Authenticate` challenge.
  */
-export function answerHeaders (realm: string, err: AuthError): Record<string, string> {
+export function answerHeaders (challenges: Challenges, err: AuthError): Record<string, string> {
   if (err instanceof KeysUnavailableError) return { 'retry-after': String((err as { retryAfter?: number }).retryAfter) }
   if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) return { 'retry-after': '1' }
   if (err instanceof RouteConfigError) return {}
-  return { 'www-authenticate': challenge(realm, err) }
+  return { 'www-authenticate': challenges.of(err) }
 }
 
 /** Verifies the request's token; decorates `request.user` or throws the answer. */
 export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
   tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
-  const { realm } = config
+  const challenges = new Challenges(config)
   const requiredFor = buildRequiredFor(config)
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
@@ -266,7 +316,7 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')
       // called from JavaScript without a reply (authenticate(request)): still the coded error, no headers
       if (reply === undefined) throw err
-      reply.headers(answerHeaders(realm, err))
+      reply.headers(answerHeaders(challenges, err))
       throw err
     }
   }

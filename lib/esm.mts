@@ -6,3 +6,4 @@ import plugin from './index.js'
 export default plugin
 export const fastifySupabaseJwks = plugin
 export const fastifyJwtOptions = plugin.fastifyJwtOptions
+export const hasScopes = plugin.hasScopes

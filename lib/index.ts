@@ -6,11 +6,13 @@ import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, check
 import { KeysUnavailableError, RegistrationError, errorCodes as codes } from './errors'
 import { combineStats, createResolvers, type KeyStats, type KeysUnavailable } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
-import { normalizeOptions, routeRequirementsCheck, type IssuerOptions, type LegacyTokensOptions, type Requirements, type SupabaseJwksOptions as Options } from './options'
+import { normalizeOptions, routeRequirementsCheck, type IssuerOptions, type LegacyTokensOptions, type Requirements, type ResourceMetadataOptions, type SupabaseJwksOptions as Options } from './options'
 import type { SupabaseAccessTokenClaims, SupabaseAmrEntry } from './claims'
 import { TokenCache } from './token-cache'
 import { createTokenVerifier } from './verify'
 import { fastifyJwtOptions, type FastifyJwtExtraOptions } from './jwt'
+import { resourceMetadataRoutes } from './resource-metadata'
+import { hasScopes } from './scope'
 
 /** How many failed issuers a failed refresh() names. */
 const MAX_NAMED = 3
@@ -117,6 +119,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   })
 
   fastify.addHook('onRoute', routeRequirementsCheck(config))
+  if (config.resourceMetadata !== undefined) fastify.register(resourceMetadataRoutes(config.resourceMetadata))
 
   if (config.hook) {
     fastify.addHook(config.hook, function supabaseJwksHook (request: FastifyRequest, reply: FastifyReply) {
@@ -129,11 +132,11 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
 // fastify-plugin marks the function in place and sets `.default` and `.fastifySupabaseJwks` on it:
 // with `export =` below, require() and import both get the plugin itself
 fp(fastifySupabaseJwks, { fastify: '5.x', name: 'fastify-supabase-jwks' })
-Object.assign(fastifySupabaseJwks, { fastifyJwtOptions })
+Object.assign(fastifySupabaseJwks, { fastifyJwtOptions, hasScopes })
 
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
-  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements }
+  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements, ResourceMetadataOptions }
   /**
    * What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on.
    * With the `issuers` option, the key fields add up every issuer's (see `issuers` for each).
@@ -204,6 +207,12 @@ declare namespace fastifySupabaseJwks {
    * `app.register(require('@fastify/jwt'), fastifyJwtOptions({ supabaseUrl }))`
    */
   export const fastifyJwtOptions: typeof import('./jwt').fastifyJwtOptions
+  /**
+   * Whether verified claims grant every scope given (their space-delimited `scope` claim, as Supabase
+   * Auth's OAuth 2.1 server issues it), as a route's `scope` requirement checks it: for the claims of
+   * `fastify.supabaseJwks.verify()` (a WebSocket, a job). `hasScopes(user, ['mcp:tools', 'read'])`.
+   */
+  export const hasScopes: typeof import('./scope').hasScopes
   export { fastifySupabaseJwks as default, fastifySupabaseJwks }
 }
 

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyJWTOptions } from '@fastify/jwt'
-import { answerFor, answerHeaders, authorize, bounded, buildRequiredFor, checkRevoked } from './authenticate'
+import { answerFor, answerHeaders, authorize, bounded, buildRequiredFor, Challenges, checkRevoked } from './authenticate'
 import { FastifyJwtUsageError, OptionError, RegistrationError, type AuthError } from './errors'
 import { createResolvers, readInlineKeySet, type CachedKey } from './keys'
 import { normalizeOptions, routeRequirementsCheck, type SupabaseJwksOptions } from './options'
@@ -48,6 +48,8 @@ const NOT_HERE: Record<string, string> = {
   extractToken: 'give @fastify/jwt\'s verify.extractToken in the second argument',
   hook: 'call request.jwtVerify() in your own hook',
   legacyTokens: 'the migration window needs the plugin\'s own authenticate',
+  resourceMetadata: 'the document is served by the plugin\'s own registration, and @fastify/jwt\'s own 401s (no token, a bad signature) ' +
+    'carry no challenge to name it in: register the plugin and protect the routes OAuth clients call with its authenticate',
   tokenCache: 'the token cache needs the plugin\'s own authenticate (@fastify/jwt checks every token\'s signature here)'
 }
 
@@ -156,12 +158,12 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
     issuers.every((issuer) => pick(issuer) !== undefined) ? [...new Set(issuers.flatMap((issuer) => pick(issuer)!))] : undefined
   const allowedIss = every((issuer) => issuer.issuer)
   const allowedAud = every((issuer) => issuer.audience)
-  const { realm } = config
+  const challenges = new Challenges(config)
 
   /** The answer, with the headers Fastify sets from it. */
   function answer (log: FastifyRequest['log'], err: unknown): AuthError {
     const answered = answerFor(log, err)
-    return Object.assign(answered, { headers: answerHeaders(realm, answered) })
+    return Object.assign(answered, { headers: answerHeaders(challenges, answered) })
   }
 
   return function supabaseJwtOptions (instance) {

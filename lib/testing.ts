@@ -116,6 +116,13 @@ export interface TestIssuer {
   readonly tokenRequests: number
   /** The JWKS document served now. */
   jwks (): { keys: Array<Record<string, unknown>> }
+  /**
+   * The authorization server metadata, as Supabase Auth's OAuth 2.1 server publishes it at
+   * `${url}/.well-known/oauth-authorization-server/auth/v1` (RFC 8414) and
+   * `${issuer}/.well-known/openid-configuration` (OpenID Connect Discovery), where the issuer serves
+   * it too: for OAuth and MCP clients' discovery. It names the OAuth endpoints; the issuer does not serve them.
+   */
+  authorizationServerMetadata (): Record<string, unknown>
   close (): Promise<void>
 }
 
@@ -331,8 +338,25 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     }
   }
 
+  function authorizationServerMetadata (): Record<string, unknown> {
+    return {
+      issuer,
+      authorization_endpoint: `${issuer}/oauth/authorize`,
+      token_endpoint: `${issuer}/oauth/token`,
+      jwks_uri: `${issuer}/.well-known/jwks.json`,
+      response_types_supported: ['code'],
+      grant_types_supported: ['authorization_code', 'refresh_token'],
+      code_challenge_methods_supported: ['S256'],
+      subject_types_supported: ['public'],
+      id_token_signing_alg_values_supported: [...new Set(jwks().keys.map((key) => key.alg))]
+    }
+  }
+
   const server = createServer((request, response) => {
     const path = String(request.url).split('?')[0]
+    if (path === '/.well-known/oauth-authorization-server/auth/v1' || path === '/auth/v1/.well-known/openid-configuration') {
+      return json(response, 200, authorizationServerMetadata())
+    }
     if (path === '/auth/v1/user' && request.method === 'GET') return user(request, response)
     if (path === '/auth/v1/token' && request.method === 'POST') {
       // a client that goes away mid-body: the connection is dropped, the server goes on
@@ -436,6 +460,7 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     rotate (alg) { return addKey({ alg, current: true }) },
     respondWith (next) { responder = next },
     jwks,
+    authorizationServerMetadata,
     close () {
       server.closeAllConnections()
       return new Promise<void>((resolve) => server.close(() => resolve()))

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { expectAssignable, expectError, expectType } from 'tsd'
-import supabaseJwks, { fastifyJwtOptions, type FastifyJwtExtraOptions, type IssuerOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
+import supabaseJwks, { fastifyJwtOptions, hasScopes, type FastifyJwtExtraOptions, type IssuerOptions, type ResourceMetadataOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
 import { createTestIssuer, generateTestKey, signJwt, type SigningKey, type TestIssuer } from '../dist/testing'
 
 declare module '..' {
@@ -119,6 +119,28 @@ app.get('/me', { preHandler: app.authenticate }, async (request) => {
 })
 
 app.get('/public', { config: { supabaseJwks: false } }, async () => 'ok')
+
+// OAuth scopes and the protected-resource metadata (RFC 9728)
+app.register(supabaseJwks, {
+  supabaseUrl: 'https://abc.supabase.co',
+  require: { scope: 'mcp:tools' },
+  resourceMetadata: { resource: 'https://api.example.com/mcp', scopesSupported: ['mcp:tools'], authorizationServers: ['https://abc.supabase.co/auth/v1'] }
+})
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', require: { scope: ['read', 'write'] }, resourceMetadata: { resource: 'https://api.example.com' } })
+app.get('/tools', { preHandler: app.authenticate, config: { supabaseJwks: { scope: ['mcp:tools', 'mcp:read'] } } }, async () => 'ok')
+app.get('/any', { preHandler: app.authenticate, config: { supabaseJwks: { scope: [] } } }, async () => 'ok')
+expectError(app.get('/bad', { config: { supabaseJwks: { scope: 42 } } }, async () => 'ok'))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', require: { scopes: 'read' } }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', resourceMetadata: { scopesSupported: ['a'] } }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', resourceMetadata: { resource: 'https://api.example.com', scopesSupported: 'a' } }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', resourceMetadata: 'https://api.example.com' }))
+expectAssignable<ResourceMetadataOptions>({ resource: 'https://api.example.com' })
+expectType<string | undefined>(({} as SupabaseUser).scope)
+expectType<string | undefined>(({} as SupabaseUser).client_id)
+expectType<boolean>(hasScopes({} as SupabaseUser, 'mcp:tools'))
+expectType<boolean>(hasScopes({} as SupabaseUser, ['mcp:tools', 'read']))
+expectType<typeof hasScopes>(supabaseJwks.hasScopes)
+expectError(hasScopes({} as SupabaseUser, 42))
 
 // @fastify/jwt verifying Supabase tokens: fastifyJwtOptions gives its registration options (a function of the instance)
 expectType<(instance: FastifyInstance) => FastifyJWTOptions>(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }))
