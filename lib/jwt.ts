@@ -42,12 +42,18 @@ export type FastifyJwtExtraOptions = Omit<FastifyJWTOptions, 'secret' | 'sign' |
   }
 }
 
+/** Why only users get in here: `auth` modes other than `'user'`, and the API keys they take, are refused. */
+const API_KEYS = '@fastify/jwt verifies user tokens only: a route that lets in API keys or callers without a credential (requirement auth) ' +
+  'needs the plugin\'s own authenticate'
+
 /** The plugin's options that have no meaning here, and what to use instead. */
 const NOT_HERE: Record<string, string> = {
   cookie: 'read @supabase/ssr session cookies with the plugin\'s own authenticate (@fastify/jwt\'s cookie option reads a cookie holding the token itself)',
   extractToken: 'give @fastify/jwt\'s verify.extractToken in the second argument',
   hook: 'call request.jwtVerify() in your own hook',
   legacyTokens: 'the migration window needs the plugin\'s own authenticate',
+  publishableKeys: 'routes that take API keys (requirement auth) need the plugin\'s own authenticate',
+  secretKeys: 'routes that take API keys (requirement auth) need the plugin\'s own authenticate',
   tokenCache: 'the token cache needs the plugin\'s own authenticate (@fastify/jwt checks every token\'s signature here)'
 }
 
@@ -143,7 +149,7 @@ function refuseVerify (): never {
  * documents, but `fastify.jwt.verify()` throws FST_SUPABASE_JWKS_FASTIFY_JWT_USAGE.
  */
 export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwtExtraOptions = {}): (instance: FastifyInstance) => FastifyJWTOptions {
-  const config = normalizeOptions(options)
+  const config = normalizeOptions(options, API_KEYS)
   const unavailable = Object.keys(NOT_HERE).find((name) => (options as Record<string, unknown>)[name] !== undefined)
   if (unavailable !== undefined) fail(`${unavailable} is not available through @fastify/jwt: ${NOT_HERE[unavailable]}`)
   const extra = extraOptions(jwt)
