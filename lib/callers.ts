@@ -120,8 +120,11 @@ export function buildPlans (callers: Callers): (required: Requirements) => AuthP
 /** The user token of a request (see `TokenSource.userTokenOf`): `undefined` when there is none. */
 export type UserTokenOf = (request: FastifyRequest, apikey: unknown) => string | Promise<string | undefined> | undefined
 
-/** Verifies a user token and lets its user in (`request.user`), or throws the answer: the plugin's one path. */
-export type AcceptUser = (request: FastifyRequest, token: string, required: Requirements) => Promise<void>
+/**
+ * Verifies a user token and lets its user in (`request.user`), or throws the answer: the plugin's one
+ * path. A promise unless the user was let in at once (a token the token cache holds).
+ */
+export type AcceptUser = (request: FastifyRequest, token: string, required: Requirements) => Promise<void> | undefined
 
 /** A bearer that is an `sb_` key, whatever the scheme's case and spaces: read only to word a refusal. */
 const SB_BEARER = /^bearer +sb_/i
@@ -143,6 +146,10 @@ export function buildAdmission (userTokenOf: UserTokenOf, acceptUser: AcceptUser
     return plan.user ? new NoTokenError(`${where}, or an API key in the apikey header`) : new NoApiKeyError()
   }
 
+  function userOf (accepted: Promise<void> | undefined): SupabaseAuth | Promise<SupabaseAuth> {
+    return accepted === undefined ? USER : accepted.then(() => USER)
+  }
+
   function admitFrom (request: FastifyRequest, plan: AuthPlan, required: Requirements, apikey: unknown,
     first: number, unknownKey: boolean): SupabaseAuth | Promise<SupabaseAuth> {
     let digest: Buffer | undefined
@@ -152,11 +159,11 @@ export function buildAdmission (userTokenOf: UserTokenOf, acceptUser: AcceptUser
       if (step === USER) {
         const token = userTokenOf(request, apikey)
         if (token === undefined) continue
-        if (typeof token === 'string') return acceptUser(request, token, required).then(() => USER)
+        if (typeof token === 'string') return userOf(acceptUser(request, token, required))
         const next = i + 1
         return token.then((found) => found === undefined
           ? admitFrom(request, plan, required, apikey, next, unknownKey)
-          : acceptUser(request, found, required).then(() => USER))
+          : userOf(acceptUser(request, found, required)))
       }
       // a key mode: tried when an apikey is there; one that matches no key of the mode lets the next try
       if (apikey === undefined || apikey === '') continue
