@@ -1,5 +1,6 @@
 // Profiles one benchmark server under load: `node bench/profile.mjs plugin-rs256 [unique|hot]`.
-// PROFILE_OPTIONS='{"tokenCache":0}' passes plugin options. Writes a .cpuprofile into bench/results/ and prints the functions with the most self time.
+// PROFILE_OPTIONS='{"tokenCache":0}' passes plugin options, PROFILE_ROUTE='{"auth":"secret"}' the route's
+// requirements, PROFILE_HEADERS='{"apikey":"sb_secret_…"}' the headers of every request (instead of a bearer token). Writes a .cpuprofile into bench/results/ and prints the functions with the most self time.
 import { fork } from 'node:child_process'
 import { readdirSync, readFileSync, mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
@@ -20,14 +21,15 @@ const issuer = await createTestIssuer({ alg })
 const tokens = Array.from({ length: scenario === 'hot' ? 1 : 20000 }, (_, i) => issuer.sign({ sub: `user-${i}` }))
 const child = fork(join(here, 'server.mjs'), [variant], { execArgv: ['--cpu-prof', `--cpu-prof-dir=${dir}`], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
 const ready = new Promise((resolve) => child.once('message', resolve))
-child.send({ type: 'config', config: { alg, jwk: issuer.currentKey.jwk, issuer: issuer.issuer, jwksUrl: issuer.jwksUrl, pluginOptions: JSON.parse(process.env.PROFILE_OPTIONS ?? '{}') } })
+child.send({ type: 'config', config: { alg, jwk: issuer.currentKey.jwk, issuer: issuer.issuer, jwksUrl: issuer.jwksUrl, pluginOptions: JSON.parse(process.env.PROFILE_OPTIONS ?? '{}'), route: process.env.PROFILE_ROUTE && JSON.parse(process.env.PROFILE_ROUTE) } })
+const headers = process.env.PROFILE_HEADERS && JSON.parse(process.env.PROFILE_HEADERS)
 const { address } = await ready
 let next = 0
 const result = await autocannon({
   url: `${address}/me`,
   connections: 50,
   duration: 8,
-  requests: [{ method: 'GET', setupRequest (request) { request.headers = { authorization: `Bearer ${tokens[next++ % tokens.length]}` }; return request } }]
+  requests: [{ method: 'GET', setupRequest (request) { request.headers = headers || { authorization: `Bearer ${tokens[next++ % tokens.length]}` }; return request } }]
 })
 await new Promise((resolve) => { child.once('exit', resolve); child.send({ type: 'close' }) })
 await issuer.close()

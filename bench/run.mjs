@@ -11,7 +11,9 @@
 // plugin, jose (createRemoteJWKSet + jwtVerify), fastjwt (fast-jwt alone, one verifier per key:
 // what verification costs without @fastify/jwt's request path), fastifyjwt (@fastify/jwt registered
 // with fastifyJwtOptions, the route's preHandler `await request.jwtVerify()`: the plugin's keys and
-// checks through @fastify/jwt's request path, with no token cache).
+// checks through @fastify/jwt's request path, with no token cache), plugin-secretkey (a route with
+// auth: 'secret', called with the secret key in the apikey header) and plugin-optional (a route with
+// auth: ['user', 'none'], called without a credential): the key and optional modes, beside public.
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -22,6 +24,7 @@
 // and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
 import { execFileSync, fork } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { get } from 'node:http'
 import { availableParallelism } from 'node:os'
 import { writeFileSync, mkdirSync } from 'node:fs'
@@ -62,6 +65,8 @@ const SERVER_CORES = CORES === 2 ? '1' : `1-${CORES - 1}`
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')
 
 const UNIQUE_HOT = ['unique', 'hot']
+/** The secret key of plugin-secretkey: what its requests carry in the apikey header. */
+const SECRET_KEY = `sb_secret_${randomBytes(24).toString('base64url')}`
 const ALL = ['unique', 'hot', 'zipf']
 const VARIANTS = [
   { name: 'public', alg: 'RS256', scenarios: ALL },
@@ -81,6 +86,8 @@ const VARIANTS = [
   { name: 'plugin-tc1k-rs256', alg: 'RS256', scenarios: ['zipf'], pluginOptions: { tokenCache: 1000 } },
   { name: 'plugin-tc0-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc1k-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 1000 } },
+  { name: 'plugin-secretkey', alg: 'RS256', scenarios: ['hot'], pluginOptions: { secretKeys: SECRET_KEY }, route: { auth: 'secret' }, credential: 'apikey' },
+  { name: 'plugin-optional', alg: 'RS256', scenarios: ['hot'], route: { auth: ['user', 'none'] }, credential: 'none' },
   { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-nocache-es256', alg: 'ES256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
@@ -155,8 +162,19 @@ function ask (child, gc = false) {
   })
 }
 
-/** Loads a server for `duration` s; `cursor.next` is where in `tokens` to go on (kept across rounds, so a round never repeats the last one's tokens). */
-function load (address, tokens, duration, cursor = { next: 0 }) {
+/** What a request of each variant carries: a token as the bearer, the secret key, or nothing. */
+const CREDENTIALS = {
+  bearer: (token) => ({ authorization: `Bearer ${token}` }),
+  apikey: () => ({ apikey: SECRET_KEY }),
+  none: () => ({})
+}
+
+/**
+ * Loads a server for `duration` s; `cursor.next` is where in `tokens` to go on (kept across rounds, so
+ * a round never repeats the last one's tokens); `credential` says how a request carries it.
+ */
+function load (address, tokens, duration, cursor = { next: 0 }, credential = 'bearer') {
+  const headersOf = CREDENTIALS[credential]
   const instance = autocannon({
     url: `${address}/me`,
     connections: CONNECTIONS,
@@ -164,7 +182,7 @@ function load (address, tokens, duration, cursor = { next: 0 }) {
     requests: [{
       method: 'GET',
       setupRequest (request) {
-        request.headers = { authorization: `Bearer ${tokens[cursor.next++ % tokens.length]}` }
+        request.headers = headersOf(tokens[cursor.next++ % tokens.length])
         return request
       }
     }]
@@ -181,10 +199,9 @@ function load (address, tokens, duration, cursor = { next: 0 }) {
   })
 }
 
-/** The status of one GET /me with `token` (none when undefined), on a connection of its own. */
-function statusOf (address, token) {
+/** The status of one GET /me with `headers`, on a connection of its own. */
+function statusOf (address, headers) {
   return new Promise((resolve, reject) => {
-    const headers = token === undefined ? {} : { authorization: `Bearer ${token}` }
     get(`${address}/me`, { agent: false, headers }, (res) => {
       res.resume()
       res.once('end', () => resolve(res.statusCode))
@@ -192,11 +209,19 @@ function statusOf (address, token) {
   })
 }
 
-/** Throws unless the server answers 200 to `valid`, and 401 to `tampered` and to no token. */
+/**
+ * Throws unless the server answers 200 to `valid`, and 401 to `tampered` and to no token; in the key
+ * mode, 200 to the key and 401 to another key and to none; on the optional route, 200 to no credential.
+ */
 async function checkAnswers (server, { valid, tampered }) {
-  const got = [await statusOf(server.address, valid), await statusOf(server.address, tampered), await statusOf(server.address)]
-  if (got.join() !== '200,401,401') {
-    throw new Error(`${server.variant.name} answered ${got.join(', ')} to a valid token, a tampered one and none (expected 200, 401, 401)`)
+  const bearer = CREDENTIALS.bearer
+  const cases = server.variant.credential === 'apikey'
+    ? [['the key', { apikey: SECRET_KEY }, 200], ['another key', { apikey: `sb_secret_${randomBytes(24).toString('base64url')}` }, 401], ['none', {}, 401]]
+    : [['a valid token', bearer(valid), 200], ['a tampered one', bearer(tampered), 401], ['none', {}, server.variant.credential === 'none' ? 200 : 401]]
+  const got = []
+  for (const [, headers] of cases) got.push(await statusOf(server.address, headers))
+  if (got.join() !== cases.map(([, , status]) => status).join()) {
+    throw new Error(`${server.variant.name} answered ${got.join(', ')} to ${cases.map(([what]) => what).join(', ')} (expected ${cases.map(([, , status]) => status).join(', ')})`)
   }
 }
 
@@ -257,7 +282,7 @@ async function main () {
     for (const variant of VARIANTS) {
       if (!variant.scenarios.includes(scenario)) continue
       const key = variant.alg === 'ES256' ? es : rs
-      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions }
+      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions, route: variant.route }
       servers.push({ variant, cursor: { next: 0 }, ...(await startServer(variant, config)) })
     }
     // every verifier answers 200 to a valid token and 401 to a bad one: a variant that let every token through would measure nothing
@@ -270,7 +295,7 @@ async function main () {
       throw err
     }
     // warm-up: every server once, short, with tokens of its own (never requested again)
-    for (const server of servers) await load(server.address, warmUp[server.variant.alg], 1)
+    for (const server of servers) await load(server.address, warmUp[server.variant.alg], 1, undefined, server.variant.credential)
     return servers
   }
 
@@ -288,9 +313,9 @@ async function main () {
         // a second of the same load first, not measured: a server left idle while the others ran
         // (half a minute in a full run) has had its heap shrunk and its code aged, and would spend
         // the round's first moments getting them back, the more so the more code it runs
-        await load(server.address, tokens, WARM_UP, server.cursor)
+        await load(server.address, tokens, WARM_UP, server.cursor, server.variant.credential)
         const before = await ask(server.child)
-        const result = await load(server.address, tokens, DURATION, server.cursor)
+        const result = await load(server.address, tokens, DURATION, server.cursor, server.variant.credential)
         const after = await ask(server.child, true)
         const requests = result.requests.total
         const key = `${server.variant.name}|${scenario}`
@@ -385,6 +410,10 @@ async function main () {
     'plugin-rs256 / limit-async-rs256 (unique, reference: RSA on the pool)': ratio('plugin-rs256', 'limit-async-rs256', 'unique'),
     'plugin-rs256 / public (hot, >= 0.85)': ratio('plugin-rs256', 'public', 'hot'),
     'plugin-es256 / public (hot, >= 0.85)': ratio('plugin-es256', 'public', 'hot'),
+    'plugin-secretkey / public (a key mode, the secret key in apikey, >= 0.9)': ratio('plugin-secretkey', 'public', 'hot'),
+    'CPU plugin-secretkey / public (reference)': cpu('plugin-secretkey', 'public', 'hot'),
+    'plugin-optional / public (auth: [user, none], no credential, >= 0.95)': ratio('plugin-optional', 'public', 'hot'),
+    'CPU plugin-optional / public (reference)': cpu('plugin-optional', 'public', 'hot'),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (RS256)': ['plugin-tc0-rs256', 'plugin-tc1k-rs256', 'plugin-rs256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (ES256)': ['plugin-tc0-es256', 'plugin-tc1k-es256', 'plugin-es256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
     'heap bytes per cached token (1,000 / 10,000, RS256)': `${perEntry('plugin-tc1k-rs256', 'rs256')} / ${perEntry('plugin-rs256', 'rs256')}`,

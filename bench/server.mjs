@@ -96,7 +96,9 @@ async function main (config) {
   } else {
     throw new Error(`unknown variant ${variant}`)
   }
-  app.get('/me', preHandler ? { preHandler } : {}, async (request) => ({ sub: request.user?.sub ?? null }))
+  // a route's requirements (plugin-secretkey, plugin-optional: its auth modes)
+  const routeConfig = config.route === undefined ? {} : { config: { supabaseJwks: config.route } }
+  app.get('/me', preHandler ? { preHandler, ...routeConfig } : {}, async (request) => ({ sub: request.user?.sub ?? null }))
   const address = await app.listen({ host: '127.0.0.1', port: 0 })
   process.on('message', (message) => {
     if (message.type === 'stats') {

@@ -1,7 +1,9 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, OptionError, RouteConfigError, TokenInvalidError, isAuthError, type AuthError
+  AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, OptionError, RouteConfigError, TokenInvalidError, isAuthError, type AuthError,
+  InvalidApiKeyError, NoApiKeyError
 } from './errors'
+import { admitsOthers, buildAdmission, buildPlans, USER, type SupabaseAuth } from './callers'
 import { requirements, type Config, type Requirements } from './options'
 import type { TokenVerifier } from './verify'
 import { grants, requiredScopes } from './scope'
@@ -146,6 +148,9 @@ type User = Readonly<Record<string, unknown>>
 /** The answers given so far, by `authenticate` and `verify()` alike: tokens accepted, and refusals by code. */
 export class Answers {
   accepted = 0
+  /** Requests let in by a publishable or secret key (requirement `auth`), and by `'none'`: no token accepted. */
+  acceptedApiKeys = 0
+  acceptedNone = 0
   readonly rejected = Object.fromEntries(Object.keys(errorCodes).map((code) => [code, 0])) as Record<ErrorCode, number>
 }
 
@@ -195,11 +200,24 @@ function sources (cookieName: string | undefined, extractToken: boolean): string
   return places.length === 1 ? IN_HEADER : `${places.slice(0, -1).join(', ')} or ${places.at(-1)}`
 }
 
+/** Where a request's token comes from: `tokenOf(request)` for routes of users, and for the others (`auth`) `userTokenOf`. */
+export interface TokenSource {
+  (request: FastifyRequest): string | Promise<string>
+  /**
+   * The user token on a route that lets in other callers too: as `tokenOf`, but a bearer that is an
+   * API key (`sb_…`, or the `apikey` header's own value: supabase-js sends its key so when nobody is
+   * signed in, the legacy `anon` key too) is no user token, and none found is `undefined`, not an error.
+   */
+  userTokenOf (request: FastifyRequest, apikey: unknown): string | Promise<string | undefined> | undefined
+  /** Every place looked in, as the NO_TOKEN answer names them. */
+  where: string
+}
+
 /**
  * Takes the request's token: the `Authorization: Bearer` header when there is one; otherwise, as
  * configured, the session cookie, then `extractToken`. Without either option, the header alone.
  */
-export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRequest) => Cookies) {
+export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRequest) => Cookies): TokenSource {
   const { maxTokenLength, cookieName, extractToken } = config
   /** Every place looked in, for the NO_TOKEN answer (the cookie's name is at most 128 characters). */
   const where = sources(cookieName, extractToken !== undefined)
@@ -215,9 +233,8 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
     if (token === undefined || token === null) throw new NoTokenError(where)
     return bounded(token, maxTokenLength, where)
   }
-  return function tokenOf (request: FastifyRequest): string | Promise<string> {
-    const header = request.headers.authorization
-    if ((cookieName === undefined && extractToken === undefined) || isBearer(header)) return extractBearer(header, maxTokenLength)
+  /** The token from the session cookie, then `extractToken`, as configured. */
+  function elsewhere (request: FastifyRequest): string | Promise<string> {
     if (cookieName !== undefined) {
       const token = tokenFromSessionCookie(cookiesOf(request), cookieName)
       if (token !== undefined) return bounded(token, maxTokenLength)
@@ -225,6 +242,32 @@ export function buildTokenSource (config: Config, cookiesOf: (request: FastifyRe
     if (extractToken !== undefined) return extracted(request)
     throw new NoTokenError(where)
   }
+  function tokenOf (request: FastifyRequest): string | Promise<string> {
+    const header = request.headers.authorization
+    if ((cookieName === undefined && extractToken === undefined) || isBearer(header)) return extractBearer(header, maxTokenLength)
+    return elsewhere(request)
+  }
+  const absent = (err: unknown): undefined => {
+    if (err instanceof NoTokenError) return undefined
+    throw err
+  }
+  function userTokenOf (request: FastifyRequest, apikey: unknown): string | Promise<string | undefined> | undefined {
+    const header = request.headers.authorization
+    if (isBearer(header)) {
+      const token = extractBearer(header, maxTokenLength)
+      if (!token.startsWith('sb_') && token !== apikey) return token
+    }
+    // no exception thrown for the usual optional request (no token, nothing else configured)
+    if (cookieName === undefined && extractToken === undefined) return undefined
+    let token: string | Promise<string>
+    try {
+      token = elsewhere(request)
+    } catch (err) {
+      return absent(err)
+    }
+    return typeof token === 'string' ? token : token.catch(absent)
+  }
+  return Object.assign(tokenOf, { userTokenOf, where })
 }
 
 /** What `OptionError` puts before its detail: taken off, so that a route's answer says its own prefix. */
@@ -239,7 +282,7 @@ function routeRequirements (config: Config, request: FastifyRequest, own: unknow
   const { method, url } = request.routeOptions
   const route = `${String(method)} ${url}`
   try {
-    return { ...config.require, ...requirements(`config.supabaseJwks of ${route}`, own, config.knownIssuers) }
+    return { ...config.require, ...requirements(`config.supabaseJwks of ${route}`, own, config.knownIssuers, config.callers) }
   } catch (err) {
     // requirements() throws only OptionError: its detail, which names the route, for the log alone
     return { route, invalid: (err as Error).message.slice(OPTION_PREFIX.length) }
@@ -269,7 +312,7 @@ export function buildRequiredFor (config: Config): (request: FastifyRequest) => 
     let required = byRoute.get(routeConfig)
     if (required === undefined) {
       const merged = routeRequirements(config, request, routeConfig.supabaseJwks)
-      required = 'invalid' in merged || asksSomething(merged) ? merged : null
+      required = 'invalid' in merged || asksSomething(merged) || admitsOthers(merged.auth) ? merged : null
       byRoute.set(routeConfig, required)
       if ('invalid' in merged) {
         request.log.error({ code: 'FST_SUPABASE_JWKS_ROUTE_CONFIG', route: merged.route, reason: merged.invalid },
@@ -289,28 +332,66 @@ export function buildRequiredFor (config: Config): (request: FastifyRequest) => 
 export function answerHeaders (challenges: Challenges, err: AuthError): Record<string, string> {
   if (err instanceof KeysUnavailableError) return { 'retry-after': String((err as { retryAfter?: number }).retryAfter) }
   if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) return { 'retry-after': '1' }
-  if (err instanceof RouteConfigError) return {}
+  // an API key is no HTTP authentication scheme: nothing to challenge with
+  if (err instanceof RouteConfigError || err instanceof InvalidApiKeyError || err instanceof NoApiKeyError) return {}
   return { 'www-authenticate': challenges.of(err) }
 }
 
-/** Verifies the request's token; decorates `request.user` or throws the answer. */
-export function buildAuthenticate (config: Config, verifyToken: TokenVerifier,
-  tokenOf: (request: FastifyRequest) => string | Promise<string>, answers: Answers) {
+/**
+ * Verifies the request's token; decorates `request.user` (and `request.supabaseAuth`) or throws the
+ * answer. A route whose `auth` lets in others than users is admitted by its plan (callers.ts).
+ */
+export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, tokenOf: TokenSource, answers: Answers) {
   const challenges = new Challenges(config)
   const requiredFor = buildRequiredFor(config)
+  const planOf = buildPlans(config.callers)
+  /** The user of a route that admits others too: the same checks as below, in the same order. */
+  async function acceptChecked (request: FastifyRequest, pending: ReturnType<TokenVerifier>, required: Requirements): Promise<void> {
+    const claims = await pending
+    if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
+    await authorize(claims, request, required)
+    request.user = claims as unknown as FastifyRequest['user']
+    answers.accepted++
+  }
+  /** As `acceptChecked`, at once (no promise) for a token the cache holds when there is nothing else to ask. */
+  function acceptUser (request: FastifyRequest, token: string, required: Requirements): Promise<void> | undefined {
+    const pending = verifyToken(token)
+    if (pending instanceof Promise || config.isRevoked !== undefined || asksSomething(required)) return acceptChecked(request, pending, required)
+    request.user = pending as unknown as FastifyRequest['user']
+    answers.accepted++
+  }
+  const admit = buildAdmission(tokenOf.userTokenOf, acceptUser, tokenOf.where)
+  /** A caller let in by an API key or by `'none'`: no user. */
+  function admitOther (request: FastifyRequest, caller: SupabaseAuth): void {
+    (request as { user: unknown }).user = null
+    if (caller.mode === 'none') answers.acceptedNone++
+    else answers.acceptedApiKeys++
+  }
   return async function authenticate (request: FastifyRequest, reply: FastifyReply | undefined): Promise<void> {
     try {
       // the route first: a broken one is the app's mistake, answered alike whatever the request carries
       const required = requiredFor(request)
+      if (required !== null && required.auth !== undefined) {
+        const plan = planOf(required)
+        if (plan !== null) {
+          const admitted = admit(request, plan, required)
+          const caller = admitted instanceof Promise ? await admitted : admitted
+          if (caller !== USER) admitOther(request, caller)
+          request.supabaseAuth = caller
+          return
+        }
+      }
       const source = tokenOf(request)
       const pending = verifyToken(typeof source === 'string' ? source : await source)
       const claims = pending instanceof Promise ? await pending : pending
       if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
       if (required !== null) await authorize(claims, request, required)
       request.user = claims as unknown as FastifyRequest['user']
+      request.supabaseAuth = USER
       answers.accepted++
     } catch (error) {
       (request as { user: unknown }).user = null
+      request.supabaseAuth = null
       const err = answerFor(request.log, error)
       answers.rejected[err.code]++
       request.log.debug({ code: err.code, reason: err.message }, 'supabase-jwks: token rejected')

@@ -71,6 +71,18 @@ export const KeysUnavailableError = createError(
 export const AuthUnavailableError = createError(
   'FST_SUPABASE_JWKS_AUTH_UNAVAILABLE', 'Supabase Auth cannot check this legacy token now: %s', 503)
 
+/**
+ * A route that lets in API keys (requirement `auth`: `'publishable'`, `'secret'`, a named key) got
+ * an `apikey` header that matches none of the keys of its modes: 401, without a challenge (an API
+ * key is no HTTP authentication scheme). The message never repeats the key.
+ */
+export const InvalidApiKeyError = createError(
+  'FST_SUPABASE_JWKS_INVALID_API_KEY', 'Invalid API key: the apikey header holds no key this route accepts', 401)
+
+/** A route that lets in API keys only (no `'user'`, no `'none'` among its `auth` modes) got no `apikey` header: 401, without a challenge. */
+export const NoApiKeyError = createError(
+  'FST_SUPABASE_JWKS_NO_API_KEY', 'Missing API key in the apikey header', 401)
+
 /** A bad plugin option: registration fails and `ready()` rejects with it. */
 export const OptionError = createError(
   'FST_SUPABASE_JWKS_OPTION', 'Invalid fastify-supabase-jwks option: %s', 500)
@@ -112,7 +124,9 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_REVOCATION_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503,
-  FST_SUPABASE_JWKS_ROUTE_CONFIG: 500
+  FST_SUPABASE_JWKS_ROUTE_CONFIG: 500,
+  FST_SUPABASE_JWKS_INVALID_API_KEY: 401,
+  FST_SUPABASE_JWKS_NO_API_KEY: 401
 } as const
 
 export type ErrorCode = keyof typeof errorCodes

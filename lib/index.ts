@@ -13,6 +13,7 @@ import { createTokenVerifier } from './verify'
 import { fastifyJwtOptions, type FastifyJwtExtraOptions } from './jwt'
 import { resourceMetadataRoutes } from './resource-metadata'
 import { hasScopes } from './scope'
+import type { AuthMode, SupabaseAuth } from './callers'
 
 /** How many failed issuers a failed refresh() names. */
 const MAX_NAMED = 3
@@ -87,6 +88,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     })
   }
   fastify.decorate('authenticate', authenticate)
+  // who called (requirement auth): the plugin's own name, set by authenticate, null until then
+  fastify.decorateRequest('supabaseAuth', null)
   fastify.decorate('supabaseJwks', {
     verify: async (token: string) => {
       try {
@@ -113,6 +116,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       tokenCacheHits: tokens.hits,
       tokenCacheMisses: tokens.misses,
       accepted: answers.accepted,
+      acceptedApiKeys: answers.acceptedApiKeys,
+      acceptedNone: answers.acceptedNone,
       rejected: { ...answers.rejected },
       ...legacy?.stats()
     })
@@ -136,7 +141,7 @@ Object.assign(fastifySupabaseJwks, { fastifyJwtOptions, hasScopes })
 
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
-  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements, ResourceMetadataOptions }
+  export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements, ResourceMetadataOptions, AuthMode, SupabaseAuth }
   /**
    * What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on.
    * With the `issuers` option, the key fields add up every issuer's (see `issuers` for each).
@@ -157,6 +162,10 @@ declare namespace fastifySupabaseJwks {
     tokenCacheMisses: number
     /** Tokens accepted so far, by `authenticate` (route requirements met) and `verify()`. */
     accepted: number
+    /** Requests let in by a publishable or secret key so far (requirement `auth`): not counted in `accepted`. */
+    acceptedApiKeys: number
+    /** Requests let in with no credential by the mode `'none'` so far (requirement `auth`): not counted in `accepted`. */
+    acceptedNone: number
     /** Refusals so far by code (every code present, from 0), by `authenticate` and `verify()`. */
     rejected: Record<ErrorCode, number>
   }
@@ -221,6 +230,15 @@ declare module 'fastify' {
     /** Verifies the bearer token: use as a route's `preHandler` (or `onRequest`). */
     authenticate: fastifySupabaseJwks.Authenticate
     supabaseJwks: fastifySupabaseJwks.SupabaseJwksDecorator
+  }
+  interface FastifyRequest {
+    /**
+     * Who called, once `authenticate` let the request in: `{ mode: 'user' }` (then `request.user` holds
+     * the claims), `{ mode: 'publishable' | 'secret', keyName }` or `{ mode: 'none' }` (then
+     * `request.user` is `null`) on routes whose requirement `auth` admits them. `null` before
+     * `authenticate` ran, after it refused, and on routes it does not guard.
+     */
+    supabaseAuth: fastifySupabaseJwks.SupabaseAuth | null
   }
   interface FastifyContextConfig {
     /**

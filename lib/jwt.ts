@@ -42,6 +42,10 @@ export type FastifyJwtExtraOptions = Omit<FastifyJWTOptions, 'secret' | 'sign' |
   }
 }
 
+/** Why only users get in here: `auth` modes other than `'user'`, and the API keys they take, are refused. */
+const API_KEYS = '@fastify/jwt verifies user tokens only: a route that lets in API keys or callers without a credential (requirement auth) ' +
+  'needs the plugin\'s own authenticate'
+
 /** The plugin's options that have no meaning here, and what to use instead. */
 const NOT_HERE: Record<string, string> = {
   cookie: 'read @supabase/ssr session cookies with the plugin\'s own authenticate (@fastify/jwt\'s cookie option reads a cookie holding the token itself)',
@@ -50,6 +54,8 @@ const NOT_HERE: Record<string, string> = {
   legacyTokens: 'the migration window needs the plugin\'s own authenticate',
   resourceMetadata: 'the document is served by the plugin\'s own registration, and @fastify/jwt\'s own 401s (no token, a bad signature) ' +
     'carry no challenge to name it in: register the plugin and protect the routes OAuth clients call with its authenticate',
+  publishableKeys: 'routes that take API keys (requirement auth) need the plugin\'s own authenticate',
+  secretKeys: 'routes that take API keys (requirement auth) need the plugin\'s own authenticate',
   tokenCache: 'the token cache needs the plugin\'s own authenticate (@fastify/jwt checks every token\'s signature here)'
 }
 
@@ -145,7 +151,7 @@ function refuseVerify (): never {
  * documents, but `fastify.jwt.verify()` throws FST_SUPABASE_JWKS_FASTIFY_JWT_USAGE.
  */
 export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwtExtraOptions = {}): (instance: FastifyInstance) => FastifyJWTOptions {
-  const config = normalizeOptions(options)
+  const config = normalizeOptions(options, API_KEYS)
   // keys given inline are judged here too: thrown from the function Fastify calls below, a refusal would escape the registration
   for (const issuer of config.issuers) if (issuer.jwks !== undefined) readInlineKeySet(issuer.jwks, issuer.algorithms)
   const unavailable = Object.keys(NOT_HERE).find((name) => (options as Record<string, unknown>)[name] !== undefined)

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import { expectAssignable, expectError, expectType } from 'tsd'
-import supabaseJwks, { fastifyJwtOptions, hasScopes, type FastifyJwtExtraOptions, type IssuerOptions, type ResourceMetadataOptions, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
+import supabaseJwks, { fastifyJwtOptions, hasScopes, type AuthMode, type FastifyJwtExtraOptions, type IssuerOptions, type ResourceMetadataOptions, type SupabaseAuth, type SupabaseJwksOptions, type SupabaseUser, type KeyStats } from '..'
 import { createTestIssuer, generateTestKey, signJwt, type SigningKey, type TestIssuer } from '../dist/testing'
 
 declare module '..' {
@@ -141,6 +141,27 @@ expectType<boolean>(hasScopes({} as SupabaseUser, 'mcp:tools'))
 expectType<boolean>(hasScopes({} as SupabaseUser, ['mcp:tools', 'read']))
 expectType<typeof hasScopes>(supabaseJwks.hasScopes)
 expectError(hasScopes({} as SupabaseUser, 42))
+
+// who may call a route (auth): API keys by set, one or named; modes alone or in a list
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', publishableKeys: 'sb_publishable_x', secretKeys: { default: 'sb_secret_x', cron: 'sb_secret_y' } })
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', secretKeys: { cron: 'sb_secret_y' }, require: { auth: ['user', 'secret:cron'] } })
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', secretKeys: 42 }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', publishableKeys: ['sb_publishable_x'] }))
+expectAssignable<AuthMode[]>(['user', 'publishable', 'secret', 'none', 'publishable:web', 'secret:*'])
+expectError(app.get('/x', { config: { supabaseJwks: { auth: 'public' } } }, async () => 'ok'))
+expectError(app.get('/x', { config: { supabaseJwks: { auth: ['user', 'anyone'] } } }, async () => 'ok'))
+expectType<number>(app.supabaseJwks.stats().acceptedApiKeys)
+expectType<number>(app.supabaseJwks.stats().acceptedNone)
+expectType<number>(app.supabaseJwks.stats().rejected.FST_SUPABASE_JWKS_INVALID_API_KEY)
+app.get('/feed', { preHandler: app.authenticate, config: { supabaseJwks: { auth: ['user', 'secret', 'none'] } } }, async (request) => {
+  expectType<SupabaseAuth | null>(request.supabaseAuth)
+  // a mixed route narrows by mode: the user only in 'user', the key's name only in a key mode
+  const user = request.supabaseAuth?.mode === 'user' ? request.user : null
+  expectType<SupabaseUser | null>(user)
+  if (request.supabaseAuth?.mode === 'secret') expectType<string>(request.supabaseAuth.keyName)
+  if (request.supabaseAuth?.mode === 'none') expectError(request.supabaseAuth.keyName)
+  return user?.sub ?? null
+})
 
 // @fastify/jwt verifying Supabase tokens: fastifyJwtOptions gives its registration options (a function of the instance)
 expectType<(instance: FastifyInstance) => FastifyJWTOptions>(fastifyJwtOptions({ supabaseUrl: 'https://abc.supabase.co' }))
