@@ -90,10 +90,23 @@ function checkKey (option: string, name: string, key: unknown, set: KeySetName):
   return key
 }
 
+/**
+ * Whether a name or a mode as written could be a key put in its place (an `sb_` key, or a legacy
+ * JWT key): a refusal then never repeats it.
+ */
+export function looksLikeKey (text: string): boolean {
+  return text.startsWith('sb_') || text.startsWith('eyJ')
+}
+
 /** A key's name: what `request.supabaseAuth.keyName` and the modes `'secret:<name>'` say. */
 function checkName (option: string, name: string): void {
+  if (looksLikeKey(name)) {
+    fail(`${option} has a key name that looks like an API key (it is not repeated here): a name is a label such as default or cron, ` +
+      'and the key its value ({ cron: process.env.CRON_SECRET_KEY })')
+  }
   if (name === '' || name === '*' || name.includes(':') || name.length > MAX_KEY_NAME_LENGTH) {
-    fail(`${option} has a key named ${JSON.stringify(name.slice(0, MAX_KEY_NAME_LENGTH + 1))}: a name is 1 to ${MAX_KEY_NAME_LENGTH} characters, ` +
+    const shown = name.length > MAX_KEY_NAME_LENGTH ? `named with ${name.length} characters` : `named ${JSON.stringify(name)}`
+    fail(`${option} has a key ${shown}: a name is 1 to ${MAX_KEY_NAME_LENGTH} characters, ` +
       'without \':\', and not \'*\' (which stands for any key of the set)')
   }
 }

@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import { DEFAULT_KEY_NAME, matchKey, presentedDigest, type ApiKey, type Callers, type KeyCaller, type KeySetName } from './api-keys'
+import { DEFAULT_KEY_NAME, looksLikeKey, matchKey, presentedDigest, type ApiKey, type Callers, type KeyCaller, type KeySetName } from './api-keys'
 import { InvalidApiKeyError, MalformedTokenError, NoApiKeyError, NoTokenError, OptionError } from './errors'
 import type { Requirements } from './options'
 
@@ -68,6 +68,10 @@ type Parsed = typeof USER | typeof NONE | { readonly mode: string, readonly set:
 /** One mode, read: refused when it is none of the forms. */
 function parseMode (name: string, mode: unknown): Parsed {
   if (mode === 'user') return USER
+  if (typeof mode === 'string' && looksLikeKey(mode.slice(mode.indexOf(':') + 1))) {
+    fail(`${name} has a mode that looks like an API key (it is not repeated here): a mode names keys by their name in ` +
+      'publishableKeys or secretKeys (\'secret:cron\'), never the key itself')
+  }
   if (mode === 'none') return NONE
   if (typeof mode === 'string') {
     const colon = mode.indexOf(':')

@@ -99,7 +99,7 @@ export interface Requirements {
    * 403 whose challenge names them (`error="insufficient_scope", scope="..."`). `[]` asks nothing
    * (to relax a `require` default).
    */
-  scope?: string | string[]
+  scope?: string | readonly string[]
   /**
    * Who may call the route: one mode, or a list tried in order (the first credential present
    * decides). `'user'` (the default): a user's access token. `'publishable'` / `'secret'`: the key
@@ -107,7 +107,7 @@ export interface Requirements {
    * named key, `'secret:*'` any key of the set (the same for `publishable`). `'none'`: anyone (last in
    * a list: `['user', 'none']` is optional authentication). The other requirements apply to users only.
    */
-  auth?: AuthMode | AuthMode[]
+  auth?: AuthMode | readonly AuthMode[]
 }
 
 /**
@@ -609,6 +609,11 @@ function resourceMetadataOption (value: unknown, known: ReadonlySet<string>): Re
   if (url.search || (given.resource as string).includes('?')) fail('resourceMetadata.resource must not carry a query string: the metadata document\'s URL is made from its path (RFC 9728 §3.1)')
   if (!RESOURCE_PATH.test(url.pathname)) {
     fail(`resourceMetadata.resource has a path (${url.pathname}) with characters other than letters, digits, -, ., _, ~ and /: the path becomes a route of the server`)
+  }
+  // the document's resource must be the identifier clients compare (RFC 9728 §3.3), and the challenges name its normalized form
+  const written = given.resource as string
+  if (url.href !== written && url.href !== `${written}/`) {
+    fail(`resourceMetadata.resource must be written in its normal form, as clients compare it (RFC 9728 §3.3): ${url.href}`)
   }
   const path = url.pathname === '/' ? '' : url.pathname
   let scopesSupported: string[] | undefined

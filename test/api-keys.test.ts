@@ -35,7 +35,12 @@ t.test('keys are refused at registration when they cannot be real API keys, with
     [{ secretKeys: { '': SECRET } }, /secretKeys has a key named "": a name is 1 to 64 characters, without ':', and not '\*'/, SECRET],
     [{ secretKeys: { 'a:b': SECRET } }, /secretKeys has a key named "a:b"/, SECRET],
     [{ secretKeys: { '*': SECRET } }, /secretKeys has a key named "\*"/, SECRET],
-    [{ secretKeys: { ['n'.repeat(65)]: SECRET } }, /a name is 1 to 64 characters/, SECRET],
+    [{ secretKeys: { ['n'.repeat(65)]: SECRET } }, /secretKeys has a key named with 65 characters: a name is 1 to 64 characters/, 'n'.repeat(65)],
+    // a key put where its name belongs, or in a mode: never repeated
+    [{ secretKeys: { [SECRET]: 'cron' } }, /secretKeys has a key name that looks like an API key \(it is not repeated here\)/, SECRET],
+    [{ publishableKeys: { [legacyKey('anon')]: PUBLISHABLE } }, /publishableKeys has a key name that looks like an API key/, 'eyJ'],
+    [{ secretKeys: SECRET, require: { auth: SECRET } }, /require.auth has a mode that looks like an API key \(it is not repeated here\)/, SECRET],
+    [{ secretKeys: SECRET, require: { auth: ['user', `secret:${SECRET}`] } }, /require.auth has a mode that looks like an API key/, SECRET],
     [{ secretKeys: 'x'.repeat(MAX_API_KEY_LENGTH + 1) }, /secretKeys.default is longer than any API key \(over 1024 characters\)/, 'x'.repeat(40)],
     [{ secretKeys: `${SECRET}\n` }, /secretKeys.default holds whitespace or a character outside printable ASCII \(a newline read from a file\?\)/, SECRET],
     [{ secretKeys: `${SECRET}é` }, /outside printable ASCII/, SECRET],

@@ -261,16 +261,18 @@ t.test('a token the token cache holds is let in at once, and a route\'s requirem
     ['/members', { auth: optional, anonymous: false }, 403],
     ['/checked', { auth: optional, check: (user) => user.email === 'ada@example.com' }, 403],
     ['/elsewhere', { auth: optional, issuers: [issuer.issuer] }, 200],
-    ['/mfa', { auth: optional, aal: 'aal2' }, 403]
+    ['/mfa', { auth: optional, aal: 'aal2' }, 403],
+    ['/scoped', { auth: optional, scope: 'mcp:tools' }, 403],
+    ['/read', { auth: optional, scope: 'read' }, 200]
   ]
   for (const [url, supabaseJwks] of routes) app.get(url, { preHandler: app.authenticate, config: { supabaseJwks } }, async (request) => whoCalled(request))
-  const token = issuer.sign({ sub: 'ada', is_anonymous: true, email: 'someone@example.com', aal: 'aal1' })
+  const token = issuer.sign({ sub: 'ada', is_anonymous: true, email: 'someone@example.com', aal: 'aal1', scope: 'read' })
   // the third time a token comes, it is answered from the token cache
   for (let i = 0; i < 3; i++) {
     for (const [url, , status] of routes) t.equal((await app.inject({ url, headers: bearer(token) })).statusCode, status, `${url}, time ${i + 1}`)
   }
   t.ok(app.supabaseJwks.stats().tokenCacheHits >= routes.length, 'the last round came from the token cache')
-  t.equal(app.supabaseJwks.stats().accepted, 6)
+  t.equal(app.supabaseJwks.stats().accepted, 9)
 })
 
 t.test('isRevoked applies to users only, and a revoked token is not let in as none', async (t) => {

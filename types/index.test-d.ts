@@ -212,3 +212,8 @@ async function issuerTypes (): Promise<void> {
   expectError(signJwt({ alg: 'HS256' }, { sub: 'u' }, 42))
 }
 issuerTypes().catch(() => {})
+
+// requirements take readonly lists (`as const`)
+const ownerModes = ['user', 'secret:cron'] as const
+const toolScopes = ['mcp:tools', 'mcp:read'] as const
+expectAssignable<supabaseJwks.Requirements>({ auth: ownerModes, scope: toolScopes })
