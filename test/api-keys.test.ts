@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import supabaseJwks, { fastifyJwtOptions } from '../lib/index'
 import { apiKeys, matchKey, MAX_API_KEY_LENGTH, presentedDigest } from '../lib/api-keys'
-import { issuerFor, registrationError } from './fixtures/helpers'
+import { appWithEarlyRoute, issuerFor, registrationError } from './fixtures/helpers'
 
 /*
  * The options publishableKeys and secretKeys: what registration refuses (never repeating a key),
@@ -160,12 +160,7 @@ t.test('@fastify/jwt verifies users only: API keys and modes that let others in 
 
 t.test('a route declared before the plugin with an auth naming no configured key: a coded 500', async (t) => {
   const issuer = await issuerFor(t)
-  const app = Fastify()
-  t.teardown(() => app.close())
-  app.register(async function early (child) {
-    child.get('/early', { config: { supabaseJwks: { auth: 'secret:cron' } }, preHandler: (request, reply) => app.authenticate(request, reply) }, async () => 'ok')
-  })
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false, secretKeys: SECRET })
+  const app = await appWithEarlyRoute(t, { auth: 'secret:cron' }, { supabaseUrl: issuer.url, secretKeys: SECRET })
   const response = await app.inject({ url: '/early', headers: { apikey: SECRET } })
   t.same([response.statusCode, response.json().code], [500, 'FST_SUPABASE_JWKS_ROUTE_CONFIG'])
 })

@@ -2,7 +2,7 @@ import t from 'tap'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import fastifyAuth from '@fastify/auth'
 import supabaseJwks from '../lib/index'
-import { codeOf, getMe, issuerFor, registrationError } from './fixtures/helpers'
+import { codeOf, getMe, appWithEarlyRoute, issuerFor, registrationError } from './fixtures/helpers'
 
 const FORBIDDEN = 'Bearer realm="api", error="insufficient_scope", error_description="The token does not grant access to this route"'
 
@@ -94,12 +94,7 @@ t.test('bad requirements are refused: in the option at registration, on a route 
 
 t.test('a route declared before the plugin still gets its requirements (checked on its first request)', async (t) => {
   const issuer = await issuerFor(t)
-  const app = Fastify()
-  t.teardown(() => app.close())
-  app.register(async function early (child) {
-    child.get('/early', { config: { supabaseJwks: { aal: 'aal2' } }, preHandler: (request, reply) => app.authenticate(request, reply) }, async () => 'ok')
-  })
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
+  const app = await appWithEarlyRoute(t, { aal: 'aal2' }, { supabaseUrl: issuer.url })
   const response = await app.inject({ url: '/early', headers: { authorization: `Bearer ${issuer.sign({ aal: 'aal1' })}` } })
   t.equal(response.statusCode, 403)
 })

@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import supabaseJwks, { fastifyJwtOptions, hasScopes } from '../lib/index'
 import { grants } from '../lib/scope'
-import { codeOf, issuerFor, registrationError } from './fixtures/helpers'
+import { codeOf, appWithEarlyRoute, issuerFor, registrationError } from './fixtures/helpers'
 
 /*
  * The `scope` requirement: every scope a route lists must be in the token's space-delimited `scope`
@@ -121,12 +121,7 @@ t.test('bad scope requirements are refused: in require at registration, on a rou
 
 t.test('a route declared before the plugin gets its scope requirement on its first request', async (t) => {
   const issuer = await issuerFor(t)
-  const app = Fastify()
-  t.teardown(() => app.close())
-  app.register(async function early (child) {
-    child.get('/early', { config: { supabaseJwks: { scope: 'early' } }, preHandler: (request, reply) => app.authenticate(request, reply) }, async () => 'ok')
-  })
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false })
+  const app = await appWithEarlyRoute(t, { scope: 'early' }, { supabaseUrl: issuer.url })
   const call = (scope: string) => app.inject({ url: '/early', headers: { authorization: `Bearer ${issuer.sign({ scope })}` } })
   t.equal((await call('late')).statusCode, 403)
   t.equal((await call('late')).headers['www-authenticate'], challengeOf('early'))
