@@ -10,6 +10,15 @@ import { grants, requiredScopes } from './scope'
 import { tokenFromSessionCookie } from './cookie'
 import type { SupabaseUser } from './index'
 
+/**
+ * The access token that authenticated the request (from the header, the session cookie or
+ * `extractToken`): what `request.supabase` sends on the caller's behalf. `null` otherwise.
+ */
+export const kAccessToken = Symbol('fastify-supabase-jwks.accessToken')
+
+/** A request as `authenticate` leaves it: the verified caller's token beside `request.user`. */
+type WithToken = FastifyRequest & { [kAccessToken]: string | null }
+
 /** Where a request's token was looked for, named in the NO_TOKEN answer: the header alone unless configured. */
 export const IN_HEADER = 'the Authorization header'
 
@@ -346,24 +355,27 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, t
   const requiredFor = buildRequiredFor(config)
   const planOf = buildPlans(config.callers)
   /** The user of a route that admits others too: the same checks as below, in the same order. */
-  async function acceptChecked (request: FastifyRequest, pending: ReturnType<TokenVerifier>, required: Requirements): Promise<void> {
+  async function acceptChecked (request: FastifyRequest, token: string, pending: ReturnType<TokenVerifier>, required: Requirements): Promise<void> {
     const claims = await pending
     if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
     await authorize(claims, request, required)
-    request.user = claims as unknown as FastifyRequest['user']
+    request.user = claims as unknown as FastifyRequest['user'];
+    (request as WithToken)[kAccessToken] = token
     answers.accepted++
   }
   /** As `acceptChecked`, at once (no promise) for a token the cache holds when there is nothing else to ask. */
   function acceptUser (request: FastifyRequest, token: string, required: Requirements): Promise<void> | undefined {
     const pending = verifyToken(token)
-    if (pending instanceof Promise || config.isRevoked !== undefined || asksSomething(required)) return acceptChecked(request, pending, required)
-    request.user = pending as unknown as FastifyRequest['user']
+    if (pending instanceof Promise || config.isRevoked !== undefined || asksSomething(required)) return acceptChecked(request, token, pending, required)
+    request.user = pending as unknown as FastifyRequest['user'];
+    (request as WithToken)[kAccessToken] = token
     answers.accepted++
   }
   const admit = buildAdmission(tokenOf.userTokenOf, acceptUser, tokenOf.where)
   /** A caller let in by an API key or by `'none'`: no user. */
   function admitOther (request: FastifyRequest, caller: SupabaseAuth): void {
-    (request as { user: unknown }).user = null
+    (request as { user: unknown }).user = null;
+    (request as WithToken)[kAccessToken] = null
     if (caller.mode === 'none') answers.acceptedNone++
     else answers.acceptedApiKeys++
   }
@@ -382,15 +394,18 @@ export function buildAuthenticate (config: Config, verifyToken: TokenVerifier, t
         }
       }
       const source = tokenOf(request)
-      const pending = verifyToken(typeof source === 'string' ? source : await source)
+      const token = typeof source === 'string' ? source : await source
+      const pending = verifyToken(token)
       const claims = pending instanceof Promise ? await pending : pending
       if (config.isRevoked !== undefined) await checkRevoked(config, claims, request, request.log)
       if (required !== null) await authorize(claims, request, required)
-      request.user = claims as unknown as FastifyRequest['user']
+      request.user = claims as unknown as FastifyRequest['user'];
+      (request as WithToken)[kAccessToken] = token
       request.supabaseAuth = USER
       answers.accepted++
     } catch (error) {
-      (request as { user: unknown }).user = null
+      (request as { user: unknown }).user = null;
+      (request as WithToken)[kAccessToken] = null
       request.supabaseAuth = null
       const err = answerFor(request.log, error)
       answers.rejected[err.code]++

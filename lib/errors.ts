@@ -109,6 +109,36 @@ export const RouteConfigError = createError(
 export const FastifyJwtUsageError = createError(
   'FST_SUPABASE_JWKS_FASTIFY_JWT_USAGE', 'This @fastify/jwt registration cannot verify a Supabase token here: %s', 500)
 
+/**
+ * `request.sql` or `request.supabase` cannot act as this caller: a token whose `role` is `service_role`
+ * or any role but `authenticated` and `anon`, or a secret-key caller. Refused, never downgraded (a wrong
+ * role returns zero rows, which nobody can debug): 403.
+ */
+export const UnsupportedRoleError = createError(
+  'FST_SUPABASE_JWKS_UNSUPPORTED_ROLE', 'This caller cannot act on the database as itself: %s', 403)
+
+/**
+ * `request.sql` could not get a connection in time (the pool is busy or its wait list is full), or
+ * PostgreSQL cannot be reached or ended the connection: 503 with `Retry-After: 1`.
+ */
+export const DatabaseUnavailableError = createError(
+  'FST_SUPABASE_JWKS_DATABASE_UNAVAILABLE', 'The database is temporarily unavailable: %s', 503)
+
+/**
+ * `request.sql` or `request.supabase` used where it cannot act as the caller: on a route `authenticate`
+ * does not guard, before it ran, without the option it needs, or with SQL that would leave its
+ * transaction. The app's mistake: 500, and nothing runs as anybody.
+ */
+export const ActingUsageError = createError(
+  'FST_SUPABASE_JWKS_USAGE', '%s', 500)
+
+/** The codes the handler's `request.sql` and `request.supabase` can throw (not answered by `authenticate`). */
+export const actingErrorCodes = {
+  FST_SUPABASE_JWKS_UNSUPPORTED_ROLE: 403,
+  FST_SUPABASE_JWKS_DATABASE_UNAVAILABLE: 503,
+  FST_SUPABASE_JWKS_USAGE: 500
+} as const
+
 /** The codes a request can be answered with, and their HTTP statuses. */
 export const errorCodes = {
   FST_SUPABASE_JWKS_NO_TOKEN: 401,

@@ -2,7 +2,7 @@
 /// <reference types="@fastify/jwt" preserve="true" />
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, type Cookies } from './authenticate'
+import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, kAccessToken, type Cookies } from './authenticate'
 import { KeysUnavailableError, RegistrationError, errorCodes as codes } from './errors'
 import { combineStats, createResolvers, type KeyStats, type KeysUnavailable } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
@@ -14,6 +14,9 @@ import { fastifyJwtOptions, type FastifyJwtExtraOptions } from './jwt'
 import { resourceMetadataRoutes } from './resource-metadata'
 import { hasScopes } from './scope'
 import type { AuthMode, SupabaseAuth } from './callers'
+import { registerSql, type Sql, type SqlStatements, type SqlRows, type SqlIdentifier } from './sql'
+import type { PostgresOptions, SqlPool, SqlPoolClient, SupabaseClientOptions } from './acting-options'
+import { registerSupabaseClients } from './supabase-client'
 
 /** How many failed issuers a failed refresh() names. */
 const MAX_NAMED = 3
@@ -90,6 +93,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   fastify.decorate('authenticate', authenticate)
   // who called (requirement auth): the plugin's own name, set by authenticate, null until then
   fastify.decorateRequest('supabaseAuth', null)
+  fastify.decorateRequest(kAccessToken, null)
+  // acting as the caller: only what is configured is decorated
+  if (config.postgres !== undefined) registerSql(fastify, config.postgres)
+  if (config.supabase !== undefined || config.issuers.some((issuer) => issuer.supabase !== undefined)) registerSupabaseClients(fastify, config)
   fastify.decorate('supabaseJwks', {
     verify: async (token: string) => {
       try {
@@ -142,6 +149,29 @@ Object.assign(fastifySupabaseJwks, { fastifyJwtOptions, hasScopes })
 declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
   export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements, ResourceMetadataOptions, AuthMode, SupabaseAuth }
+  export type { PostgresOptions, SqlPool, SqlPoolClient, SupabaseClientOptions, Sql, SqlStatements, SqlRows, SqlIdentifier }
+  /**
+   * Your supabase-js client type, by declaration merging, so that `request.supabase` and
+   * `fastify.supabaseAdmin` are typed with your project's `Database` types:
+   * ```ts
+   * import type { SupabaseClient } from '@supabase/supabase-js'
+   * declare module 'fastify-supabase-jwks' {
+   *   interface SupabaseTypes { client: SupabaseClient<Database> }
+   * }
+   * ```
+   * Without it they are `SupabaseClientLike`: the plugin's types do not require supabase-js.
+   */
+  export interface SupabaseTypes {}
+  /** What `request.supabase` is typed as until `SupabaseTypes` gives your client type. */
+  export interface SupabaseClientLike {
+    from (relation: string): unknown
+    rpc (fn: string, args?: object, options?: object): unknown
+    schema (schema: string): unknown
+    readonly storage: unknown
+    readonly functions: unknown
+  }
+  /** `request.supabase`'s type: `SupabaseTypes['client']` when merged, else `SupabaseClientLike`. */
+  export type SupabaseClientType = SupabaseTypes extends { client: infer Client } ? Client : SupabaseClientLike
   /**
    * What `fastify.supabaseJwks.stats()` returns; the legacy counts only while `legacyTokens` is on.
    * With the `issuers` option, the key fields add up every issuer's (see `issuers` for each).
@@ -230,6 +260,11 @@ declare module 'fastify' {
     /** Verifies the bearer token: use as a route's `preHandler` (or `onRequest`). */
     authenticate: fastifySupabaseJwks.Authenticate
     supabaseJwks: fastifySupabaseJwks.SupabaseJwksDecorator
+    /**
+     * A supabase-js client with the secret key (option `supabase.secretKey`): it bypasses Row Level
+     * Security, so every use is written where it can be seen. Only on the instance, never per request.
+     */
+    supabaseAdmin: fastifySupabaseJwks.SupabaseClientType
   }
   interface FastifyRequest {
     /**
@@ -239,6 +274,19 @@ declare module 'fastify' {
      * `authenticate` ran, after it refused, and on routes it does not guard.
      */
     supabaseAuth: fastifySupabaseJwks.SupabaseAuth | null
+    /**
+     * A supabase-js client as the caller (option `supabase`): the caller's verified access token and the
+     * publishable key, so PostgREST, Storage and RPC calls run under Row Level Security as that user; the
+     * anonymous client on a route where no user authenticated. Made when first read; never holds the
+     * secret key, never persists or refreshes a session.
+     */
+    readonly supabase: fastifySupabaseJwks.SupabaseClientType
+    /**
+     * SQL as the caller under Row Level Security (option `postgres`): `` await request.sql`select * from
+     * notes where id = ${id}` `` runs in a transaction with the role (`authenticated`, or `anon` with no
+     * user) and the claims set as PostgREST sets them.
+     */
+    readonly sql: fastifySupabaseJwks.Sql
   }
   interface FastifyContextConfig {
     /**

@@ -1,0 +1,319 @@
+/*
+ * request.sql: SQL as the caller, under Row Level Security. Each statement (or each transaction()) runs
+ * in a transaction that sets the role and the claims transaction-locally, as PostgREST does
+ * (`set_config('role', ..., true)`, `set_config('request.jwt.claims', ..., true)`), so `auth.uid()`,
+ * `auth.jwt()` and the project's policies apply, and nothing of the caller stays on the pooled
+ * connection once it ends. Three round trips per statement: BEGIN with the setup, the statement (always
+ * the extended protocol: one statement, every value a bind parameter), COMMIT with a check that the
+ * connection is back to the pool's own role and claims; a connection that is not, or whose ROLLBACK
+ * failed, is destroyed, never returned.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { ActingUsageError, DatabaseUnavailableError, UnsupportedRoleError } from './errors'
+import type { PostgresConfig, SqlPool, SqlPoolClient } from './acting-options'
+
+/** Rows of a statement, and how many rows it touched (`rowCount`: an UPDATE's or DELETE's too). */
+export type SqlRows<Row> = Row[] & { rowCount: number | null }
+
+/** An identifier checked against an allowlist by `sql.ident()`: the one thing a template inlines. */
+export class SqlIdentifier {
+  readonly #quoted: string
+  /** @internal made by `sql.ident()` only */
+  constructor (quoted: string) {
+    this.#quoted = quoted
+  }
+
+  toString (): string {
+    return this.#quoted
+  }
+}
+
+/** SQL as one caller: a statement per call, each in a transaction of its own. */
+export interface SqlStatements {
+  /** `` sql`select * from notes where id = ${id}` ``: every value a bind parameter (`$1`), but `sql.ident()`'s. */
+  <Row = Record<string, unknown>>(strings: TemplateStringsArray, ...values: unknown[]): Promise<SqlRows<Row>>
+  /** A statement built as text, with its parameters (`$1`...): one statement, never several. */
+  raw<Row = Record<string, unknown>>(text: string, params?: readonly unknown[]): Promise<SqlRows<Row>>
+  /** An identifier (a column, a table) taken only if `allowed` lists it exactly, then quoted. */
+  ident (name: string, allowed: readonly string[]): SqlIdentifier
+}
+
+/** `request.sql`: statements as the caller, and `transaction()` for several in one transaction. */
+export interface Sql extends SqlStatements {
+  /**
+   * Runs `work` in one transaction as the caller: committed when it resolves, rolled back when it
+   * throws (the error comes out). The `sql` it gets is good until then only.
+   */
+  transaction<T>(work: (sql: SqlStatements) => Promise<T>): Promise<T>
+}
+
+/** Who the statements run as: a role PostgREST would set, and the claims `auth.jwt()` reads. */
+interface Caller {
+  role: 'authenticated' | 'anon'
+  claims: string
+}
+
+/** Statements that end the transaction or change the session: refused, and their connection destroyed. */
+const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
+/** What the connection is, read before the setup and after COMMIT: the two must be equal. */
+const STATE = 'SELECT current_user AS role, current_setting(\'request.jwt.claims\', true) AS claims'
+const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
+/** A role name safe to repeat in a message. */
+const PLAIN_ROLE = /^[a-z_][a-z0-9_]{0,62}$/i
+const SQLSTATE = /^[0-9A-Z]{5}$/
+/** SQLSTATE classes of a database that cannot answer now: connection (08), resources (53), operator intervention and timeouts (57). */
+const UNAVAILABLE = /^(08|53|57)/
+
+/** The role and claims of the caller `authenticate` let in; refused (never downgraded) when there is none to act as. */
+function callerOf (request: FastifyRequest): Caller {
+  const who = request.supabaseAuth
+  if (who === null) {
+    throw new ActingUsageError('request.sql runs as the caller authenticate let in: use it in a route that authenticate guards, after it ran (in the handler or a later hook)')
+  }
+  if (who.mode === 'secret') {
+    throw new UnsupportedRoleError('a secret-key caller has no user to act as; run its SQL on your pool itself (which Row Level Security does not scope), knowingly')
+  }
+  if (who.mode !== 'user') return { role: 'anon', claims: ANON_CLAIMS }
+  const claims = request.user as unknown as Record<string, unknown>
+  const role = claims.role
+  if (role !== 'authenticated' && role !== 'anon') {
+    const named = typeof role === 'string' && PLAIN_ROLE.test(role) ? `is ${role}` : 'is missing or not a plain name'
+    throw new UnsupportedRoleError(`the token's role ${named}: request.sql acts only as authenticated or anon, as Supabase's policies expect`)
+  }
+  return { role, claims: JSON.stringify(claims) }
+}
+
+/** A quoted identifier, if the allowlist holds exactly this name. */
+function identifier (name: string, allowed: readonly string[]): SqlIdentifier {
+  if (typeof name !== 'string' || !Array.isArray(allowed) || !allowed.includes(name)) {
+    throw new ActingUsageError('sql.ident() takes only a name its allowlist holds exactly')
+  }
+  return new SqlIdentifier(`"${name.replaceAll('"', '""')}"`)
+}
+
+/** A template as one statement's text and parameters: `$n` for every value, the identifiers inlined. */
+function statementOf (strings: TemplateStringsArray, values: readonly unknown[]): { text: string, params: unknown[] } {
+  let text = strings[0]!
+  const params: unknown[] = []
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i]
+    if (value instanceof SqlIdentifier) {
+      text += value.toString()
+    } else {
+      params.push(value)
+      text += `$${params.length}`
+    }
+    text += strings[i + 1]!
+  }
+  return { text, params }
+}
+
+/**
+ * The first keyword of a statement, past blanks and comments, scanned by index (linear in the text):
+ * what it is before it runs. Best effort (nested comments end early here): what ran is checked too.
+ */
+function firstKeyword (text: string): string {
+  let at = 0
+  while (at < text.length) {
+    if (text.charCodeAt(at) <= 0x20) {
+      at++
+    } else if (text.startsWith('--', at)) {
+      const end = text.indexOf('\n', at)
+      at = end === -1 ? text.length : end + 1
+    } else if (text.startsWith('/*', at)) {
+      const end = text.indexOf('*/', at + 2)
+      at = end === -1 ? text.length : end + 2
+    } else {
+      break
+    }
+  }
+  let end = at
+  while (end < text.length && /[a-z]/i.test(text[end]!)) end++
+  return text.slice(at, end).toUpperCase()
+}
+
+/** A permission error's hint: the grants and policies `authenticated` (or `anon`) needs. */
+function withHint (err: Error & { code?: string, hint?: string }, role: string): Error {
+  if (err.code !== '42501') return err
+  const hint = `request.sql ran as ${role}: grant it the privileges the statement needs (for example grant select, insert, update, delete on the table to ${role}, and usage on its schema) and let a policy admit the row`
+  if (err.hint === undefined) err.hint = hint
+  err.message += ` (${hint})`
+  return err
+}
+
+/** What a failure of the database itself answers (503), and what is the statement's own error (as it is). */
+function answerOf (err: unknown, role: string): unknown {
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string' && SQLSTATE.test(code) && !UNAVAILABLE.test(code)) return withHint(err as Error, role)
+  if (err instanceof DatabaseUnavailableError || err instanceof ActingUsageError) return err
+  const unavailable = new DatabaseUnavailableError(typeof code === 'string' && SQLSTATE.test(code) ? `PostgreSQL answered ${code}` : 'the connection failed', { cause: err })
+  return Object.assign(unavailable, { headers: { 'retry-after': '1' } })
+}
+
+function unavailable (reason: string, cause?: unknown): Error {
+  return Object.assign(new DatabaseUnavailableError(reason, { cause }), { headers: { 'retry-after': '1' } })
+}
+
+/** The pool of `request.sql`, its waits bounded. */
+export class ScopedSql {
+  readonly #pool: SqlPool
+  readonly #config: PostgresConfig
+  readonly #setup: string
+  #waiting = 0
+
+  constructor (pool: SqlPool, config: PostgresConfig) {
+    this.#pool = pool
+    this.#config = config
+    this.#setup = `SELECT set_config('statement_timeout', '${config.statementTimeoutMs}', true), ` +
+      `set_config('idle_in_transaction_session_timeout', '${config.idleInTransactionTimeoutMs}', true)`
+  }
+
+  /** A connection, within `connectionTimeout`, with at most `maxWaiting` statements waiting: else 503. */
+  #connect (): Promise<{ client: SqlPoolClient, release: (err?: Error | boolean) => void }> {
+    if (this.#waiting >= this.#config.maxWaiting) return Promise.reject(unavailable(`${this.#waiting} statements already wait for a connection`))
+    this.#waiting++
+    return new Promise((resolve, reject) => {
+      let settled = false
+      const timer = setTimeout(() => {
+        settled = true
+        this.#waiting--
+        reject(unavailable(`no connection within ${this.#config.connectionTimeoutMs / 1000} s`))
+      }, this.#config.connectionTimeoutMs)
+      this.#pool.connect((err, client, release) => {
+        // too late: back to the pool at once, unused
+        if (settled) {
+          if (client !== undefined) release()
+          return
+        }
+        settled = true
+        this.#waiting--
+        clearTimeout(timer)
+        if (err !== undefined && err !== null) reject(unavailable('cannot connect', err))
+        else resolve({ client: client!, release })
+      })
+    })
+  }
+
+  /**
+   * Runs `work` in one transaction as the caller: `step` runs one statement in it. A statement that
+   * left the transaction or changed the session poisons it: every later step is refused, and the
+   * connection is destroyed whatever `work` does with the error.
+   */
+  async run<T>(request: FastifyRequest, work: (step: Step) => Promise<T>): Promise<T> {
+    const caller = callerOf(request)
+    const { client, release } = await this.#connect()
+    let before: string
+    try {
+      const setup = await client.query({
+        text: `BEGIN; ${STATE}; ${this.#setup}, set_config('role', '${caller.role}', true), set_config('request.jwt.claims', ${client.escapeLiteral(caller.claims)}, true)`
+      }) as unknown as Array<{ rows: unknown[] }>
+      before = JSON.stringify(setup[1]!.rows[0])
+    } catch (err) {
+      release(true)
+      throw answerOf(err, caller.role)
+    }
+    let poisoned: Error | undefined
+    const step: Step = async (text, params) => {
+      if (poisoned !== undefined) throw poisoned
+      const result = await client.query({ text, values: params as unknown[], queryMode: 'extended' })
+      if (LEAVING.has(result.command)) {
+        poisoned = new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
+        throw poisoned
+      }
+      return result
+    }
+    let result: T
+    try {
+      result = await work(step)
+      if (poisoned !== undefined) throw poisoned
+    } catch (err) {
+      if (poisoned !== undefined) {
+        release(true)
+        throw poisoned
+      }
+      try {
+        await client.query({ text: 'ROLLBACK' })
+        release()
+      } catch {
+        release(true)
+      }
+      throw answerOf(err, caller.role)
+    }
+    try {
+      const end = await client.query({ text: `COMMIT; ${STATE}` }) as unknown as Array<{ rows: unknown[] }>
+      if (JSON.stringify(end[1]!.rows[0]) !== before) {
+        request.log.warn('supabase-jwks: a connection left request.sql in another role or with other claims than it came with: destroyed')
+        release(true)
+        return result
+      }
+    } catch (err) {
+      release(true)
+      throw answerOf(err, caller.role)
+    }
+    release()
+    return result
+  }
+
+  /** `request.sql` of one request. */
+  for (request: FastifyRequest): Sql {
+    const single = statementsOf((text, params) => this.run(request, (step) => step(text, params)))
+    const transaction = <T>(work: (sql: SqlStatements) => Promise<T>): Promise<T> => this.run(request, async (step) => {
+      let open = true
+      const inside = statementsOf((text, params) => open
+        ? step(text, params)
+        : Promise.reject(new ActingUsageError('this transaction\'s sql was used after transaction() ended')))
+      try {
+        return await work(inside)
+      } finally {
+        open = false
+      }
+    })
+    return Object.assign(single, { transaction }) as Sql
+  }
+}
+
+/** One statement's result, as pg gives it. */
+type Result = Awaited<ReturnType<SqlPoolClient['query']>>
+/** Runs one statement in the caller's transaction. */
+type Step = (text: string, params: readonly unknown[]) => Promise<Result>
+
+/** The tag, `raw` and `ident` over a way to run one statement; arguments checked before anything runs. */
+function statementsOf (run: Step): SqlStatements {
+  const raw = async <Row>(text: string, params: readonly unknown[] = []): Promise<SqlRows<Row>> => {
+    if (typeof text !== 'string') throw new ActingUsageError('sql.raw() takes the statement as a string')
+    if (!Array.isArray(params)) throw new ActingUsageError('sql.raw() takes the parameters as an array')
+    const keyword = firstKeyword(text)
+    if (LEAVING.has(keyword)) {
+      throw new ActingUsageError(`request.sql refuses ${keyword}: it would end the caller's transaction or change the session; use sql.transaction() for several statements`)
+    }
+    const result = await run(text, params)
+    return Object.assign(result.rows as Row[], { rowCount: result.rowCount })
+  }
+  const sql = <Row>(strings: TemplateStringsArray, ...values: unknown[]): Promise<SqlRows<Row>> => {
+    if (!Array.isArray(strings) || !Array.isArray((strings as { raw?: unknown }).raw)) {
+      return Promise.reject(new ActingUsageError('request.sql is a tag (request.sql`...`, each value in a placeholder); for text built at run time use sql.raw(text, params)'))
+    }
+    const { text, params } = statementOf(strings, values)
+    return raw<Row>(text, params)
+  }
+  return Object.assign(sql, { raw, ident: identifier }) as SqlStatements
+}
+
+/** Decorates `request.sql` (and makes the pool of `connectionString`, ended on close). */
+export function registerSql (fastify: FastifyInstance, config: PostgresConfig): void {
+  let pool = config.pool
+  if (pool === undefined) {
+    const { Pool } = require('pg') as typeof import('pg')
+    const own = new Pool({ connectionString: config.connectionString, max: config.max, connectionTimeoutMillis: config.connectionTimeoutMs })
+    // an idle connection PostgreSQL ended is an 'error' event: unheard, it would end the process
+    own.on('error', (err) => fastify.log.warn({ code: (err as { code?: string }).code }, 'supabase-jwks: an idle PostgreSQL connection failed'))
+    fastify.addHook('onClose', () => own.end())
+    pool = own as unknown as SqlPool
+  }
+  const scoped = new ScopedSql(pool, config)
+  fastify.decorateRequest('sql', {
+    getter (this: FastifyRequest) {
+      return scoped.for(this)
+    }
+  })
+}
