@@ -56,7 +56,7 @@ interface Caller {
 /** Statements that end the transaction or change the session: refused, and their connection destroyed. */
 const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
 /** What the connection is, read before the setup and after COMMIT: the two must be equal. */
-const STATE = 'SELECT current_user AS role, current_setting(\'request.jwt.claims\', true) AS claims'
+const STATE = 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims'
 const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
 /** A role name safe to repeat in a message. */
 const PLAIN_ROLE = /^[a-z_][a-z0-9_]{0,62}$/i
