@@ -1,8 +1,10 @@
 import t from 'tap'
+import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse } from 'yaml'
 import { codeBlocks, type CodeBlock } from './fixtures/code-blocks'
+import { findPostgresBin } from './fixtures/postgres'
 
 /* The public CI runs what .ci/run runs, on each supported Node.js line; they cannot drift apart. */
 
@@ -11,12 +13,18 @@ const ROOT = path.resolve(__dirname, '..')
 interface Step { uses?: string, run?: string, with?: Record<string, unknown> }
 interface Job { if?: string, strategy?: { matrix?: { node?: unknown[] } }, steps: Step[] }
 const workflow = parse(readFileSync(path.join(ROOT, '.github/workflows/ci.yml'), 'utf8')) as { on: Record<string, unknown>, jobs: Record<string, Job> }
+const ciRun = readFileSync(path.join(ROOT, '.ci/run'), 'utf8')
 const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
 
 /** The commands a shell script runs, without comments, `set`, `cd` and version prints. */
 function commandsOf (script: string): string[] {
   return script.split('\n').map((line) => line.trim())
     .filter((line) => line !== '' && !line.startsWith('#') && !/^(set|cd) /.test(line) && !/ --version$/.test(line))
+}
+
+/** The npm commands of a shell script, in order. */
+function npmCommandsOf (script: string): string[] {
+  return commandsOf(script).filter((line) => line.startsWith('npm '))
 }
 
 t.test('the test job: .ci/run on Node 20, 22 and 24', async (t) => {
@@ -26,7 +34,7 @@ t.test('the test job: .ci/run on Node 20, 22 and 24', async (t) => {
   // eslint-disable-next-line no-template-curly-in-string -- a GitHub Actions expression, not a JS template
   t.same(job.steps.find((step) => step.uses === 'actions/setup-node@v4')?.with, { 'node-version': '${{ matrix.node }}', cache: 'npm' })
   t.same(job.steps.map((step) => step.run).filter(Boolean), ['bash .ci/run'], 'its only command is .ci/run itself')
-  t.same(commandsOf(readFileSync(path.join(ROOT, '.ci/run'), 'utf8')), ['npm ci', 'npm test'], '.ci/run is npm ci, then npm test')
+  t.same(npmCommandsOf(ciRun), ['npm ci', 'npm test'], '.ci/run is npm ci, then npm test')
   for (const event of ['push', 'pull_request', 'workflow_dispatch']) t.ok(event in workflow.on, `runs on ${event}`)
 })
 
@@ -47,8 +55,24 @@ t.test("the README's quick start is what CI runs: npm ci && npm start, then npm 
   t.same(sh.slice(0, 2).map((block) => block.code), ['npm ci && npm start\n', 'npm test\n'],
     'the first two sh blocks under "## Quick start", word for word')
   const commands = sh.slice(0, 2).flatMap((block) => block.code.trim().split(' && '))
-  t.same(commands.filter((command) => command !== 'npm start'), commandsOf(readFileSync(path.join(ROOT, '.ci/run'), 'utf8')),
-    'without the demo (npm start), they are .ci/run\'s commands, in order')
+  t.same(commands.filter((command) => command !== 'npm start'), npmCommandsOf(ciRun),
+    'without the demo (npm start), they are .ci/run\'s npm commands, in order')
+})
+
+t.test("between npm ci and npm test, .ci/run installs Debian's postgresql where no server binaries are found", async (t) => {
+  const commands = commandsOf(ciRun)
+  t.equal(commands[0], 'npm ci')
+  t.equal(commands.at(-1), 'npm test')
+  const step = commands.slice(1, -1)
+  const condition = /^if (.+); then$/.exec(step[0]!)?.[1]
+  t.equal(condition, "! compgen -G '/usr/lib/postgresql/*/bin/initdb' > /dev/null && ! command -v initdb > /dev/null",
+    "only when neither Debian's folders nor PATH have initdb")
+  t.same(step.filter((line) => line.includes('apt-get')), ['$sudo apt-get update', '$sudo apt-get install -y --no-install-recommends postgresql'])
+  t.equal(step.at(-1), 'fi')
+  execFileSync('bash', ['-n', path.join(ROOT, '.ci/run')])
+  // where the test fixture finds the binaries (here), the step does not install them again
+  t.ok(findPostgresBin())
+  t.equal(execFileSync('bash', ['-c', `set -euo pipefail; if ${condition}; then echo missing; else echo found; fi`], { encoding: 'utf8' }), 'found\n')
 })
 
 t.test('the fuzz job: weekly (and on demand), npm run fuzz with a random seed printed in the log', async (t) => {
