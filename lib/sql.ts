@@ -143,11 +143,23 @@ function withHint (err: Error & { code?: string, hint?: string }, role: string):
 
 /** What a failure of the database itself answers (503), and what is the statement's own error (as it is). */
 function answerOf (err: unknown, role: string): unknown {
-  const code = (err as { code?: unknown }).code
-  if (typeof code === 'string' && SQLSTATE.test(code) && !UNAVAILABLE.test(code)) return withHint(err as Error, role)
-  if (err instanceof DatabaseUnavailableError || err instanceof ActingUsageError) return err
-  const unavailable = new DatabaseUnavailableError(typeof code === 'string' && SQLSTATE.test(code) ? `PostgreSQL answered ${code}` : 'the connection failed', { cause: err })
+  const code = String((err as { code?: unknown }).code)
+  if (SQLSTATE.test(code) && !UNAVAILABLE.test(code)) return withHint(err as Error, role)
+  // a SQLSTATE of those classes, or a connection that failed (pg gives no code): the cause says which
+  const unavailable = new DatabaseUnavailableError('PostgreSQL could not answer', { cause: err })
   return Object.assign(unavailable, { headers: { 'retry-after': '1' } })
+}
+
+/**
+ * A query on the caller's connection, its failure mapped where the database gave it: what the
+ * handler throws of its own comes out as it is.
+ */
+async function query (client: SqlPoolClient, config: Parameters<SqlPoolClient['query']>[0], role: string): Promise<Result> {
+  try {
+    return await client.query(config)
+  } catch (err) {
+    throw answerOf(err, role)
+  }
 }
 
 function unavailable (reason: string, cause?: unknown): Error {
@@ -204,18 +216,20 @@ export class ScopedSql {
     const { client, release } = await this.#connect()
     let before: string
     try {
-      const setup = await client.query({
+      const setup = await query(client, {
         text: `BEGIN; ${STATE}; ${this.#setup}, set_config('role', '${caller.role}', true), set_config('request.jwt.claims', ${client.escapeLiteral(caller.claims)}, true)`
-      }) as unknown as Array<{ rows: unknown[] }>
+      }, caller.role) as unknown as Array<{ rows: unknown[] }>
       before = JSON.stringify(setup[1]!.rows[0])
     } catch (err) {
       release(true)
-      throw answerOf(err, caller.role)
+      throw (err as { code?: unknown }).code === '42501'
+        ? new ActingUsageError(`the pool's role cannot act as ${caller.role}: grant it the roles request.sql sets (grant anon, authenticated to <the pool's role>, as Supabase grants them to authenticator)`)
+        : err
     }
     let poisoned: Error | undefined
     const step: Step = async (text, params) => {
       if (poisoned !== undefined) throw poisoned
-      const result = await client.query({ text, values: params as unknown[], queryMode: 'extended' })
+      const result = await query(client, { text, values: params as unknown[], queryMode: 'extended' }, caller.role)
       if (LEAVING.has(result.command)) {
         poisoned = new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
         throw poisoned
@@ -237,10 +251,10 @@ export class ScopedSql {
       } catch {
         release(true)
       }
-      throw answerOf(err, caller.role)
+      throw err
     }
     try {
-      const end = await client.query({ text: `COMMIT; ${STATE}` }) as unknown as Array<{ rows: unknown[] }>
+      const end = await query(client, { text: `COMMIT; ${STATE}` }, caller.role) as unknown as Array<{ rows: unknown[] }>
       if (JSON.stringify(end[1]!.rows[0]) !== before) {
         request.log.warn('supabase-jwks: a connection left request.sql in another role or with other claims than it came with: destroyed')
         release(true)
@@ -248,7 +262,7 @@ export class ScopedSql {
       }
     } catch (err) {
       release(true)
-      throw answerOf(err, caller.role)
+      throw err
     }
     release()
     return result

@@ -193,6 +193,55 @@ t.test('SQL that would leave the transaction is refused, and its connection neve
   t.same(await stateOf(pool), { role: 'authenticator', claims: null, timeout: '0' }, 'but its connection was destroyed: the claims left nowhere')
 })
 
+t.test('a transaction whose statement left it refuses every later one, even when the handler swallows the error', async (t) => {
+  const { pool } = countedPool(t)
+  const app = await appWith(t, { pool })
+  const seen: string[] = []
+  app.get('/swallowed', { preHandler: app.authenticate }, (request) => request.sql.transaction(async (sql) => {
+    try {
+      await sql.raw('/* a /* nested */ comment */ commit')
+    } catch (err) {
+      seen.push((err as Error).message)
+    }
+    // after COMMIT this would run as the pool's own role, outside Row Level Security
+    await sql`select title from public_posts`.catch((err: Error) => seen.push(err.message))
+    return 'swallowed'
+  }))
+  const pid = (await pool.query('select pg_backend_pid() as pid')).rows[0].pid
+  const res = await app.inject({ url: '/swallowed', headers: bearer(issuer.sign({ sub: randomUUID() })) })
+  t.equal(res.statusCode, 500, 'not the handler\'s answer')
+  t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+  t.equal(seen.length, 2)
+  t.equal(seen[1], seen[0], 'the later statement got the same refusal, and never ran')
+  t.not((await pool.query('select pg_backend_pid() as pid')).rows[0].pid, pid, 'the connection was destroyed')
+})
+
+t.test('sql.raw() arguments, comments, and a transaction\'s sql kept past its end', async (t) => {
+  const { pool, queries } = countedPool(t)
+  const app = await appWith(t, { pool })
+  let kept: supabaseJwks.SqlStatements | undefined
+  app.get('/kept', { preHandler: app.authenticate }, async (request) => {
+    await request.sql.transaction(async (sql) => { kept = sql })
+    return kept!`select 1`
+  })
+  app.get('/odd', { preHandler: app.authenticate }, (request) => {
+    const { kind } = request.query as { kind: string }
+    return kind === 'text' ? request.sql.raw(42 as unknown as string) : request.sql.raw('select $1', 'x' as unknown as unknown[])
+  })
+  const headers = bearer(issuer.sign({ sub: randomUUID() }))
+  const late = await app.inject({ url: '/kept', headers })
+  t.equal(late.json().code, 'FST_SUPABASE_JWKS_USAGE')
+  t.match(late.json().message, /after transaction\(\) ended/)
+  const before = queries.length
+  t.match((await app.inject({ url: '/odd?kind=text', headers })).json(), { code: 'FST_SUPABASE_JWKS_USAGE', message: /as a string/ })
+  t.match((await app.inject({ url: '/odd?kind=params', headers })).json(), { code: 'FST_SUPABASE_JWKS_USAGE', message: /as an array/ })
+  t.equal(queries.length, before, 'nothing was sent')
+  const comment = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text: '-- only a comment' } })
+  t.equal(comment.statusCode, 200, 'a comment alone is no statement PostgreSQL refuses')
+  const open = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text: '/* never closed commit' } })
+  t.equal(open.json().code, '42601', 'an unterminated comment is PostgreSQL\'s syntax error')
+})
+
 t.test('identifiers only from an allowlist', async (t) => {
   const { pool } = countedPool(t)
   const app = await appWith(t, { pool })
@@ -238,6 +287,64 @@ t.test('a connection whose ROLLBACK fails is destroyed', async (t) => {
   t.equal(res.json().message, 'after the kill')
   t.equal(pool.totalCount, 0, 'the broken connection left the pool')
   t.same(await stateOf(pool), { role: 'authenticator', claims: null, timeout: '0' }, 'a new one serves')
+})
+
+t.test('a connection lost before COMMIT: 503, and it is not returned', async (t) => {
+  const { pool } = countedPool(t)
+  const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
+  t.teardown(() => admin.end())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false, postgres: { pool } })
+  app.get('/killed', { preHandler: app.authenticate }, (request) => request.sql.transaction(async (sql) => {
+    const [row] = await sql<{ pid: number }>`select pg_backend_pid() as pid`
+    await admin.query('select pg_terminate_backend($1)', [row!.pid])
+    return 'done'
+  }))
+  const res = await app.inject({ url: '/killed', headers: bearer(issuer.sign({ sub: randomUUID() })) })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SUPABASE_JWKS_DATABASE_UNAVAILABLE')
+  t.equal(pool.totalCount, 0, 'the broken connection left the pool')
+})
+
+t.test('a pool whose role cannot act as the caller is told what to grant', async (t) => {
+  const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
+  t.teardown(() => admin.end())
+  await admin.query('drop role if exists lonely; create role lonely login')
+  const url = new URL(pg.superuserUrl)
+  url.username = 'lonely'
+  const pool = new Pool({ connectionString: url.href, max: 1 })
+  t.teardown(() => pool.end())
+  const app = await appWith(t, { pool })
+  const res = await app.inject({ url: '/posts', headers: bearer(issuer.sign({ sub: randomUUID() })) })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+  t.match(res.json().message, /cannot act as authenticated: grant it the roles/)
+  t.equal(pool.totalCount, 0, 'the connection of the failed setup was not returned')
+})
+
+t.test('a database without Supabase\'s roles: PostgreSQL says which is missing', async (t) => {
+  const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
+  t.teardown(() => admin.end())
+  const { pool } = countedPool(t)
+  const app = await appWith(t, { pool })
+  await admin.query('alter role anon rename to anon_away')
+  t.teardown(() => admin.query('alter role anon_away rename to anon'))
+  const res = await app.inject({ url: '/posts' })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, '22023')
+  t.equal(res.json().message, 'role "anon" does not exist')
+  t.equal(pool.totalCount, 0, 'the connection of the failed setup was not returned')
+})
+
+t.test('request.sql is a tag: called as a function it runs nothing', async (t) => {
+  const { pool, queries } = countedPool(t)
+  const app = await appWith(t, { pool })
+  app.get('/called', { preHandler: app.authenticate }, (request) => (request.sql as unknown as (text: string) => Promise<unknown>)('select 1'))
+  const res = await app.inject({ url: '/called', headers: bearer(issuer.sign({ sub: randomUUID() })) })
+  t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+  t.match(res.json().message, /sql\.raw\(text, params\)/)
+  t.equal(queries.length, 0)
 })
 
 t.test('the wait for a connection is bounded: 503 with Retry-After', async (t) => {
@@ -312,6 +419,8 @@ t.test('connectionString: a pool of the plugin\'s own, ended on close, its strin
   const open = async () => (await admin.query("select count(*)::int as n from pg_stat_activity where usename = 'authenticator'")).rows[0].n
   t.equal(await open(), 1, 'one connection open')
   await app.close()
+  // a backend leaves pg_stat_activity a moment after its client hung up
+  for (let i = 0; i < 50 && await open() > 0; i++) await new Promise((resolve) => setTimeout(resolve, 20))
   t.equal(await open(), 0, 'closed with the app')
   const password = new URL(pg.authenticatorUrl).password
   t.ok(password.length > 0)
@@ -333,6 +442,6 @@ t.test('the option postgres is checked at registration', async (t) => {
     const app = Fastify()
     t.teardown(() => app.close())
     app.register(supabaseJwks, { supabaseUrl: issuer.url, postgres: postgres as never })
-    await t.rejects(app.ready(), { code: 'FST_SUPABASE_JWKS_OPTION', message }, JSON.stringify(postgres, (key, value) => key === 'pool' ? 'pool' : value))
+    await t.rejects(async () => { await app.ready() }, { code: 'FST_SUPABASE_JWKS_OPTION', message }, JSON.stringify(postgres, (key, value) => key === 'pool' ? 'pool' : value))
   }
 })
