@@ -37,6 +37,8 @@ export interface SqlPool {
 export interface SqlPoolClient {
   query (config: { text: string, values?: unknown[], queryMode?: 'extended' }): Promise<{ rows: unknown[], rowCount: number | null, command: string }>
   escapeLiteral (value: string): string
+  on (event: 'error', listener: (err: Error) => void): unknown
+  removeListener (event: 'error', listener: (err: Error) => void): unknown
 }
 
 /** Option `postgres`: where `request.sql` runs, and its bounds. Durations in seconds. */

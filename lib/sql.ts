@@ -166,6 +166,24 @@ function unavailable (reason: string, cause?: unknown): Error {
   return Object.assign(new DatabaseUnavailableError(reason, { cause }), { headers: { 'retry-after': '1' } })
 }
 
+/**
+ * A connection while request.sql holds it: PostgreSQL ending it between two statements is an 'error'
+ * event on the client, which nothing else listens to while it is checked out (unheard, it would end the
+ * process). The next query on it fails, and it is destroyed then. Returned, it is the pool's to watch again.
+ */
+function held (client: SqlPoolClient, release: (err?: Error | boolean) => void): { client: SqlPoolClient, release: (destroy?: boolean) => void } {
+  const lost = (): void => {}
+  client.on('error', lost)
+  return {
+    client,
+    release (destroy) {
+      // a destroyed connection keeps the listener: its socket may still report on its way out
+      if (destroy !== true) client.removeListener('error', lost)
+      release(destroy)
+    }
+  }
+}
+
 /** The pool of `request.sql`, its waits bounded. */
 export class ScopedSql {
   readonly #pool: SqlPool
@@ -181,7 +199,7 @@ export class ScopedSql {
   }
 
   /** A connection, within `connectionTimeout`, with at most `maxWaiting` statements waiting: else 503. */
-  #connect (): Promise<{ client: SqlPoolClient, release: (err?: Error | boolean) => void }> {
+  #connect (): Promise<{ client: SqlPoolClient, release: (destroy?: boolean) => void }> {
     if (this.#waiting >= this.#config.maxWaiting) return Promise.reject(unavailable(`${this.#waiting} statements already wait for a connection`))
     this.#waiting++
     return new Promise((resolve, reject) => {
@@ -201,7 +219,7 @@ export class ScopedSql {
         this.#waiting--
         clearTimeout(timer)
         if (err !== undefined && err !== null) reject(unavailable('cannot connect', err))
-        else resolve({ client: client!, release })
+        else resolve(held(client!, release))
       })
     })
   }

@@ -299,6 +299,8 @@ t.test('a connection lost before COMMIT: 503, and it is not returned', async (t)
   app.get('/killed', { preHandler: app.authenticate }, (request) => request.sql.transaction(async (sql) => {
     const [row] = await sql<{ pid: number }>`select pg_backend_pid() as pid`
     await admin.query('select pg_terminate_backend($1)', [row!.pid])
+    // time for the connection to report its end while request.sql holds it: an 'error' event, heard
+    await new Promise((resolve) => setTimeout(resolve, 200))
     return 'done'
   }))
   const res = await app.inject({ url: '/killed', headers: bearer(issuer.sign({ sub: randomUUID() })) })
