@@ -13,7 +13,10 @@
 // with fastifyJwtOptions, the route's preHandler `await request.jwtVerify()`: the plugin's keys and
 // checks through @fastify/jwt's request path, with no token cache), plugin-secretkey (a route with
 // auth: 'secret', called with the secret key in the apikey header) and plugin-optional (a route with
-// auth: ['user', 'none'], called without a credential): the key and optional modes, beside public.
+// auth: ['user', 'none'], called without a credential): the key and optional modes, beside public;
+// supabase-user (the route's handler makes one PostgREST call through request.supabase: the caller's
+// token, a client kept by token) and supabase-anon (the same plugin, authentication and call, through
+// one anonymous supabase-js client made once), against a PostgREST stand-in (bench/postgrest.mjs).
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -67,6 +70,8 @@ const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).spl
 const UNIQUE_HOT = ['unique', 'hot']
 /** The secret key of plugin-secretkey: what its requests carry in the apikey header. */
 const SECRET_KEY = `sb_secret_${randomBytes(24).toString('base64url')}`
+/** The publishable key of the supabase-* variants' clients. */
+const PUBLISHABLE_KEY = `sb_publishable_${randomBytes(24).toString('base64url')}`
 const ALL = ['unique', 'hot', 'zipf']
 const VARIANTS = [
   { name: 'public', alg: 'RS256', scenarios: ALL },
@@ -88,6 +93,8 @@ const VARIANTS = [
   { name: 'plugin-tc1k-es256', alg: 'ES256', scenarios: ['zipf'], pluginOptions: { tokenCache: 1000 } },
   { name: 'plugin-secretkey', alg: 'RS256', scenarios: ['hot'], pluginOptions: { secretKeys: SECRET_KEY }, route: { auth: 'secret' }, credential: 'apikey' },
   { name: 'plugin-optional', alg: 'RS256', scenarios: ['hot'], route: { auth: ['user', 'none'] }, credential: 'none' },
+  { name: 'supabase-user', alg: 'RS256', scenarios: UNIQUE_HOT, standIn: true },
+  { name: 'supabase-anon', alg: 'RS256', scenarios: UNIQUE_HOT, standIn: true },
   { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-nocache-es256', alg: 'ES256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
@@ -143,6 +150,15 @@ function startServer (variant, config) {
       resolve({ child, address: message.address })
     })
     child.send({ type: 'config', config })
+  })
+}
+
+/** The PostgREST stand-in of the supabase-* variants, in a process of its own on the load generator's core (forked from it). */
+function startStandIn () {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(here, 'postgrest.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    child.once('error', reject)
+    child.once('message', (message) => resolve({ child, address: message.address }))
   })
 }
 
@@ -275,6 +291,7 @@ async function main () {
   // zipf: the first ZIPF_USERS tokens of each pool are the users (one token each), requested in this order
   const zipf = zipfSequence(ZIPF_USERS, ZIPF_S, ZIPF_SEQUENCE)
   const zipfTokens = (pool) => Array.from(zipf, (user) => pool[user])
+  const standIn = VARIANTS.some((variant) => variant.standIn) ? await startStandIn() : undefined
 
   /** Starts a server for each variant that runs `scenario`, each counted apart by the JWKS server. */
   async function startServers (scenario) {
@@ -282,7 +299,7 @@ async function main () {
     for (const variant of VARIANTS) {
       if (!variant.scenarios.includes(scenario)) continue
       const key = variant.alg === 'ES256' ? es : rs
-      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions, route: variant.route }
+      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions, route: variant.route, standIn: standIn?.address, publishableKey: PUBLISHABLE_KEY }
       servers.push({ variant, cursor: { next: 0 }, ...(await startServer(variant, config)) })
     }
     // every verifier answers 200 to a valid token and 401 to a bad one: a variant that let every token through would measure nothing
@@ -414,6 +431,10 @@ async function main () {
     'CPU plugin-secretkey / public (reference)': cpu('plugin-secretkey', 'public', 'hot'),
     'plugin-optional / public (auth: [user, none], no credential, >= 0.95)': ratio('plugin-optional', 'public', 'hot'),
     'CPU plugin-optional / public (reference)': cpu('plugin-optional', 'public', 'hot'),
+    'supabase-user / supabase-anon (hot: request.supabase against one anonymous client, >= 0.85)': ratio('supabase-user', 'supabase-anon', 'hot'),
+    'supabase-user / supabase-anon (unique, >= 0.6)': ratio('supabase-user', 'supabase-anon', 'unique'),
+    'CPU supabase-user / supabase-anon (hot, reference)': cpu('supabase-user', 'supabase-anon', 'hot'),
+    'CPU supabase-user / supabase-anon (unique, reference)': cpu('supabase-user', 'supabase-anon', 'unique'),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (RS256)': ['plugin-tc0-rs256', 'plugin-tc1k-rs256', 'plugin-rs256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (ES256)': ['plugin-tc0-es256', 'plugin-tc1k-es256', 'plugin-es256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
     'heap bytes per cached token (1,000 / 10,000, RS256)': `${perEntry('plugin-tc1k-rs256', 'rs256')} / ${perEntry('plugin-rs256', 'rs256')}`,
@@ -443,6 +464,7 @@ async function main () {
   writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, rows, targets, pairedTargets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
+  if (standIn !== undefined) await stopServer(standIn.child)
   await issuer.close()
 }
 

@@ -36,11 +36,44 @@ function limitVerifier ({ jwk, alg, issuer }, async = false) {
   }
 }
 
+/** The route's answer: the caller's sub, or (supabase-*) the rows of one PostgREST call. */
+let handler = async (request) => ({ sub: request.user?.sub ?? null })
+
+/** A handler that reads `notes` through `clientOf(request)` and answers its rows. */
+function notesThrough (clientOf) {
+  return async function notes (request) {
+    const { data, error } = await clientOf(request).from('notes').select('*')
+    if (error !== null) throw new Error(error.message)
+    return data
+  }
+}
+
 async function main (config) {
   const app = Fastify({ logger: false })
   let cacheStats = () => ({})
   let preHandler
-  if (variant === 'public') {
+  if (variant.startsWith('supabase')) {
+    // supabase-user: request.supabase (the caller's token, the client kept by token); supabase-anon: the
+    // same plugin and authentication, the call through one anonymous client made once: what acting as the caller costs
+    const supabaseJwks = require('fastify-supabase-jwks')
+    const supabase = { url: config.standIn, publishableKey: config.publishableKey }
+    await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], supabase, ...config.pluginOptions })
+    preHandler = app.authenticate
+    if (variant === 'supabase-user') {
+      handler = notesThrough((request) => request.supabase)
+    } else {
+      const { createClient } = require('@supabase/supabase-js')
+      const anonymous = createClient(supabase.url, supabase.publishableKey, {
+        auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+        realtime: { transport: require('ws') }
+      })
+      handler = notesThrough(() => anonymous)
+    }
+    cacheStats = () => {
+      const { cachedTokens, tokenCacheHits, tokenCacheMisses, supabaseClients } = app.supabaseJwks.stats()
+      return { cachedTokens, tokenCacheHits, tokenCacheMisses, supabaseClients }
+    }
+  } else if (variant === 'public') {
     preHandler = undefined
   } else if (variant === 'public-hook') {
     // a route preHandler that does nothing: what the hook alone costs
@@ -98,7 +131,7 @@ async function main (config) {
   }
   // a route's requirements (plugin-secretkey, plugin-optional: its auth modes)
   const routeConfig = config.route === undefined ? {} : { config: { supabaseJwks: config.route } }
-  app.get('/me', preHandler ? { preHandler, ...routeConfig } : {}, async (request) => ({ sub: request.user?.sub ?? null }))
+  app.get('/me', preHandler ? { preHandler, ...routeConfig } : {}, handler)
   const address = await app.listen({ host: '127.0.0.1', port: 0 })
   process.on('message', (message) => {
     if (message.type === 'stats') {

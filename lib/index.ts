@@ -96,7 +96,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
   fastify.decorateRequest(kAccessToken, null)
   // acting as the caller: only what is configured is decorated
   if (config.postgres !== undefined) registerSql(fastify, config.postgres)
-  if (config.supabase !== undefined || config.issuers.some((issuer) => issuer.supabase !== undefined)) registerSupabaseClients(fastify, config)
+  const supabaseClients = config.supabase !== undefined || config.issuers.some((issuer) => issuer.supabase !== undefined) ? registerSupabaseClients(fastify, config) : undefined
   fastify.decorate('supabaseJwks', {
     verify: async (token: string) => {
       try {
@@ -126,7 +126,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       acceptedApiKeys: answers.acceptedApiKeys,
       acceptedNone: answers.acceptedNone,
       rejected: { ...answers.rejected },
-      ...legacy?.stats()
+      ...legacy?.stats(),
+      ...supabaseClients?.stats()
     })
   })
 
@@ -198,6 +199,11 @@ declare namespace fastifySupabaseJwks {
     acceptedNone: number
     /** Refusals so far by code (every code present, from 0), by `authenticate` and `verify()`. */
     rejected: Record<ErrorCode, number>
+    /**
+     * Only with the option `supabase`: the users' `request.supabase` clients held now (by token, each
+     * until its `exp`; at most `tokenCache` and 1000).
+     */
+    supabaseClients?: number
   }
   /**
    * Your own claims (for example from a custom access token hook), added by declaration merging:

@@ -94,7 +94,7 @@ main().catch((err) => { console.error(err); process.exit(1) })
 `
 
 const typed = `import Fastify from 'fastify'
-import supabaseJwks, { type SupabaseJwksOptions, type SupabaseUser } from 'fastify-supabase-jwks'
+import supabaseJwks, { type SupabaseClientLike, type SupabaseJwksOptions, type SupabaseUser } from 'fastify-supabase-jwks'
 import { createTestIssuer, type TestIssuer } from 'fastify-supabase-jwks/testing'
 
 const options: SupabaseJwksOptions = { supabaseUrl: 'https://abc.supabase.co', algorithms: ['ES256'], cacheTtl: 600 }
@@ -110,6 +110,13 @@ app.get('/me', { preHandler: app.authenticate }, async (request) => {
   // @ts-expect-error claims are typed: sub is a string
   const wrong: number = request.user.sub
   return { user, sub, aal, wrong, legacy }
+})
+// without supabase-js, and with no SupabaseTypes merged, request.supabase is typed SupabaseClientLike
+app.get('/notes', { preHandler: app.authenticate }, async (request) => {
+  const like: SupabaseClientLike = request.supabase
+  // @ts-expect-error supabase-js's other members are typed once SupabaseTypes gives its client type
+  request.supabase.channel('room')
+  return like.from('notes')
 })
 
 export async function mint (): Promise<string> {
@@ -227,6 +234,16 @@ const { createTestIssuer } = require('fastify-supabase-jwks/testing')`))
     }))
     const tsc = await run(process.execPath, [join(work, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '-p', 'tsconfig.json'], work)
     t.equal(tsc.code, 0, tsc.stdout + tsc.stderr)
+  })
+
+  t.test('without @supabase/supabase-js installed, the option supabase fails the registration, saying what to install', async (t) => {
+    writeFileSync(join(work, 'peer.cjs'), `const Fastify = require('fastify')
+const app = Fastify()
+app.register(require('fastify-supabase-jwks'), { supabaseUrl: 'https://abc.supabase.co', supabase: { publishableKey: 'sb_publishable_x' } })
+app.ready().then(() => console.log('registered'), (err) => console.log(err.code, err.message))`)
+    const peer = await run(process.execPath, ['peer.cjs'], work)
+    t.equal(peer.code, 0, peer.stderr)
+    t.match(peer.stdout, /^FST_SUPABASE_JWKS_REGISTRATION .*the option supabase needs @supabase\/supabase-js, an optional peer dependency it cannot load: npm install @supabase\/supabase-js/)
   })
 
   t.test('npx fastify-supabase-jwks check', async (t) => {

@@ -217,3 +217,46 @@ issuerTypes().catch(() => {})
 const ownerModes = ['user', 'secret:cron'] as const
 const toolScopes = ['mcp:tools', 'mcp:read'] as const
 expectAssignable<supabaseJwks.Requirements>({ auth: ownerModes, scope: toolScopes })
+
+// request.supabase and fastify.supabaseAdmin: the app's own supabase-js client, typed with its Database
+// by merging SupabaseTypes (unmerged, they are SupabaseClientLike: the pack test compiles that without supabase-js)
+interface Database {
+  public: {
+    Tables: {
+      notes: {
+        Row: { id: number, body: string }
+        Insert: { id?: number, body: string }
+        Update: { id?: number, body?: string }
+        Relationships: []
+      }
+    }
+    Views: {}
+    Functions: { mine: { Args: { since: number }, Returns: number } }
+    Enums: {}
+    CompositeTypes: {}
+  }
+}
+declare module '..' {
+  interface SupabaseTypes {
+    client: import('@supabase/supabase-js').SupabaseClient<Database>
+  }
+}
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', supabase: { publishableKey: 'sb_publishable_x', secretKey: 'sb_secret_y' } })
+app.register(supabaseJwks, {
+  issuers: [{ supabaseUrl: 'https://a.supabase.co', supabase: { publishableKey: 'sb_publishable_a' } }],
+  supabase: { url: 'https://a.supabase.co', publishableKey: 'sb_publishable_a' }
+})
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', supabase: { url: 'https://abc.supabase.co' } }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', supabase: { publishableKey: 'k', serviceRoleKey: 'k' } }))
+expectType<import('@supabase/supabase-js').SupabaseClient<Database>>(app.supabaseAdmin)
+expectAssignable<supabaseJwks.SupabaseClientLike>(app.supabaseAdmin)
+expectType<number | undefined>(app.supabaseJwks.stats().supabaseClients)
+app.get('/notes', { preHandler: app.authenticate }, async (request) => {
+  expectType<import('@supabase/supabase-js').SupabaseClient<Database>>(request.supabase)
+  const { data } = await request.supabase.from('notes').select('id, body')
+  expectType<Array<{ id: number, body: string }> | null>(data)
+  expectType<number | null>((await request.supabase.rpc('mine', { since: 1 })).data)
+  expectError(request.supabase.from('nope'))
+  expectError(request.supabase = app.supabaseAdmin)
+  return data
+})
