@@ -11,6 +11,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ActingUsageError, DatabaseUnavailableError, UnsupportedRoleError } from './errors'
 import type { PostgresConfig, SqlPool, SqlPoolClient } from './acting-options'
+import { actingRole, optionalPeer } from './acting'
 
 /** Rows of a statement, and how many rows it touched (`rowCount`: an UPDATE's or DELETE's too). */
 export type SqlRows<Row> = Row[] & { rowCount: number | null }
@@ -58,8 +59,6 @@ const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT',
 /** What the connection is, read before the setup and after COMMIT: the two must be equal. */
 const STATE = 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims'
 const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
-/** A role name safe to repeat in a message. */
-const PLAIN_ROLE = /^[a-z_][a-z0-9_]{0,62}$/i
 const SQLSTATE = /^[0-9A-Z]{5}$/
 /** SQLSTATE classes of a database that cannot answer now: connection (08), resources (53), operator intervention and timeouts (57). */
 const UNAVAILABLE = /^(08|53|57)/
@@ -75,12 +74,7 @@ function callerOf (request: FastifyRequest): Caller {
   }
   if (who.mode !== 'user') return { role: 'anon', claims: ANON_CLAIMS }
   const claims = request.user as unknown as Record<string, unknown>
-  const role = claims.role
-  if (role !== 'authenticated' && role !== 'anon') {
-    const named = typeof role === 'string' && PLAIN_ROLE.test(role) ? `is ${role}` : 'is missing or not a plain name'
-    throw new UnsupportedRoleError(`the token's role ${named}: request.sql acts only as authenticated or anon, as Supabase's policies expect`)
-  }
-  return { role, claims: JSON.stringify(claims) }
+  return { role: actingRole(claims, 'request.sql'), claims: JSON.stringify(claims) }
 }
 
 /** A quoted identifier, if the allowlist holds exactly this name. */
@@ -335,7 +329,7 @@ function statementsOf (run: Step): SqlStatements {
 export function registerSql (fastify: FastifyInstance, config: PostgresConfig): void {
   let pool = config.pool
   if (pool === undefined) {
-    const { Pool } = require('pg') as typeof import('pg')
+    const { Pool } = optionalPeer<typeof import('pg')>('pg', 'the option postgres.connectionString')
     const own = new Pool({ connectionString: config.connectionString, max: config.max, connectionTimeoutMillis: config.connectionTimeoutMs })
     // an idle connection PostgreSQL ended is an 'error' event: unheard, it would end the process
     own.on('error', (err) => fastify.log.warn({ code: (err as { code?: string }).code }, 'supabase-jwks: an idle PostgreSQL connection failed'))

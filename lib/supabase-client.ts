@@ -14,7 +14,8 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { SupabaseClientOptions } from '@supabase/supabase-js'
-import { ActingUsageError, RegistrationError, UnsupportedRoleError } from './errors'
+import { ActingUsageError, UnsupportedRoleError } from './errors'
+import { actingRole, optionalPeer } from './acting'
 import { kAccessToken } from './authenticate'
 import type { Config } from './options'
 import type { SupabaseClientConfig } from './acting-options'
@@ -33,21 +34,6 @@ export const MAX_CLIENTS = 1000
 /** The request's client, made when first read. */
 const kClient = Symbol('fastify-supabase-jwks.supabaseClient')
 type WithClient = FastifyRequest & { [kClient]: Client | null, [kAccessToken]: string | null }
-
-/** A role name safe to repeat in a message. */
-const PLAIN_ROLE = /^[a-z_][a-z0-9_]{0,62}$/i
-
-/**
- * An optional peer dependency, loaded now (at registration, when the option that needs it is set):
- * missing, the registration fails saying what to install.
- */
-export function optionalPeer<T> (id: string, neededBy: string): T {
-  try {
-    return require(id) as T
-  } catch (err) {
-    throw new RegistrationError(`${neededBy} needs ${id}, an optional peer dependency it cannot load: npm install ${id}`, { cause: err })
-  }
-}
 
 /**
  * User clients by token, the least recently used going first when full. An entry is handed out only
@@ -110,11 +96,7 @@ export function registerSupabaseClients (fastify: FastifyInstance, config: Confi
     const token = request[kAccessToken]
     if (token === null) throw new ActingUsageError('request.supabase found no access token beside a user caller: let authenticate set request.supabaseAuth')
     const claims = request.user as unknown as Record<string, unknown>
-    const role = claims.role
-    if (role !== 'authenticated' && role !== 'anon') {
-      const named = typeof role === 'string' && PLAIN_ROLE.test(role) ? `is ${role}` : 'is missing or not a plain name'
-      throw new UnsupportedRoleError(`the token's role ${named}: request.supabase acts only as authenticated or anon, as Supabase's policies expect`)
-    }
+    actingRole(claims, 'request.supabase')
     const kept = clients.get(token)
     if (kept !== undefined) return kept
     const project = projectOf(claims)
