@@ -903,6 +903,9 @@ function issuerList (options: Record<string, unknown>, allowInsecure: boolean): 
     const prefix = `issuers[${index}].`
     if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) fail(`issuers[${index}] must be an object`)
     for (const key of Object.keys(entry)) if (!ISSUER_OPTIONS.has(key)) unknownKey(`unknown option ${prefix}${key}`, key, ISSUER_OPTIONS)
+    if ((entry as { supabase?: { secretKey?: unknown } }).supabase?.secretKey !== undefined) {
+      fail(`${prefix}supabase.secretKey is never used: fastify.supabaseAdmin is one client, of the top-level supabase (give it url and secretKey)`)
+    }
     const config = issuerConfig(prefix, entry as Record<string, unknown>, options, allowInsecure, true)
     const iss = config.issuer![0]!
     if (seen.has(iss)) fail(`${prefix}issuer ${iss} is configured twice: each entry of issuers is a distinct issuer`)

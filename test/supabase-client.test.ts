@@ -388,6 +388,10 @@ t.test('options: a bad url, a secret key as publishableKey, one key twice: ready
   }
   const noUrl = await registrationError({ jwksUrl: 'https://auth.example.com/jwks', issuer: 'https://auth.example.com', supabase: { publishableKey: PUBLISHABLE } })
   t.match(noUrl.message, 'supabase.url is required here')
+  const entrySecret = await registrationError({ issuers: [{ supabaseUrl: 'https://abc.supabase.co', supabase: { publishableKey: PUBLISHABLE, secretKey: SECRET } }] })
+  t.equal(entrySecret.code, 'FST_SUPABASE_JWKS_OPTION')
+  t.match(entrySecret.message, 'issuers[0].supabase.secretKey is never used: fastify.supabaseAdmin is one client, of the top-level supabase')
+  t.notOk(entrySecret.message.includes(SECRET), 'the key is not repeated')
 })
 
 t.test('optional peers: one that cannot be loaded fails the registration, saying what to install', async (t) => {
