@@ -37,6 +37,7 @@ import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import ts from 'typescript'
 import { codeBlocks, markdownFiles, type CodeBlock } from './fixtures/code-blocks'
+import { actingErrorCodes, errorCodes } from '../lib/errors'
 
 /** A tap subtest, as the callback of `t.test` gets it. */
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -254,4 +255,26 @@ t.test('blocks are read as CommonMark fences: backticks or tildes, indented in l
     { line: 17, end: 19, lang: '', code: 'no language\n', notCompiled: undefined, run: false },
     { line: 21, end: 22, lang: 'sh', code: 'unclosed\n', notCompiled: '', run: false }
   ])
+})
+
+/** The `| \`CODE\` | status |` rows of a markdown section's tables: code -> status. */
+function codeRows (markdown: string, heading: string): Map<string, number> {
+  const start = markdown.indexOf(`\n## ${heading}\n`)
+  const end = markdown.indexOf('\n## ', start + 1)
+  const section = start === -1 ? '' : markdown.slice(start, end === -1 ? undefined : end)
+  return new Map([...section.matchAll(/^\| `(FST_[A-Z_]+)` \| (\d{3})\b/gm)].map(([, code, status]) => [code!, Number(status)]))
+}
+
+/** The codes of `codes` that `rows` lacks or lists with another status. */
+function missingRows (rows: Map<string, number>, codes: Record<string, number>): string[] {
+  return Object.entries(codes).filter(([code, status]) => rows.get(code) !== status).map(([code, status]) => `${code} ${status}`)
+}
+
+t.test("README's errors table lists every code a request can be answered with, with its status", async (t) => {
+  const rows = codeRows(readFileSync(join(ROOT, 'README.md'), 'utf8'), 'Errors')
+  t.same(missingRows(rows, errorCodes), [], 'every code authenticate answers')
+  t.same(missingRows(rows, actingErrorCodes), [], 'every code request.sql and request.supabase throw')
+  // proof that it can fail: a table without a code, and one with a wrong status
+  const table = '# App\n\n## Errors\n\n| Code | Status |\n| --- | --- |\n| `FST_A` | 401 | x |\n| `FST_B` | 500 | y |\n\n## Next\n| `FST_C` | 403 |\n'
+  t.same(missingRows(codeRows(table, 'Errors'), { FST_A: 401, FST_B: 503, FST_C: 403 }), ['FST_B 503', 'FST_C 403'])
 })

@@ -5,6 +5,7 @@ import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parse } from 'yaml'
 import { createTestIssuer, type TestIssuer, type TestIssuerOptions } from '../lib/testing'
+import { startPostgres } from './fixtures/postgres'
 
 /** A tap subtest, as the callback of `t.test` gets it. */
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -15,11 +16,14 @@ type Test = Parameters<Parameters<typeof t.test>[0]>[0]
  * HTTP on 127.0.0.1. Each examples/<name>/ has a README.md and a check.mjs:
  *
  *   export const issuerOptions = { alg: 'ES256' }          // optional: options of the test issuer
- *   export default async function check (t, { issuer, start, node }) {
+ *   export default async function check (t, { issuer, start, node, postgres }) {
  *     const api = await start('server.mjs')                 // PORT=0, SUPABASE_URL=issuer.url
  *     const res = await api.request('/me', { token: issuer.sign() })
  *     t.equal(res.status, 200)
  *   }
+ *
+ * `postgres()` starts a throwaway PostgreSQL with Supabase's roles and demo tables (test/fixtures/postgres.ts)
+ * for the checks that ask for one, once per example, and gives its URLs (`authenticatorUrl`, `superuserUrl`).
  *
  * A new folder is picked up by itself; one without a check.mjs fails here. tap follows the spawned
  * processes for coverage: package.json's "coverage-exclude" keeps examples/ out of it (lib/ is measured).
@@ -56,10 +60,20 @@ interface Finished {
   stderr: string
 }
 
+/** The URLs of the example's PostgreSQL. */
+interface PostgresUrls {
+  /** As `authenticator`: may only SET ROLE to anon, authenticated and service_role. */
+  authenticatorUrl: string
+  /** As `postgres`, the superuser. */
+  superuserUrl: string
+}
+
 interface CheckContext {
   issuer: TestIssuer
   start (file: string, env?: Record<string, string | undefined>): Promise<Started>
   node (args: string[], env?: Record<string, string | undefined>): Promise<Finished>
+  /** A throwaway PostgreSQL with Supabase's roles and demo tables, started on the first call, stopped after the example. */
+  postgres (): Promise<PostgresUrls>
 }
 
 interface CheckModule {
@@ -86,8 +100,13 @@ async function request (base: string, route: string, options: RequestOptions = {
 }
 
 function contextFor (t: Test, dir: string, issuer: TestIssuer): CheckContext {
+  let started: Promise<PostgresUrls> | undefined
   return {
     issuer,
+    postgres () {
+      started ??= startPostgres(t).then(({ authenticatorUrl, superuserUrl }) => ({ authenticatorUrl, superuserUrl }))
+      return started
+    },
     async start (file, env = {}) {
       const child = spawn(process.execPath, [file], {
         cwd: dir,
