@@ -56,7 +56,7 @@ interface Caller {
 
 /** Statements that end the transaction or change the session: refused, and their connection destroyed. */
 const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
-/** What the connection is, read before the setup and after COMMIT: the two must be equal. */
+/** What the connection is outside request.sql: read with its first setup, then after every COMMIT (which must find the same). */
 const STATE = 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims'
 const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
 const SQLSTATE = /^[0-9A-Z]{5}$/
@@ -183,6 +183,8 @@ export class ScopedSql {
   readonly #pool: SqlPool
   readonly #config: PostgresConfig
   readonly #setup: string
+  /** Each connection's role and claims outside request.sql, as first read. */
+  readonly #states = new WeakMap<SqlPoolClient, string>()
   #waiting = 0
 
   constructor (pool: SqlPool, config: PostgresConfig) {
@@ -226,12 +228,17 @@ export class ScopedSql {
   async run<T>(request: FastifyRequest, work: (step: Step) => Promise<T>): Promise<T> {
     const caller = callerOf(request)
     const { client, release } = await this.#connect()
-    let before: string
+    // what the connection was when request.sql first had it: read once, then what each COMMIT must find
+    let before = this.#states.get(client)
     try {
-      const setup = await query(client, {
-        text: `BEGIN; ${STATE}; ${this.#setup}, set_config('role', '${caller.role}', true), set_config('request.jwt.claims', ${client.escapeLiteral(caller.claims)}, true)`
-      }, caller.role) as unknown as Array<{ rows: unknown[] }>
-      before = JSON.stringify(setup[1]!.rows[0])
+      const setup = `${this.#setup}, set_config('role', '${caller.role}', true), set_config('request.jwt.claims', ${client.escapeLiteral(caller.claims)}, true)`
+      if (before === undefined) {
+        const results = await query(client, { text: `BEGIN; ${STATE}; ${setup}` }, caller.role) as unknown as Array<{ rows: unknown[] }>
+        before = JSON.stringify(results[1]!.rows[0])
+        this.#states.set(client, before)
+      } else {
+        await query(client, { text: `BEGIN; ${setup}` }, caller.role)
+      }
     } catch (err) {
       release(true)
       throw (err as { code?: unknown }).code === '42501'
