@@ -22,8 +22,9 @@
 // sql-scoped-realistic, sql-unscoped-realistic: the caller's 20 notes of 10,000 (500 users, spread over
 // the table), by an index on user_id; under RLS the policy filters them, unscoped a WHERE user_id = $1.
 // Their PostgreSQL (test/fixtures/postgres.ts, via bench/postgres.ts) starts once per run, only when
-// a sql-* variant is selected, on loopback, pinned with the servers; its CPU time per request is
-// reported beside the server's. Each sql-* server must answer the expected rows before it is measured.
+// a sql-* variant is selected, on loopback, pinned with the servers (BENCH_PIN_POSTGRES=0: on any
+// core); its CPU time per request is reported beside the server's. Each sql-* server must answer the
+// expected rows before it is measured.
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -72,6 +73,13 @@ const PIN = process.env.BENCH_PIN !== '0' && process.platform === 'linux' && COR
   }
 })()
 const SERVER_CORES = CORES === 2 ? '1' : `1-${CORES - 1}`
+/*
+ * The sql-* variants' PostgreSQL on the servers' cores too: off the load generator's, but on 2 cores it
+ * shares the one core with the server, so a request's figure is the server's CPU plus the database's.
+ * BENCH_PIN_POSTGRES=0 lets it run on any core (as a database on another host would not take the
+ * server's): noisier, since it then competes with autocannon.
+ */
+const PIN_POSTGRES = PIN && process.env.BENCH_PIN_POSTGRES !== '0'
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')
 
 const UNIQUE_HOT = ['unique', 'hot']
@@ -185,7 +193,8 @@ function startDatabase () {
       env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1', TS_NODE_PROJECT: join(here, '..', 'tsconfig.json') },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc']
     })
-    if (PIN) execFileSync('taskset', ['-a', '-cp', SERVER_CORES, String(child.pid)], { stdio: 'ignore' })
+    // unpinned, it would inherit this process's core: every core then
+    if (PIN) execFileSync('taskset', ['-a', '-cp', PIN_POSTGRES ? SERVER_CORES : `0-${CORES - 1}`, String(child.pid)], { stdio: 'ignore' })
     child.once('error', reject)
     child.once('exit', (code) => reject(new Error(`bench/postgres.ts exited with ${code}`)))
     child.once('message', (message) => {
@@ -534,7 +543,7 @@ async function main () {
   const probeAfter = probeMachine()
   const spread = (probe) => `${probe.minMs} to ${probe.maxMs} ms (median ${probe.medianMs})`
   console.log(`\nmachine check: a fixed hash loop took ${spread(probeBefore)} before the run, ${spread(probeAfter)} after`)
-  console.log(`${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers${SQL ? ' and PostgreSQL' : ''} on cores ${SERVER_CORES}` : 'load and servers on the same cores'}\n`)
+  console.log(`${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers${SQL && PIN_POSTGRES ? ' and PostgreSQL' : ''} on cores ${SERVER_CORES}${SQL && !PIN_POSTGRES ? ', PostgreSQL on any' : ''}` : 'load and servers on the same cores'}\n`)
   console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | PostgreSQL CPU µs/req | RSS MB | non-2xx | JWKS fetches | cache hit rate | cached tokens | heap after GC MB |')
   console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   const dash = (value) => value ?? '-'
@@ -549,7 +558,7 @@ async function main () {
   mkdirSync(join(here, 'results'), { recursive: true })
   // latest.json holds full runs only: a quick run, or one limited to some variants or scenarios, goes beside it
   const file = join(here, 'results', quick || only !== undefined || onlyScenarios !== undefined ? 'quick.json' : 'latest.json')
-  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, rows, targets, pairedTargets }, null, 2) + '\n')
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, postgresPinned: SQL ? PIN_POSTGRES : undefined, rows, targets, pairedTargets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
   if (database !== undefined) await stopDatabase(database)
