@@ -17,6 +17,17 @@
 // supabase-user (the route's handler makes one PostgREST call through request.supabase: the caller's
 // token, a client kept by token) and supabase-anon (the same plugin, authentication and call, through
 // one anonymous supabase-js client made once), against a PostgREST stand-in (bench/postgrest.mjs).
+// sql-scoped, sql-unscoped (hot only; need PostgreSQL's server binaries, as the tests do): the plugin
+// with `postgres: { pool }` (a pg Pool as Supabase's `authenticator`, max 10), the route behind
+// app.authenticate; sql-scoped runs `request.sql\`select id, title from public_posts where id = ${1}\``
+// (a transaction as the caller: 3 round trips), sql-unscoped the same query on the same kind of pool
+// directly (pool.query, 1 round trip): a trivial query, the worst case for request.sql.
+// sql-scoped-realistic, sql-unscoped-realistic: the caller's 20 notes of 10,000 (500 users, spread over
+// the table), by an index on user_id; under RLS the policy filters them, unscoped a WHERE user_id = $1.
+// Their PostgreSQL (test/fixtures/postgres.ts, via bench/postgres.ts) starts once per run, only when
+// a sql-* variant is selected, on loopback, pinned with the servers (BENCH_PIN_POSTGRES=0: on any
+// core); its CPU time per request is reported beside the server's. Each sql-* server must answer the
+// expected rows before it is measured.
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -65,6 +76,13 @@ const PIN = process.env.BENCH_PIN !== '0' && process.platform === 'linux' && COR
   }
 })()
 const SERVER_CORES = CORES === 2 ? '1' : `1-${CORES - 1}`
+/*
+ * The sql-* variants' PostgreSQL on the servers' cores too: off the load generator's, but on 2 cores it
+ * shares the one core with the server, so a request's figure is the server's CPU plus the database's.
+ * BENCH_PIN_POSTGRES=0 lets it run on any core (as a database on another host would not take the
+ * server's): noisier, since it then competes with autocannon.
+ */
+const PIN_POSTGRES = PIN && process.env.BENCH_PIN_POSTGRES !== '0'
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7).split(',')
 
 const UNIQUE_HOT = ['unique', 'hot']
@@ -95,6 +113,10 @@ const VARIANTS = [
   { name: 'plugin-optional', alg: 'RS256', scenarios: ['hot'], route: { auth: ['user', 'none'] }, credential: 'none' },
   { name: 'supabase-user', alg: 'RS256', scenarios: UNIQUE_HOT, standIn: true },
   { name: 'supabase-anon', alg: 'RS256', scenarios: UNIQUE_HOT, standIn: true },
+  { name: 'sql-scoped', alg: 'RS256', tokens: 'SQL', scenarios: ['hot'] },
+  { name: 'sql-unscoped', alg: 'RS256', tokens: 'SQL', scenarios: ['hot'] },
+  { name: 'sql-scoped-realistic', alg: 'RS256', tokens: 'SQL', scenarios: ['hot'] },
+  { name: 'sql-unscoped-realistic', alg: 'RS256', tokens: 'SQL', scenarios: ['hot'] },
   { name: 'plugin-nocache-rs256', alg: 'RS256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-nocache-es256', alg: 'ES256', scenarios: UNIQUE_HOT, extra: true, pluginOptions: { tokenCache: 0 } },
   { name: 'plugin-tc2k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 2000 } },
@@ -104,8 +126,12 @@ const VARIANTS = [
   { name: 'plugin-tc5k-rs256', alg: 'RS256', scenarios: ALL, extra: true, pluginOptions: { tokenCache: 5000 } }
 ].filter((variant) => only ? only.includes(variant.name) : !variant.extra)
 const onlyScenarios = process.argv.find((arg) => arg.startsWith('--scenarios='))?.slice(12).split(',')
+const SQL = VARIANTS.some((variant) => variant.name.startsWith('sql'))
 const SCENARIOS = ['unique', 'hot', 'zipf'].filter((scenario) => (onlyScenarios === undefined || onlyScenarios.includes(scenario)) &&
   VARIANTS.some((variant) => variant.scenarios.includes(scenario)))
+
+/** The tokens of a variant: its algorithm's, or (sql-*) those of the seeded users, whose sub is a uuid as auth.uid() wants. */
+const tokenSet = (variant) => variant.tokens ?? variant.alg
 
 /** A deterministic sequence of user indexes with Zipf popularity: P(rank k) ~ 1 / k^s. */
 function zipfSequence (users, s, length) {
@@ -170,6 +196,54 @@ function stopServer (child) {
   })
 }
 
+/**
+ * The PostgreSQL of the sql-* variants: test/fixtures/postgres.ts's throwaway server, started by
+ * bench/postgres.ts in a child run with tap's TypeScript loader (as tap runs the tests), pinned to the
+ * servers' cores before it starts the server (which inherits the pinning). Resolves with its URLs and
+ * the seeded users; the child stops the server when told, or when this process goes away.
+ */
+function startDatabase () {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(here, 'postgres.ts'), [], {
+      execArgv: ['--import', import.meta.resolve('@tapjs/typescript/import')],
+      env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1', TS_NODE_PROJECT: join(here, '..', 'tsconfig.json') },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+    })
+    // unpinned, it would inherit this process's core: every core then
+    if (PIN) execFileSync('taskset', ['-a', '-cp', PIN_POSTGRES ? SERVER_CORES : `0-${CORES - 1}`, String(child.pid)], { stdio: 'ignore' })
+    child.once('error', reject)
+    child.once('exit', (code) => reject(new Error(`bench/postgres.ts exited with ${code}`)))
+    child.once('message', (message) => {
+      child.removeAllListeners('exit')
+      resolve({ child, ...message })
+    })
+    child.send({ type: 'start' })
+  })
+}
+
+/** The CPU time of the PostgreSQL server (all its processes) in µs. */
+function databaseCpu (database) {
+  return new Promise((resolve) => {
+    database.child.once('message', (message) => resolve(message.cpuMicros))
+    database.child.send({ type: 'stats' })
+  })
+}
+
+/** What the sql-* variants answer the answer check's user: the rows, read as the superuser (no RLS). */
+async function expectedRows (database, sub) {
+  const { Client } = require('pg')
+  const client = new Client({ connectionString: database.superuserUrl })
+  await client.connect()
+  try {
+    const post = await client.query('select id, title from public_posts where id = 1')
+    const notes = await client.query('select id, body from notes where user_id = $1 order by id', [sub])
+    if (notes.rows.length !== 20) throw new Error(`the seeded user ${sub} has ${notes.rows.length} notes, not 20`)
+    return { trivial: JSON.stringify(post.rows), realistic: JSON.stringify(notes.rows) }
+  } finally {
+    await client.end()
+  }
+}
+
 /** The server's stats; with `gc`, it also collects garbage (after reading its CPU time) to report the live heap. */
 function ask (child, gc = false) {
   return new Promise((resolve) => {
@@ -215,21 +289,24 @@ function load (address, tokens, duration, cursor = { next: 0 }, credential = 'be
   })
 }
 
-/** The status of one GET /me with `headers`, on a connection of its own. */
-function statusOf (address, headers) {
+/** The status of one GET /me with `headers`, on a connection of its own (`body`: and its body). */
+function statusOf (address, headers, body = false) {
   return new Promise((resolve, reject) => {
     get(`${address}/me`, { agent: false, headers }, (res) => {
-      res.resume()
-      res.once('end', () => resolve(res.statusCode))
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk) => { text += chunk })
+      res.once('end', () => resolve(body ? { status: res.statusCode, body: text } : res.statusCode))
     }).once('error', reject)
   })
 }
 
 /**
  * Throws unless the server answers 200 to `valid`, and 401 to `tampered` and to no token; in the key
- * mode, 200 to the key and 401 to another key and to none; on the optional route, 200 to no credential.
+ * mode, 200 to the key and 401 to another key and to none; on the optional route, 200 to no credential;
+ * sql-*: and `valid`'s rows are `expected` (a query that failed, or saw other rows, would measure nothing).
  */
-async function checkAnswers (server, { valid, tampered }) {
+async function checkAnswers (server, { valid, tampered }, expected) {
   const bearer = CREDENTIALS.bearer
   const cases = server.variant.credential === 'apikey'
     ? [['the key', { apikey: SECRET_KEY }, 200], ['another key', { apikey: `sb_secret_${randomBytes(24).toString('base64url')}` }, 401], ['none', {}, 401]]
@@ -238,6 +315,10 @@ async function checkAnswers (server, { valid, tampered }) {
   for (const [, headers] of cases) got.push(await statusOf(server.address, headers))
   if (got.join() !== cases.map(([, , status]) => status).join()) {
     throw new Error(`${server.variant.name} answered ${got.join(', ')} to ${cases.map(([what]) => what).join(', ')} (expected ${cases.map(([, , status]) => status).join(', ')})`)
+  }
+  if (expected !== undefined) {
+    const { body } = await statusOf(server.address, bearer(valid), true)
+    if (body !== expected) throw new Error(`${server.variant.name} answered ${body.slice(0, 200)} to a valid token (expected ${expected.slice(0, 200)})`)
   }
 }
 
@@ -254,6 +335,17 @@ function probeMachine () {
   const command = PIN ? ['taskset', ['-c', SERVER_CORES, process.execPath, '-e', script]] : [process.execPath, ['-e', script]]
   const times = JSON.parse(execFileSync(command[0], command[1], { encoding: 'utf8' }))
   return { minMs: Math.min(...times), medianMs: median(times), maxMs: Math.max(...times) }
+}
+
+/** The sql-* variants' PostgreSQL (bench/postgres.ts), once started: stopped at the end, and on failure. */
+let database
+
+function stopDatabase ({ child }) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    child.once('exit', resolve)
+    child.send({ type: 'stop' })
+  })
 }
 
 async function main () {
@@ -288,6 +380,19 @@ async function main () {
     const at = valid.length - 10
     answerCheck[alg] = { valid, tampered: valid.slice(0, at) + (valid[at] === 'A' ? 'B' : 'A') + valid.slice(at + 1) }
   }
+  // sql-*: a PostgreSQL started for this run; hot's token is the first seeded user's (20 notes), the
+  // warm-up's the next 100 users', the answer check's the first user's again
+  let expected
+  if (SQL) {
+    database = await startDatabase()
+    const [first, ...others] = database.users
+    pools.SQL = [issuer.sign({ sub: first }, { kid: rs.kid })]
+    warmUp.SQL = others.slice(0, 100).map((sub) => issuer.sign({ sub }, { kid: rs.kid }))
+    const valid = issuer.sign({ sub: first }, { kid: rs.kid })
+    const at = valid.length - 10
+    answerCheck.SQL = { valid, tampered: valid.slice(0, at) + (valid[at] === 'A' ? 'B' : 'A') + valid.slice(at + 1) }
+    expected = await expectedRows(database, first)
+  }
   // zipf: the first ZIPF_USERS tokens of each pool are the users (one token each), requested in this order
   const zipf = zipfSequence(ZIPF_USERS, ZIPF_S, ZIPF_SEQUENCE)
   const zipfTokens = (pool) => Array.from(zipf, (user) => pool[user])
@@ -299,20 +404,21 @@ async function main () {
     for (const variant of VARIANTS) {
       if (!variant.scenarios.includes(scenario)) continue
       const key = variant.alg === 'ES256' ? es : rs
-      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions, route: variant.route, standIn: standIn?.address, publishableKey: PUBLISHABLE_KEY }
+      const config = { alg: variant.alg, jwk: key.jwk, issuer: issuer.issuer, jwksUrl: `${issuer.jwksUrl}?server=${variant.name}|${scenario}`, pluginOptions: variant.pluginOptions, route: variant.route, standIn: standIn?.address, publishableKey: PUBLISHABLE_KEY, postgres: database && { authenticatorUrl: database.authenticatorUrl } }
       servers.push({ variant, cursor: { next: 0 }, ...(await startServer(variant, config)) })
     }
     // every verifier answers 200 to a valid token and 401 to a bad one: a variant that let every token through would measure nothing
     try {
       for (const server of servers) {
-        if (!server.variant.name.startsWith('public')) await checkAnswers(server, answerCheck[server.variant.alg])
+        const rows = !server.variant.name.startsWith('sql') ? undefined : expected[server.variant.name.endsWith('-realistic') ? 'realistic' : 'trivial']
+        if (!server.variant.name.startsWith('public')) await checkAnswers(server, answerCheck[tokenSet(server.variant)], rows)
       }
     } catch (err) {
       await Promise.all(servers.map((server) => stopServer(server.child)))
       throw err
     }
     // warm-up: every server once, short, with tokens of its own (never requested again)
-    for (const server of servers) await load(server.address, warmUp[server.variant.alg], 1, undefined, server.variant.credential)
+    for (const server of servers) await load(server.address, warmUp[tokenSet(server.variant)], 1, undefined, server.variant.credential)
     return servers
   }
 
@@ -326,20 +432,25 @@ async function main () {
     for (let round = 1; round <= ROUNDS; round++) {
       // every other round in reverse order: no variant is always measured first, or just after another
       for (const server of round % 2 === 1 ? servers : [...servers].reverse()) {
-        const tokens = tokensFor[scenario](pools[server.variant.alg])
+        const tokens = tokensFor[scenario](pools[tokenSet(server.variant)])
         // a second of the same load first, not measured: a server left idle while the others ran
         // (half a minute in a full run) has had its heap shrunk and its code aged, and would spend
         // the round's first moments getting them back, the more so the more code it runs
         await load(server.address, tokens, WARM_UP, server.cursor, server.variant.credential)
+        // sql-*: the database's CPU time too (every other server idle meanwhile, its share is this one's)
+        const sql = server.variant.name.startsWith('sql')
+        const dbBefore = sql && await databaseCpu(database)
         const before = await ask(server.child)
         const result = await load(server.address, tokens, DURATION, server.cursor, server.variant.credential)
         const after = await ask(server.child, true)
+        const dbAfter = sql && await databaseCpu(database)
         const requests = result.requests.total
         const key = `${server.variant.name}|${scenario}`
         record(`${key}|rps`, result.requests.average)
         record(`${key}|p99`, result.p99)
         const cpu = (after.cpuMicros - before.cpuMicros) / requests
         record(`${key}|cpu`, cpu)
+        if (sql) record(`${key}|dbCpu`, (dbAfter - dbBefore) / requests)
         record(`${key}|rss`, after.rss / 2 ** 20)
         record(`${key}|errors`, result.non2xx + result.errors)
         if (after.tokenCacheHits !== undefined) {
@@ -348,7 +459,7 @@ async function main () {
           record(`${key}|entries`, after.cachedTokens)
           record(`${key}|heap`, after.heapAfterGc / 2 ** 20)
         }
-        process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s, ${cpu.toFixed(1)} CPU µs/req, RSS ${(after.rss / 2 ** 20).toFixed(1)} MB, heap ${(after.heapTotal / 2 ** 20).toFixed(1)} MB\n`)
+        process.stdout.write(`round ${round} ${scenario} ${server.variant.name}: ${Math.round(result.requests.average)} req/s, ${cpu.toFixed(1)} CPU µs/req${sql ? ` (+ ${((dbAfter - dbBefore) / requests).toFixed(1)} in PostgreSQL)` : ''}, RSS ${(after.rss / 2 ** 20).toFixed(1)} MB, heap ${(after.heapTotal / 2 ** 20).toFixed(1)} MB\n`)
       }
     }
     await Promise.all(servers.map((server) => stopServer(server.child)))
@@ -369,6 +480,7 @@ async function main () {
         ratioToPublic: +(rps / base).toFixed(3),
         p99ms: +median(samples.get(`${key}|p99`)).toFixed(1),
         cpuMicrosPerRequest: +median(samples.get(`${key}|cpu`)).toFixed(1),
+        dbCpuMicrosPerRequest: samples.has(`${key}|dbCpu`) ? +median(samples.get(`${key}|dbCpu`)).toFixed(1) : null,
         rssMB: +median(samples.get(`${key}|rss`)).toFixed(1),
         non2xx: Math.max(...samples.get(`${key}|errors`)),
         jwksFetches: fetchesBy.get(key) ?? 0, // counted by the JWKS server itself
@@ -404,7 +516,7 @@ async function main () {
     const none = rows.find((candidate) => candidate.variant === `plugin-tc0-${alg}` && candidate.scenario === 'zipf')
     return row && none && row.cachedTokens ? Math.round((row.heapAfterGcMB - none.heapAfterGcMB) * 2 ** 20 / row.cachedTokens) : null
   }
-  const targetsBy = ({ ratio, cpu, p99, rss }) => ({
+  const targetsBy = ({ ratio, cpu, dbCpu, p99, rss }) => ({
     'plugin-rs256 / limit-rs256 (unique, >= 0.9)': ratio('plugin-rs256', 'limit-rs256', 'unique'),
     'plugin-es256 / limit-es256 (unique, >= 0.9)': ratio('plugin-es256', 'limit-es256', 'unique'),
     'CPU plugin-rs256 / limit-rs256 (unique, <= 1.1)': cpu('plugin-rs256', 'limit-rs256', 'unique'),
@@ -435,23 +547,29 @@ async function main () {
     'supabase-user / supabase-anon (unique, >= 0.6)': ratio('supabase-user', 'supabase-anon', 'unique'),
     'CPU supabase-user / supabase-anon (hot, reference)': cpu('supabase-user', 'supabase-anon', 'hot'),
     'CPU supabase-user / supabase-anon (unique, reference)': cpu('supabase-user', 'supabase-anon', 'unique'),
+    'sql-scoped / sql-unscoped (hot, a trivial query: the worst case, >= 0.5)': ratio('sql-scoped', 'sql-unscoped', 'hot'),
+    'CPU sql-scoped / sql-unscoped (hot, the server\'s, reference)': cpu('sql-scoped', 'sql-unscoped', 'hot'),
+    'PostgreSQL CPU sql-scoped / sql-unscoped (hot, reference)': dbCpu('sql-scoped', 'sql-unscoped', 'hot'),
+    'sql-scoped-realistic / sql-unscoped-realistic (hot, the caller\'s 20 of 10,000 notes under RLS, reference)': ratio('sql-scoped-realistic', 'sql-unscoped-realistic', 'hot'),
+    'CPU sql-scoped-realistic / sql-unscoped-realistic (hot, the server\'s, reference)': cpu('sql-scoped-realistic', 'sql-unscoped-realistic', 'hot'),
+    'PostgreSQL CPU sql-scoped-realistic / sql-unscoped-realistic (hot, reference)': dbCpu('sql-scoped-realistic', 'sql-unscoped-realistic', 'hot'),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (RS256)': ['plugin-tc0-rs256', 'plugin-tc1k-rs256', 'plugin-rs256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
     'zipf x public, tokenCache 0 / 1,000 / 10,000 (default) (ES256)': ['plugin-tc0-es256', 'plugin-tc1k-es256', 'plugin-es256'].map((name) => ratio(name, 'public', 'zipf')).join(' / '),
     'heap bytes per cached token (1,000 / 10,000, RS256)': `${perEntry('plugin-tc1k-rs256', 'rs256')} / ${perEntry('plugin-rs256', 'rs256')}`,
     'heap bytes per cached token (1,000 / 10,000, ES256)': `${perEntry('plugin-tc1k-es256', 'es256')} / ${perEntry('plugin-es256', 'es256')}`
   })
-  const targets = targetsBy({ ratio: ofMedians('rps', divide, 3), cpu: ofMedians('cpuMicrosPerRequest', divide, 3), p99: ofMedians('p99ms', divide, 3), rss: ofMedians('rssMB', subtract, 1) })
-  const pairedTargets = targetsBy({ ratio: paired('rps', divide, 3), cpu: paired('cpu', divide, 3), p99: paired('p99', divide, 3), rss: paired('rss', subtract, 1) })
+  const targets = targetsBy({ ratio: ofMedians('rps', divide, 3), cpu: ofMedians('cpuMicrosPerRequest', divide, 3), dbCpu: ofMedians('dbCpuMicrosPerRequest', divide, 3), p99: ofMedians('p99ms', divide, 3), rss: ofMedians('rssMB', subtract, 1) })
+  const pairedTargets = targetsBy({ ratio: paired('rps', divide, 3), cpu: paired('cpu', divide, 3), dbCpu: paired('dbCpu', divide, 3), p99: paired('p99', divide, 3), rss: paired('rss', subtract, 1) })
 
   const probeAfter = probeMachine()
   const spread = (probe) => `${probe.minMs} to ${probe.maxMs} ms (median ${probe.medianMs})`
   console.log(`\nmachine check: a fixed hash loop took ${spread(probeBefore)} before the run, ${spread(probeAfter)} after`)
-  console.log(`${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers on cores ${SERVER_CORES}` : 'load and servers on the same cores'}\n`)
-  console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | RSS MB | non-2xx | JWKS fetches | cache hit rate | cached tokens | heap after GC MB |')
-  console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  console.log(`${quick ? 'quick' : 'full'} run: ${ROUNDS} round(s) x ${DURATION} s, ${CONNECTIONS} connections, pool of ${POOL} tokens, zipf over ${ZIPF_USERS} users (s = ${ZIPF_S}), node ${process.version}, ${PIN ? `load on core 0, servers${SQL && PIN_POSTGRES ? ' and PostgreSQL' : ''} on cores ${SERVER_CORES}${SQL && !PIN_POSTGRES ? ', PostgreSQL on any' : ''}` : 'load and servers on the same cores'}\n`)
+  console.log('| scenario | variant | req/s | x public | p99 ms | CPU µs/req | PostgreSQL CPU µs/req | RSS MB | non-2xx | JWKS fetches | cache hit rate | cached tokens | heap after GC MB |')
+  console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   const dash = (value) => value ?? '-'
   for (const row of rows) {
-    console.log(`| ${row.scenario} | ${row.variant} | ${row.rps} | ${row.ratioToPublic} | ${row.p99ms} | ${row.cpuMicrosPerRequest} | ${row.rssMB} | ${row.non2xx} | ${row.jwksFetches} | ${dash(row.tokenCacheHitRate)} | ${dash(row.cachedTokens)} | ${dash(row.heapAfterGcMB)} |`)
+    console.log(`| ${row.scenario} | ${row.variant} | ${row.rps} | ${row.ratioToPublic} | ${row.p99ms} | ${row.cpuMicrosPerRequest} | ${dash(row.dbCpuMicrosPerRequest)} | ${row.rssMB} | ${row.non2xx} | ${row.jwksFetches} | ${dash(row.tokenCacheHitRate)} | ${dash(row.cachedTokens)} | ${dash(row.heapAfterGcMB)} |`)
   }
   console.log('\nTargets (the ratio of the medians in the table):')
   for (const [name, value] of Object.entries(targets)) console.log(`- ${name}: ${value}`)
@@ -461,14 +579,16 @@ async function main () {
   mkdirSync(join(here, 'results'), { recursive: true })
   // latest.json holds full runs only: a quick run, or one limited to some variants or scenarios, goes beside it
   const file = join(here, 'results', quick || only !== undefined || onlyScenarios !== undefined ? 'quick.json' : 'latest.json')
-  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, rows, targets, pairedTargets }, null, 2) + '\n')
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, pinned: PIN && { load: '0', servers: SERVER_CORES }, quick, rounds: ROUNDS, duration: DURATION, connections: CONNECTIONS, pool: POOL, zipfUsers: ZIPF_USERS, zipfS: ZIPF_S, machineCheck: { before: probeBefore, after: probeAfter }, postgresPinned: SQL ? PIN_POSTGRES : undefined, rows, targets, pairedTargets }, null, 2) + '\n')
   console.log(`\nwritten to ${file}`)
 
   if (standIn !== undefined) await stopServer(standIn.child)
+  if (database !== undefined) await stopDatabase(database)
   await issuer.close()
 }
 
-main().catch((err) => {
+main().catch(async (err) => {
   console.error(err)
+  if (database !== undefined) await stopDatabase(database)
   process.exit(1)
 })

@@ -1,5 +1,6 @@
 // One benchmark server, in its own process: `node bench/server.mjs <variant>`, configured by the
-// parent over IPC. Answers 'stats' messages with its CPU time, RSS, heap after GC and (plugin) its stats().
+// parent over IPC (sql-*: with the URL of the run's PostgreSQL). Answers 'stats' messages with its CPU
+// time, RSS, heap after GC and (plugin, sql-*) its stats().
 import { createPublicKey } from 'node:crypto'
 import { createRequire } from 'node:module'
 import Fastify from 'fastify'
@@ -48,6 +49,46 @@ function notesThrough (clientOf) {
   }
 }
 
+/** The plugin's token cache figures, for the stats message. */
+function pluginStats (app) {
+  return () => {
+    const { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses } = app.supabaseJwks.stats()
+    return { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses }
+  }
+}
+
+/*
+ * The sql-* variants: the plugin with `postgres: { pool }` (a pg Pool as authenticator, max 10) and the
+ * route behind app.authenticate; `scoped`, the query through request.sql (a transaction as the caller:
+ * BEGIN with the setup, the statement, COMMIT: 3 round trips), else the same query on the same kind of
+ * pool, alone (1 round trip). The trivial query reads one post; the realistic one the caller's notes,
+ * 20 of 10,000, by the index on user_id: under RLS the policy filters them, unscoped a WHERE does.
+ */
+const SQL_QUERIES = {
+  trivial: {
+    scoped: (request) => request.sql`select id, title from public_posts where id = ${1}`,
+    unscoped: { text: 'select id, title from public_posts where id = $1', values: () => [1] }
+  },
+  realistic: {
+    scoped: (request) => request.sql`select id, body from notes order by id`,
+    unscoped: { text: 'select id, body from notes where user_id = $1 order by id', values: (request) => [request.user.sub] }
+  }
+}
+
+async function sqlRoute (app, config) {
+  const { Pool } = require('pg')
+  const pool = new Pool({ connectionString: config.postgres.authenticatorUrl, max: 10 })
+  pool.on('error', (err) => console.error(`${variant}: an idle PostgreSQL connection failed: ${err.message}`))
+  app.addHook('onClose', () => pool.end())
+  const supabaseJwks = require('fastify-supabase-jwks')
+  await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], postgres: { pool }, ...config.pluginOptions })
+  const query = SQL_QUERIES[variant.endsWith('-realistic') ? 'realistic' : 'trivial']
+  const handler = variant.startsWith('sql-scoped')
+    ? async (request) => query.scoped(request)
+    : async (request) => (await pool.query({ text: query.unscoped.text, values: query.unscoped.values(request) })).rows
+  return { preHandler: app.authenticate, handler }
+}
+
 async function main (config) {
   const app = Fastify({ logger: false })
   let cacheStats = () => ({})
@@ -89,10 +130,7 @@ async function main (config) {
     const supabaseJwks = require('fastify-supabase-jwks')
     await app.register(supabaseJwks, { jwksUrl: config.jwksUrl, issuer: config.issuer, algorithms: [config.alg], ...config.pluginOptions })
     preHandler = app.authenticate
-    cacheStats = () => {
-      const { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses } = app.supabaseJwks.stats()
-      return { fetches, cachedTokens, tokenCacheHits, tokenCacheMisses }
-    }
+    cacheStats = pluginStats(app)
   } else if (variant.startsWith('fastifyjwt')) {
     // @fastify/jwt verifying with the plugin's keys and checks (fastifyJwtOptions): its request path, and request.jwtVerify()
     const { fastifyJwtOptions } = require('fastify-supabase-jwks')
@@ -126,6 +164,9 @@ async function main (config) {
         return reply.code(401).send()
       }
     }
+  } else if (variant.startsWith('sql')) {
+    ;({ preHandler, handler } = await sqlRoute(app, config))
+    cacheStats = pluginStats(app)
   } else {
     throw new Error(`unknown variant ${variant}`)
   }
