@@ -36,7 +36,6 @@ export interface SqlPool {
 /** What `request.sql` needs of a pooled `pg` client. */
 export interface SqlPoolClient {
   query (config: { text: string, values?: unknown[], queryMode?: 'extended' }): Promise<{ rows: unknown[], rowCount: number | null, command: string }>
-  escapeLiteral (value: string): string
   on (event: 'error', listener: (err: Error) => void): unknown
   removeListener (event: 'error', listener: (err: Error) => void): unknown
 }

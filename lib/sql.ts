@@ -12,6 +12,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ActingUsageError, DatabaseUnavailableError, UnsupportedRoleError } from './errors'
 import type { PostgresConfig, SqlPool, SqlPoolClient } from './acting-options'
 import { actingRole, optionalPeer } from './acting'
+import { pipeline, type PipelineError, type PipelineStep, type StepResult } from './pipeline'
 
 /** Rows of a statement, and how many rows it touched (`rowCount`: an UPDATE's or DELETE's too). */
 export type SqlRows<Row> = Row[] & { rowCount: number | null }
@@ -56,8 +57,13 @@ interface Caller {
 
 /** Statements that end the transaction or change the session: refused, and their connection destroyed. */
 const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
-/** What the connection is outside request.sql: read with its first setup, then after every COMMIT (which must find the same). */
-const STATE = 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims'
+/** What the connection is outside request.sql: read before its first setup, then after every COMMIT (which must find the same). */
+const STATE_STEP: PipelineStep = { text: 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims', rows: true }
+const BEGIN: PipelineStep = { text: 'BEGIN' }
+const COMMIT: PipelineStep = { text: 'COMMIT' }
+/** The caller's transaction, as PostgREST scopes a request: every setting transaction-local. */
+const SETUP = 'SELECT set_config(\'statement_timeout\', $1, true), set_config(\'idle_in_transaction_session_timeout\', $2, true), ' +
+  'set_config(\'role\', $3, true), set_config(\'request.jwt.claims\', $4, true)'
 const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
 const SQLSTATE = /^[0-9A-Z]{5}$/
 /** SQLSTATE classes of a database that cannot answer now: connection (08), resources (53), operator intervention and timeouts (57). */
@@ -148,12 +154,23 @@ function answerOf (err: unknown, role: string): unknown {
  * A query on the caller's connection, its failure mapped where the database gave it: what the
  * handler throws of its own comes out as it is.
  */
-async function query (client: SqlPoolClient, config: Parameters<SqlPoolClient['query']>[0], role: string): Promise<Result> {
+async function query (client: SqlPoolClient, config: Parameters<SqlPoolClient['query']>[0], role: string): Promise<StepResult> {
   try {
     return await client.query(config)
   } catch (err) {
     throw answerOf(err, role)
   }
+}
+
+/**
+ * The error of a pipeline that began with `opening` steps: a setup that failed for want of a role is
+ * the pool role's to fix; the rest as the database gave it.
+ */
+function openingFailure (err: unknown, opening: number, role: string): unknown {
+  if ((err as PipelineError).step === opening - 1 && (err as { code?: unknown }).code === '42501') {
+    return new ActingUsageError(`the pool's role cannot act as ${role}: grant it the roles request.sql sets (grant anon, authenticated to <the pool's role>, as Supabase grants them to authenticator)`)
+  }
+  return answerOf(err, role)
 }
 
 function unavailable (reason: string, cause?: unknown): Error {
@@ -182,7 +199,10 @@ function held (client: SqlPoolClient, release: (err?: Error | boolean) => void):
 export class ScopedSql {
   readonly #pool: SqlPool
   readonly #config: PostgresConfig
-  readonly #setup: string
+  /** statement_timeout and idle_in_transaction_session_timeout, in milliseconds, as set_config takes them. */
+  readonly #timeouts: [string, string]
+  /** pg's own mapping of a value to its text (a Date, a Buffer, an array, an object as JSON). */
+  readonly #prepareValue: (value: unknown) => unknown
   /** Each connection's role and claims outside request.sql, as first read. */
   readonly #states = new WeakMap<SqlPoolClient, string>()
   #waiting = 0
@@ -190,8 +210,8 @@ export class ScopedSql {
   constructor (pool: SqlPool, config: PostgresConfig) {
     this.#pool = pool
     this.#config = config
-    this.#setup = `SELECT set_config('statement_timeout', '${config.statementTimeoutMs}', true), ` +
-      `set_config('idle_in_transaction_session_timeout', '${config.idleInTransactionTimeoutMs}', true)`
+    this.#timeouts = [String(config.statementTimeoutMs), String(config.idleInTransactionTimeoutMs)]
+    this.#prepareValue = optionalPeer<{ prepareValue: (value: unknown) => unknown }>('pg/lib/utils', 'request.sql').prepareValue
   }
 
   /** A connection, within `connectionTimeout`, with at most `maxWaiting` statements waiting: else 503. */
@@ -220,6 +240,61 @@ export class ScopedSql {
     })
   }
 
+  /** The steps that open a transaction as `caller` on `client`: its own state first, the first time. */
+  #opening (client: SqlPoolClient, caller: Caller): PipelineStep[] {
+    const setup = { text: SETUP, values: [this.#timeouts[0], this.#timeouts[1], caller.role, caller.claims], rows: true }
+    return this.#states.has(client) ? [BEGIN, setup] : [STATE_STEP, BEGIN, setup]
+  }
+
+  /** After a failure in the caller's transaction: rolled back and the connection returned, or, if that fails, destroyed. */
+  async #rollBack (client: SqlPoolClient, release: (destroy?: boolean) => void): Promise<void> {
+    try {
+      await client.query({ text: 'ROLLBACK' })
+      release()
+    } catch {
+      release(true)
+    }
+  }
+
+  /**
+   * The connection after COMMIT: returned if its role and claims are what they were before
+   * request.sql had it (read now if this was its first time), else destroyed.
+   */
+  #settle (request: FastifyRequest, client: SqlPoolClient, release: (destroy?: boolean) => void, results: readonly StepResult[]): void {
+    const before = this.#states.get(client) ?? JSON.stringify(results[0]!.rows[0])
+    this.#states.set(client, before)
+    if (JSON.stringify(results[results.length - 1]!.rows[0]) === before) {
+      release()
+      return
+    }
+    request.log.warn('supabase-jwks: a connection left request.sql in another role or with other claims than it came with: destroyed')
+    release(true)
+  }
+
+  /** One statement as the caller, in one round trip: BEGIN, the setup, the statement, COMMIT, the connection's state. */
+  async one (request: FastifyRequest, text: string, params: readonly unknown[]): Promise<StepResult> {
+    const caller = callerOf(request)
+    // mapped as pg maps them, before anything is sent: a value pg cannot send throws here
+    const values = params.map((value) => this.#prepareValue(value))
+    const { client, release } = await this.#connect()
+    const opening = this.#opening(client, caller)
+    let results: StepResult[]
+    try {
+      results = await pipeline(client, [...opening, { text, values, rows: true }, COMMIT, STATE_STEP])
+    } catch (err) {
+      await this.#rollBack(client, release)
+      throw openingFailure(err, opening.length, caller.role)
+    }
+    // an empty statement (a comment alone) has no result: then the list is one short
+    const result = results.length === opening.length + 3 ? results[opening.length]! : { rows: [], rowCount: null, command: '' }
+    if (LEAVING.has(result.command)) {
+      release(true)
+      throw new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
+    }
+    this.#settle(request, client, release, results)
+    return result
+  }
+
   /**
    * Runs `work` in one transaction as the caller: `step` runs one statement in it. A statement that
    * left the transaction or changed the session poisons it: every later step is refused, and the
@@ -228,27 +303,19 @@ export class ScopedSql {
   async run<T>(request: FastifyRequest, work: (step: Step) => Promise<T>): Promise<T> {
     const caller = callerOf(request)
     const { client, release } = await this.#connect()
-    // what the connection was when request.sql first had it: read once, then what each COMMIT must find
-    let before = this.#states.get(client)
+    const opening = this.#opening(client, caller)
+    let first: StepResult[]
     try {
-      const setup = `${this.#setup}, set_config('role', '${caller.role}', true), set_config('request.jwt.claims', ${client.escapeLiteral(caller.claims)}, true)`
-      if (before === undefined) {
-        const results = await query(client, { text: `BEGIN; ${STATE}; ${setup}` }, caller.role) as unknown as Array<{ rows: unknown[] }>
-        before = JSON.stringify(results[1]!.rows[0])
-        this.#states.set(client, before)
-      } else {
-        await query(client, { text: `BEGIN; ${setup}` }, caller.role)
-      }
+      first = await pipeline(client, opening)
     } catch (err) {
-      release(true)
-      throw (err as { code?: unknown }).code === '42501'
-        ? new ActingUsageError(`the pool's role cannot act as ${caller.role}: grant it the roles request.sql sets (grant anon, authenticated to <the pool's role>, as Supabase grants them to authenticator)`)
-        : err
+      await this.#rollBack(client, release)
+      throw openingFailure(err, opening.length, caller.role)
     }
     let poisoned: Error | undefined
     const step: Step = async (text, params) => {
       if (poisoned !== undefined) throw poisoned
-      const result = await query(client, { text, values: params as unknown[], queryMode: 'extended' }, caller.role)
+      const values = params.map((value) => this.#prepareValue(value))
+      const result = await query(client, { text, values, queryMode: 'extended' }, caller.role)
       if (LEAVING.has(result.command)) {
         poisoned = new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
         throw poisoned
@@ -264,32 +331,23 @@ export class ScopedSql {
         release(true)
         throw poisoned
       }
-      try {
-        await client.query({ text: 'ROLLBACK' })
-        release()
-      } catch {
-        release(true)
-      }
+      await this.#rollBack(client, release)
       throw err
     }
+    let last: StepResult[]
     try {
-      const end = await query(client, { text: `COMMIT; ${STATE}` }, caller.role) as unknown as Array<{ rows: unknown[] }>
-      if (JSON.stringify(end[1]!.rows[0]) !== before) {
-        request.log.warn('supabase-jwks: a connection left request.sql in another role or with other claims than it came with: destroyed')
-        release(true)
-        return result
-      }
+      last = await pipeline(client, [COMMIT, STATE_STEP])
     } catch (err) {
       release(true)
-      throw err
+      throw answerOf(err, caller.role)
     }
-    release()
+    this.#settle(request, client, release, [...first, ...last])
     return result
   }
 
   /** `request.sql` of one request. */
   for (request: FastifyRequest): Sql {
-    const single = statementsOf((text, params) => this.run(request, (step) => step(text, params)))
+    const single = statementsOf((text, params) => this.one(request, text, params))
     const transaction = <T>(work: (sql: SqlStatements) => Promise<T>): Promise<T> => this.run(request, async (step) => {
       let open = true
       const inside = statementsOf((text, params) => open
@@ -305,10 +363,8 @@ export class ScopedSql {
   }
 }
 
-/** One statement's result, as pg gives it. */
-type Result = Awaited<ReturnType<SqlPoolClient['query']>>
 /** Runs one statement in the caller's transaction. */
-type Step = (text: string, params: readonly unknown[]) => Promise<Result>
+type Step = (text: string, params: readonly unknown[]) => Promise<StepResult>
 
 /** The tag, `raw` and `ident` over a way to run one statement; arguments checked before anything runs. */
 function statementsOf (run: Step): SqlStatements {

@@ -73,6 +73,10 @@ async function appWith (t: Test, postgres: supabaseJwks.PostgresOptions): Promis
     if (fail === true) throw new Error('the handler changed its mind')
     return sql`select count(*)::int as n from notes`
   }))
+  app.post('/foreign', guarded, (request) => request.sql.transaction(async (sql) => {
+    await sql`insert into notes (body) values (${'mine'})`
+    return sql`insert into notes (user_id, body) values (${randomUUID()}, ${'not mine'})`
+  }))
   app.get('/unguarded', (request) => request.sql`select 1`)
   return app
 }
@@ -148,24 +152,29 @@ t.test('who a statement runs as: authenticated with the claims, anon with no use
   t.equal(unguarded.json().code, 'FST_SUPABASE_JWKS_USAGE', 'a route authenticate does not guard has no caller to act as')
 })
 
-t.test('three round trips per statement, always the extended protocol', async (t) => {
+t.test('one round trip per statement, always the extended protocol; a transaction() one more at each end', async (t) => {
   const { pool, queries } = countedPool(t)
   const app = await appWith(t, { pool })
+  const headers = bearer(issuer.sign({ sub: randomUUID() }))
   await stateOf(pool)
-  const before = queries.length
-  const res = await app.inject({ url: '/posts', headers: bearer(issuer.sign({ sub: randomUUID() })) })
-  t.equal(res.statusCode, 200)
-  const sent = queries.slice(before)
-  t.equal(sent.length, 3, 'BEGIN with the setup, the statement, COMMIT')
-  t.match(sent[0], /^BEGIN; /)
-  t.equal(sent[1], 'select title from public_posts order by id')
-  t.match(sent[2], /^COMMIT; /)
+  let before = queries.length
+  t.equal((await app.inject({ url: '/posts', headers })).statusCode, 200)
+  t.equal(queries.length - before, 1, 'a statement: one query of the client (one Sync): BEGIN, the setup, the statement, COMMIT, the state')
+  t.match(queries[queries.length - 1], /^SELECT current_user[\s\S]*BEGIN;\nSELECT set_config[\s\S]*select title from public_posts order by id;\nCOMMIT;\nSELECT current_user/, 'the first time, the connection\'s own state is read first')
+  before = queries.length
+  await app.inject({ url: '/posts', headers })
+  t.match(queries[queries.length - 1], /^BEGIN;\n/, 'then it is known')
+  before = queries.length
+  t.equal((await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['a', 'b'] } })).statusCode, 200)
+  t.equal(queries.length - before, 5, 'transaction(): the opening, two inserts, the count, the closing')
   // with no parameter, pg would send the simple protocol, which runs every statement of the text
   for (const text of ['select 1; commit; select 2', 'select 1; set role postgres']) {
-    const raw = await app.inject({ method: 'POST', url: '/raw', headers: bearer(issuer.sign({ sub: randomUUID() })), payload: { text } })
+    const raw = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text } })
     t.equal(raw.statusCode, 500, text)
     t.equal(raw.json().code, '42601', 'PostgreSQL refuses several statements in one: the extended protocol')
   }
+  const inside = await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ["x'); commit; select ('"] } })
+  t.same(inside.json(), [{ n: 3 }], 'a value is a value inside transaction() too')
   t.same(await stateOf(pool), { role: 'authenticator', claims: null, timeout: '0' })
 })
 
@@ -267,6 +276,11 @@ t.test('transaction(): several statements in one, rolled back when the handler t
   t.equal(failed.json().message, 'the handler changed its mind', 'the handler\'s own error comes out')
   t.same((await app.inject({ url: '/notes', headers })).json().map((row: { body: string }) => row.body), ['one', 'two'], 'rolled back')
   t.equal((await pool.query('select pg_backend_pid() as pid')).rows[0].pid, pid, 'a clean rollback returns the connection')
+  // a statement the policy refuses: PostgreSQL's error, with the hint, and nothing of the transaction kept
+  const refused = await app.inject({ method: 'POST', url: '/foreign', headers })
+  t.equal(refused.json().code, '42501')
+  t.match(refused.json().message, /row-level security policy.*request\.sql ran as authenticated/)
+  t.same((await app.inject({ url: '/notes', headers })).json().map((row: { body: string }) => row.body), ['one', 'two'], 'rolled back, the first insert too')
   t.same(await stateOf(pool), { role: 'authenticator', claims: null, timeout: '0' })
 })
 
@@ -318,11 +332,13 @@ t.test('a pool whose role cannot act as the caller is told what to grant', async
   const pool = new Pool({ connectionString: url.href, max: 1 })
   t.teardown(() => pool.end())
   const app = await appWith(t, { pool })
-  const res = await app.inject({ url: '/posts', headers: bearer(issuer.sign({ sub: randomUUID() })) })
-  t.equal(res.statusCode, 500)
-  t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
-  t.match(res.json().message, /cannot act as authenticated: grant it the roles/)
-  t.equal(pool.totalCount, 0, 'the connection of the failed setup was not returned')
+  const headers = bearer(issuer.sign({ sub: randomUUID() }))
+  for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
+    t.equal(res.statusCode, 500)
+    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+    t.match(res.json().message, /cannot act as authenticated: grant it the roles/)
+  }
+  t.same(await stateOf(pool), { role: 'lonely', claims: null, timeout: '0' }, 'rolled back: the connection is its own again')
 })
 
 t.test('a database without Supabase\'s roles: PostgreSQL says which is missing', async (t) => {
@@ -336,7 +352,7 @@ t.test('a database without Supabase\'s roles: PostgreSQL says which is missing',
   t.equal(res.statusCode, 500)
   t.equal(res.json().code, '22023')
   t.equal(res.json().message, 'role "anon" does not exist')
-  t.equal(pool.totalCount, 0, 'the connection of the failed setup was not returned')
+  t.equal(pool.idleCount, 1, 'rolled back and returned')
 })
 
 t.test('request.sql is a tag: called as a function it runs nothing', async (t) => {
