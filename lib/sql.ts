@@ -3,10 +3,13 @@
  * in a transaction that sets the role and the claims transaction-locally, as PostgREST does
  * (`set_config('role', ..., true)`, `set_config('request.jwt.claims', ..., true)`), so `auth.uid()`,
  * `auth.jwt()` and the project's policies apply, and nothing of the caller stays on the pooled
- * connection once it ends. Three round trips per statement: BEGIN with the setup, the statement (always
- * the extended protocol: one statement, every value a bind parameter), COMMIT with a check that the
- * connection is back to the pool's own role and claims; a connection that is not, or whose ROLLBACK
- * failed, is destroyed, never returned.
+ * connection once it ends.
+ *
+ * One round trip per statement: the setup and the statement pipelined (lib/pipeline.ts), always in the
+ * extended protocol (one statement each, every value a bind parameter), in the one implicit
+ * transaction PostgreSQL makes of what precedes a Sync. transaction(): BEGIN with the setup, each
+ * statement, COMMIT. Every setup also reads what the connection was before it: one that SQL of an
+ * earlier use changed for the session, or whose ROLLBACK failed, is destroyed, never returned.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { ActingUsageError, DatabaseUnavailableError, UnsupportedRoleError } from './errors'
@@ -57,12 +60,14 @@ interface Caller {
 
 /** Statements that end the transaction or change the session: refused, and their connection destroyed. */
 const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
-/** What the connection is outside request.sql: read before its first setup, then after every COMMIT (which must find the same). */
-const STATE_STEP: PipelineStep = { text: 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims', rows: true }
 const BEGIN: PipelineStep = { text: 'BEGIN' }
-const COMMIT: PipelineStep = { text: 'COMMIT' }
-/** The caller's transaction, as PostgREST scopes a request: every setting transaction-local. */
-const SETUP = 'SELECT set_config(\'statement_timeout\', $1, true), set_config(\'idle_in_transaction_session_timeout\', $2, true), ' +
+/**
+ * The caller's transaction, as PostgREST scopes a request: every setting transaction-local. The first
+ * two columns read the connection as it was before (a target list is evaluated in order): what its
+ * earlier uses left, checked by `#unchanged`.
+ */
+const SETUP = 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims, ' +
+  'set_config(\'statement_timeout\', $1, true), set_config(\'idle_in_transaction_session_timeout\', $2, true), ' +
   'set_config(\'role\', $3, true), set_config(\'request.jwt.claims\', $4, true)'
 const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
 const SQLSTATE = /^[0-9A-Z]{5}$/
@@ -203,7 +208,7 @@ export class ScopedSql {
   readonly #timeouts: [string, string]
   /** pg's own mapping of a value to its text (a Date, a Buffer, an array, an object as JSON). */
   readonly #prepareValue: (value: unknown) => unknown
-  /** Each connection's role and claims outside request.sql, as first read. */
+  /** Each connection's role and claims outside request.sql, as its first use found them. */
   readonly #states = new WeakMap<SqlPoolClient, string>()
   #waiting = 0
 
@@ -240,10 +245,26 @@ export class ScopedSql {
     })
   }
 
-  /** The steps that open a transaction as `caller` on `client`: its own state first, the first time. */
-  #opening (client: SqlPoolClient, caller: Caller): PipelineStep[] {
-    const setup = { text: SETUP, values: [this.#timeouts[0], this.#timeouts[1], caller.role, caller.claims], rows: true }
-    return this.#states.has(client) ? [BEGIN, setup] : [STATE_STEP, BEGIN, setup]
+  /** The setup of a transaction as `caller`: it also reads what the connection was before it. */
+  #setupOf (caller: Caller): PipelineStep {
+    return { text: SETUP, values: [this.#timeouts[0], this.#timeouts[1], caller.role, caller.claims], rows: true }
+  }
+
+  /**
+   * The connection's role and claims before a setup, as it read them: what its first use found, or it
+   * was changed for the session by SQL of an earlier use (`set_config(…, false)` in a statement) and is
+   * destroyed once this use ends. Its first reading is what later ones must find.
+   */
+  #unchanged (request: FastifyRequest, client: SqlPoolClient, setup: StepResult): boolean {
+    const { role, claims } = setup.rows[0] as { role: string, claims: string | null }
+    const now = `${role}\n${claims}`
+    const first = this.#states.get(client)
+    if (first === undefined) this.#states.set(client, now)
+    else if (first !== now) {
+      request.log.warn('supabase-jwks: a connection came back to request.sql in another role or with other claims than it first had (SQL of an earlier use changed them for the session): destroyed')
+      return false
+    }
+    return true
   }
 
   /** After a failure in the caller's transaction: rolled back and the connection returned, or, if that fails, destroyed. */
@@ -257,41 +278,32 @@ export class ScopedSql {
   }
 
   /**
-   * The connection after COMMIT: returned if its role and claims are what they were before
-   * request.sql had it (read now if this was its first time), else destroyed.
+   * One statement as the caller, in one round trip: the setup and the statement, pipelined in one
+   * implicit transaction (PostgreSQL runs what comes before a Sync as one, and rolls it back on an
+   * error), so the role and the claims end with it.
    */
-  #settle (request: FastifyRequest, client: SqlPoolClient, release: (destroy?: boolean) => void, results: readonly StepResult[]): void {
-    const before = this.#states.get(client) ?? JSON.stringify(results[0]!.rows[0])
-    this.#states.set(client, before)
-    if (JSON.stringify(results[results.length - 1]!.rows[0]) === before) {
-      release()
-      return
-    }
-    request.log.warn('supabase-jwks: a connection left request.sql in another role or with other claims than it came with: destroyed')
-    release(true)
-  }
-
-  /** One statement as the caller, in one round trip: BEGIN, the setup, the statement, COMMIT, the connection's state. */
   async one (request: FastifyRequest, text: string, params: readonly unknown[]): Promise<StepResult> {
     const caller = callerOf(request)
     // mapped as pg maps them, before anything is sent: a value pg cannot send throws here
     const values = params.map((value) => this.#prepareValue(value))
     const { client, release } = await this.#connect()
-    const opening = this.#opening(client, caller)
     let results: StepResult[]
     try {
-      results = await pipeline(client, [...opening, { text, values, rows: true }, COMMIT, STATE_STEP])
+      results = await pipeline(client, [this.#setupOf(caller), { text, values, rows: true }])
     } catch (err) {
-      await this.#rollBack(client, release)
-      throw openingFailure(err, opening.length, caller.role)
+      const answer = openingFailure(err, 1, caller.role)
+      // the implicit transaction ended with the error: the connection is clean, unless it failed
+      release(answer instanceof DatabaseUnavailableError)
+      throw answer
     }
+    const unchanged = this.#unchanged(request, client, results[0]!)
     // an empty statement (a comment alone) has no result: then the list is one short
-    const result = results.length === opening.length + 3 ? results[opening.length]! : { rows: [], rowCount: null, command: '' }
+    const result = results[1] ?? { rows: [], rowCount: null, command: '' }
     if (LEAVING.has(result.command)) {
       release(true)
       throw new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
     }
-    this.#settle(request, client, release, results)
+    release(!unchanged)
     return result
   }
 
@@ -303,13 +315,13 @@ export class ScopedSql {
   async run<T>(request: FastifyRequest, work: (step: Step) => Promise<T>): Promise<T> {
     const caller = callerOf(request)
     const { client, release } = await this.#connect()
-    const opening = this.#opening(client, caller)
-    let first: StepResult[]
+    let unchanged: boolean
     try {
-      first = await pipeline(client, opening)
+      const [, setup] = await pipeline(client, [BEGIN, this.#setupOf(caller)])
+      unchanged = this.#unchanged(request, client, setup!)
     } catch (err) {
       await this.#rollBack(client, release)
-      throw openingFailure(err, opening.length, caller.role)
+      throw openingFailure(err, 2, caller.role)
     }
     let poisoned: Error | undefined
     const step: Step = async (text, params) => {
@@ -334,14 +346,13 @@ export class ScopedSql {
       await this.#rollBack(client, release)
       throw err
     }
-    let last: StepResult[]
     try {
-      last = await pipeline(client, [COMMIT, STATE_STEP])
+      await query(client, { text: 'COMMIT' }, caller.role)
     } catch (err) {
       release(true)
-      throw answerOf(err, caller.role)
+      throw err
     }
-    this.#settle(request, client, release, [...first, ...last])
+    release(!unchanged)
     return result
   }
 
