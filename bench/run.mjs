@@ -20,7 +20,7 @@
 // sql-scoped, sql-unscoped (hot only; need PostgreSQL's server binaries, as the tests do): the plugin
 // with `postgres: { pool }` (a pg Pool as Supabase's `authenticator`, max 10), the route behind
 // app.authenticate; sql-scoped runs `request.sql\`select id, title from public_posts where id = ${1}\``
-// (a transaction as the caller: 3 round trips), sql-unscoped the same query on the same kind of pool
+// (a transaction as the caller: the setup and the statement, 1 round trip), sql-unscoped the same query on the same kind of pool
 // directly (pool.query, 1 round trip): a trivial query, the worst case for request.sql.
 // sql-scoped-realistic, sql-unscoped-realistic: the caller's 20 notes of 10,000 (500 users, spread over
 // the table), by an index on user_id; under RLS the policy filters them, unscoped a WHERE user_id = $1.

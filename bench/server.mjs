@@ -60,7 +60,7 @@ function pluginStats (app) {
 /*
  * The sql-* variants: the plugin with `postgres: { pool }` (a pg Pool as authenticator, max 10) and the
  * route behind app.authenticate; `scoped`, the query through request.sql (a transaction as the caller:
- * BEGIN with the setup, the statement, COMMIT: 3 round trips), else the same query on the same kind of
+ * the setup and the statement pipelined in one implicit transaction: 1 round trip), else the same query on the same kind of
  * pool, alone (1 round trip). The trivial query reads one post; the realistic one the caller's notes,
  * 20 of 10,000, by the index on user_id: under RLS the policy filters them, unscoped a WHERE does.
  */
