@@ -124,7 +124,7 @@ export function postgresOption (value: unknown): PostgresConfig | undefined {
     connectionString: connectionString as string | undefined,
     max: integer('postgres.max', own.max, DEFAULT_POOL_MAX, 1, 1000),
     connectionTimeoutMs: seconds('postgres.connectionTimeout', own.connectionTimeout, DEFAULT_CONNECTION_TIMEOUT, 0.001, MAX_DB_TIMEOUT),
-    maxWaiting: integer('postgres.maxWaiting', own.maxWaiting, DEFAULT_MAX_WAITING, 0, 100_000),
+    maxWaiting: integer('postgres.maxWaiting', own.maxWaiting, DEFAULT_MAX_WAITING, 1, 100_000),
     statementTimeoutMs: seconds('postgres.statementTimeout', own.statementTimeout, DEFAULT_STATEMENT_TIMEOUT, 0.001, MAX_DB_TIMEOUT),
     idleInTransactionTimeoutMs: seconds('postgres.idleInTransactionTimeout', own.idleInTransactionTimeout, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, 0.001, MAX_DB_TIMEOUT)
   }

@@ -132,9 +132,17 @@ export const DatabaseUnavailableError = createError(
 export const ActingUsageError = createError(
   'FST_SUPABASE_JWKS_USAGE', '%s', 500)
 
+/**
+ * `request.sql.ident(name, allowlist)` got a name its allowlist does not hold (a column to sort by,
+ * taken from the request): 400, and nothing runs. The message never repeats the name.
+ */
+export const IdentifierNotAllowedError = createError(
+  'FST_SUPABASE_JWKS_IDENTIFIER_NOT_ALLOWED', 'The name is not one this request may use', 400)
+
 /** The codes the handler's `request.sql` and `request.supabase` can throw (not answered by `authenticate`). */
 export const actingErrorCodes = {
   FST_SUPABASE_JWKS_UNSUPPORTED_ROLE: 403,
+  FST_SUPABASE_JWKS_IDENTIFIER_NOT_ALLOWED: 400,
   FST_SUPABASE_JWKS_DATABASE_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_USAGE: 500
 } as const

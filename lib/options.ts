@@ -915,6 +915,17 @@ function issuerList (options: Record<string, unknown>, allowInsecure: boolean): 
 }
 
 /**
+ * With `issuers`, the top-level `supabase`: each entry's default, and with its own `url` the client of
+ * callers without a user and `supabaseAdmin`. A `secretKey` without a `url` would make no client.
+ */
+function topLevelSupabase (value: unknown): ReturnType<typeof supabaseOption> {
+  const own = value as { url?: unknown, secretKey?: unknown } | undefined
+  if (own?.url !== undefined) return supabaseOption('supabase', value, undefined)
+  if (own?.secretKey !== undefined) fail('supabase.secretKey needs supabase.url with issuers: fastify.supabaseAdmin is a client of one project, the one url names')
+  return undefined
+}
+
+/**
  * Validates the options once, at registration, and turns them into a Config. `userOnly`: why only
  * user tokens can be verified here (with @fastify/jwt), refusing every other `auth` mode.
  */
@@ -962,7 +973,7 @@ export function normalizeOptions (input: unknown, userOnly?: string): Config {
     resourceMetadata: resourceMetadataOption(opts.resourceMetadata, knownIssuers),
     callers,
     // with issuers, the top level's supabase is each entry's default, and the anonymous client only with its own url
-    supabase: routed ? ((opts.supabase as { url?: unknown } | undefined)?.url === undefined ? undefined : supabaseOption('supabase', opts.supabase, undefined)) : issuers[0]!.supabase,
+    supabase: routed ? topLevelSupabase(opts.supabase) : issuers[0]!.supabase,
     postgres: postgresOption(opts.postgres)
   }
 }

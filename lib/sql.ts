@@ -5,14 +5,14 @@
  * `auth.jwt()` and the project's policies apply, and nothing of the caller stays on the pooled
  * connection once it ends.
  *
- * One round trip per statement: the setup and the statement pipelined (lib/pipeline.ts), always in the
- * extended protocol (one statement each, every value a bind parameter), in the one implicit
- * transaction PostgreSQL makes of what precedes a Sync. transaction(): BEGIN with the setup, each
- * statement, COMMIT. Every setup also reads what the connection was before it: one that SQL of an
- * earlier use changed for the session, or whose ROLLBACK failed, is destroyed, never returned.
+ * One round trip per statement: BEGIN, the setup, the statement and COMMIT pipelined (lib/pipeline.ts),
+ * each in the extended protocol (one statement each, every value a bind parameter), with one Sync.
+ * transaction(): BEGIN with the setup, each statement, COMMIT. Every setup also reads what the
+ * connection was before it: one that SQL of an earlier use changed for the session, or whose ROLLBACK
+ * failed, is destroyed, never returned.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { ActingUsageError, DatabaseUnavailableError, UnsupportedRoleError } from './errors'
+import { ActingUsageError, DatabaseUnavailableError, IdentifierNotAllowedError, UnsupportedRoleError } from './errors'
 import type { PostgresConfig, SqlPool, SqlPoolClient } from './acting-options'
 import { actingRole, optionalPeer } from './acting'
 import { pipeline, type PipelineError, type PipelineStep, type StepResult } from './pipeline'
@@ -61,13 +61,19 @@ interface Caller {
 /** Statements that end the transaction or change the session: refused, and their connection destroyed. */
 const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
 const BEGIN: PipelineStep = { text: 'BEGIN' }
+const COMMIT: PipelineStep = { text: 'COMMIT' }
 /**
- * The caller's transaction, as PostgREST scopes a request: every setting transaction-local. The first
- * two columns read the connection as it was before (a target list is evaluated in order): what its
- * earlier uses left, checked by `#unchanged`.
+ * The caller's transaction, as PostgREST scopes a request: every setting transaction-local. Supabase's
+ * `auth.uid()`, `auth.role()` and `auth.jwt()` read the older per-claim settings first
+ * (`request.jwt.claim.sub`, `.role`, `request.jwt.claim`): emptied, so that only the caller's claims
+ * count. The first columns read the connection as it was before (a target list is evaluated in
+ * order): what its earlier uses left, checked by `#unchanged`.
  */
 const SETUP = 'SELECT current_user AS role, nullif(current_setting(\'request.jwt.claims\', true), \'\') AS claims, ' +
+  'concat(nullif(current_setting(\'request.jwt.claim.sub\', true), \'\'), \',\', nullif(current_setting(\'request.jwt.claim.role\', true), \'\'), \',\', ' +
+  'nullif(current_setting(\'request.jwt.claim\', true), \'\')) AS legacy, ' +
   'set_config(\'statement_timeout\', $1, true), set_config(\'idle_in_transaction_session_timeout\', $2, true), ' +
+  'set_config(\'request.jwt.claim.sub\', \'\', true), set_config(\'request.jwt.claim.role\', \'\', true), set_config(\'request.jwt.claim\', \'\', true), ' +
   'set_config(\'role\', $3, true), set_config(\'request.jwt.claims\', $4, true)'
 const ANON_CLAIMS = JSON.stringify({ role: 'anon' })
 const SQLSTATE = /^[0-9A-Z]{5}$/
@@ -90,9 +96,11 @@ function callerOf (request: FastifyRequest): Caller {
 
 /** A quoted identifier, if the allowlist holds exactly this name. */
 function identifier (name: string, allowed: readonly string[]): SqlIdentifier {
-  if (typeof name !== 'string' || !Array.isArray(allowed) || !allowed.includes(name)) {
-    throw new ActingUsageError('sql.ident() takes only a name its allowlist holds exactly')
+  if (!Array.isArray(allowed) || allowed.some((entry) => typeof entry !== 'string')) {
+    throw new ActingUsageError('sql.ident() takes an allowlist: an array of the names it may take')
   }
+  // the name usually comes from the request (a column to sort by): the client's mistake, answered 400
+  if (typeof name !== 'string' || !allowed.includes(name)) throw new IdentifierNotAllowedError()
   return new SqlIdentifier(`"${name.replaceAll('"', '""')}"`)
 }
 
@@ -137,10 +145,15 @@ function firstKeyword (text: string): string {
   return text.slice(at, end).toUpperCase()
 }
 
-/** A permission error's hint: the grants and policies `authenticated` (or `anon`) needs. */
-function withHint (err: Error & { code?: string, hint?: string }, role: string): Error {
+/**
+ * A permission error's hint (SQLSTATE 42501): a missing grant (PostgreSQL's routine `aclcheck_error`),
+ * or a row a policy refused (`WITH CHECK`).
+ */
+function withHint (err: Error & { code?: string, hint?: string, routine?: string }, role: string): Error {
   if (err.code !== '42501') return err
-  const hint = `request.sql ran as ${role}: grant it the privileges the statement needs (for example grant select, insert, update, delete on the table to ${role}, and usage on its schema) and let a policy admit the row`
+  const hint = err.routine === 'aclcheck_error'
+    ? `request.sql ran as ${role}: grant it the privileges the statement needs (for example grant select, insert, update, delete on the table to ${role}, and usage on its schema)`
+    : `request.sql ran as ${role}, with the caller's claims: a row-level security policy refused the row`
   if (err.hint === undefined) err.hint = hint
   err.message += ` (${hint})`
   return err
@@ -256,8 +269,8 @@ export class ScopedSql {
    * destroyed once this use ends. Its first reading is what later ones must find.
    */
   #unchanged (request: FastifyRequest, client: SqlPoolClient, setup: StepResult): boolean {
-    const { role, claims } = setup.rows[0] as { role: string, claims: string | null }
-    const now = `${role}\n${claims}`
+    const { role, claims, legacy } = setup.rows[0] as { role: string, claims: string | null, legacy: string }
+    const now = `${role}\n${claims}\n${legacy}`
     const first = this.#states.get(client)
     if (first === undefined) this.#states.set(client, now)
     else if (first !== now) {
@@ -278,9 +291,10 @@ export class ScopedSql {
   }
 
   /**
-   * One statement as the caller, in one round trip: the setup and the statement, pipelined in one
-   * implicit transaction (PostgreSQL runs what comes before a Sync as one, and rolls it back on an
-   * error), so the role and the claims end with it.
+   * One statement as the caller, in one round trip: BEGIN, the setup, the statement and COMMIT,
+   * pipelined. An explicit transaction block, not the implicit one of a pipeline: in a block,
+   * PostgreSQL refuses a procedure (`CALL`) or a `DO` that commits, which would otherwise end the
+   * caller's role and claims and run the rest as the pool's own role.
    */
   async one (request: FastifyRequest, text: string, params: readonly unknown[]): Promise<StepResult> {
     const caller = callerOf(request)
@@ -289,16 +303,14 @@ export class ScopedSql {
     const { client, release } = await this.#connect()
     let results: StepResult[]
     try {
-      results = await pipeline(client, [this.#setupOf(caller), { text, values, rows: true }])
+      results = await pipeline(client, [BEGIN, this.#setupOf(caller), { text, values, rows: true }, COMMIT])
     } catch (err) {
-      const answer = openingFailure(err, 1, caller.role)
-      // the implicit transaction ended with the error: the connection is clean, unless it failed
-      release(answer instanceof DatabaseUnavailableError)
-      throw answer
+      await this.#rollBack(client, release)
+      throw openingFailure(err, 2, caller.role)
     }
-    const unchanged = this.#unchanged(request, client, results[0]!)
+    const unchanged = this.#unchanged(request, client, results[1]!)
     // an empty statement (a comment alone) has no result: then the list is one short
-    const result = results[1] ?? { rows: [], rowCount: null, command: '' }
+    const result = results.length === 4 ? results[2]! : { rows: [], rowCount: null, command: '' }
     if (LEAVING.has(result.command)) {
       release(true)
       throw new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
@@ -324,7 +336,7 @@ export class ScopedSql {
       throw openingFailure(err, 2, caller.role)
     }
     let poisoned: Error | undefined
-    const step: Step = async (text, params) => {
+    const send: Step = async (text, params) => {
       if (poisoned !== undefined) throw poisoned
       const values = params.map((value) => this.#prepareValue(value))
       const result = await query(client, { text, values, queryMode: 'extended' }, caller.role)
@@ -333,6 +345,14 @@ export class ScopedSql {
         throw poisoned
       }
       return result
+    }
+    // one statement at a time, each sent once the one before answered: statements started side by side
+    // (Promise.all) would otherwise be queued in pg already, and run after one that left the transaction
+    let last: Promise<unknown> = Promise.resolve()
+    const step: Step = (text, params) => {
+      const next = last.then(() => send(text, params))
+      last = next.catch(() => {})
+      return next
     }
     let result: T
     try {

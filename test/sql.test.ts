@@ -159,8 +159,8 @@ t.test('one round trip per statement, always the extended protocol; a transactio
   await stateOf(pool)
   let before = queries.length
   t.equal((await app.inject({ url: '/posts', headers })).statusCode, 200)
-  t.equal(queries.length - before, 1, 'a statement: one query of the client (one Sync): the setup, the statement')
-  t.match(queries[queries.length - 1], /^SELECT current_user AS role, [^;]*set_config\('role', \$3, true\), set_config\('request.jwt.claims', \$4, true\);\nselect title from public_posts order by id$/,
+  t.equal(queries.length - before, 1, 'a statement: one query of the client (one Sync): BEGIN, the setup, the statement, COMMIT')
+  t.match(queries[queries.length - 1], /^BEGIN;\nSELECT current_user AS role, [^;]*set_config\('role', \$3, true\), set_config\('request.jwt.claims', \$4, true\);\nselect title from public_posts order by id;\nCOMMIT$/,
     'the setup reads the connection as it was, then scopes it; all bind parameters')
   before = queries.length
   t.equal((await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['a', 'b'] } })).statusCode, 200)
@@ -183,7 +183,8 @@ t.test('SQL that would leave the transaction is refused, and its connection neve
   for (const text of ['commit', '  /* done */ COMMIT', '-- x\nrollback', 'set role postgres', 'reset role', 'begin', 'savepoint a']) {
     const res = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text } })
     t.equal(res.statusCode, 500, text)
-    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE', `${text}: refused before it runs`)
+    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+    t.match(res.json().message, /^request\.sql refuses [A-Z]+: it would end/, `${text}: refused before it runs`)
   }
   const first = await pool.query('select pg_backend_pid() as pid')
   // a nested comment hides the keyword from the plugin's scan, not from PostgreSQL: what ran is checked
@@ -239,6 +240,7 @@ t.test('sql.raw() arguments, comments, and a transaction\'s sql kept past its en
   })
   app.get('/odd', { preHandler: app.authenticate }, (request) => {
     const { kind } = request.query as { kind: string }
+    if (kind === 'ident') return request.sql`select ${request.sql.ident('body', 'body' as unknown as string[])} from notes`
     return kind === 'text' ? request.sql.raw(42 as unknown as string) : request.sql.raw('select $1', 'x' as unknown as unknown[])
   })
   const headers = bearer(issuer.sign({ sub: randomUUID() }))
@@ -248,11 +250,61 @@ t.test('sql.raw() arguments, comments, and a transaction\'s sql kept past its en
   const before = queries.length
   t.match((await app.inject({ url: '/odd?kind=text', headers })).json(), { code: 'FST_SUPABASE_JWKS_USAGE', message: /as a string/ })
   t.match((await app.inject({ url: '/odd?kind=params', headers })).json(), { code: 'FST_SUPABASE_JWKS_USAGE', message: /as an array/ })
+  t.match((await app.inject({ url: '/odd?kind=ident', headers })).json(), { code: 'FST_SUPABASE_JWKS_USAGE', message: /takes an allowlist/ })
   t.equal(queries.length, before, 'nothing was sent')
   const comment = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text: '-- only a comment' } })
   t.equal(comment.statusCode, 200, 'a comment alone is no statement PostgreSQL refuses')
   const open = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text: '/* never closed commit' } })
   t.equal(open.json().code, '42601', 'an unterminated comment is PostgreSQL\'s syntax error')
+})
+
+t.test('a procedure or a DO block that commits is refused by PostgreSQL: nothing runs past the caller\'s role', async (t) => {
+  const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
+  t.teardown(() => admin.end())
+  await admin.query(`create table if not exists audit (who text);
+    grant insert, select on audit to authenticated;
+    create or replace procedure commit_midway() language plpgsql as $$
+    begin insert into audit values (current_user); commit; insert into audit values (current_user); end $$;
+    grant execute on procedure commit_midway() to authenticated`)
+  const { pool } = countedPool(t)
+  const app = await appWith(t, { pool })
+  const headers = bearer(issuer.sign({ sub: randomUUID() }))
+  for (const text of ['call commit_midway()', 'do $$ begin insert into audit values (current_user); commit; insert into audit values (current_user); end $$']) {
+    const res = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text } })
+    t.equal(res.statusCode, 500, text)
+    t.equal(res.json().code, '2D000', 'invalid transaction termination: the caller\'s transaction is a block')
+  }
+  t.same((await admin.query('select who from audit')).rows, [], 'nothing was written, as the caller or as anyone')
+  t.same(await stateOf(pool), { role: 'authenticator', claims: null, timeout: '0' })
+})
+
+t.test('Supabase\'s older per-claim settings left on a connection do not speak for the caller', async (t) => {
+  const { pool } = countedPool(t)
+  const app = await appWith(t, { pool })
+  const sub = randomUUID()
+  const headers = bearer(issuer.sign({ sub }))
+  t.equal((await app.inject({ method: 'POST', url: '/raw', headers, payload: { text: 'select 1' } })).statusCode, 200)
+  // code of the app's own sets one for the session on the pool's only connection
+  await pool.query("select set_config('request.jwt.claim.sub', $1, false)", [randomUUID()])
+  const pid = (await pool.query('select pg_backend_pid() as pid')).rows[0].pid
+  const res = await app.inject({ method: 'POST', url: '/raw', headers, payload: { text: 'select auth.uid() as uid' } })
+  t.same(res.json(), [{ uid: sub }], 'auth.uid() is the caller\'s')
+  t.not((await pool.query('select pg_backend_pid() as pid')).rows[0].pid, pid, 'and the changed connection was destroyed')
+})
+
+t.test('statements started side by side in transaction() run one after the other: none runs after one that left', async (t) => {
+  const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
+  t.teardown(() => admin.end())
+  const { pool } = countedPool(t)
+  const app = await appWith(t, { pool })
+  const body = `side by side ${randomUUID()}`
+  app.get('/side-by-side', { preHandler: app.authenticate }, (request) => request.sql.transaction(async (sql) => {
+    const outcomes = await Promise.allSettled([sql.raw('/* a /* nested */ comment */ commit'), sql`insert into notes (body) values (${body})`])
+    return outcomes.map((outcome) => outcome.status)
+  }))
+  const res = await app.inject({ url: '/side-by-side', headers: bearer(issuer.sign({ sub: randomUUID() })) })
+  t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+  t.same((await admin.query('select count(*)::int as n from notes where body = $1', [body])).rows, [{ n: 0 }], 'the insert never ran')
 })
 
 t.test('identifiers only from an allowlist', async (t) => {
@@ -264,7 +316,9 @@ t.test('identifiers only from an allowlist', async (t) => {
   t.same((await app.inject({ url: '/sorted?by=body', headers })).json(), [{ body: 'b' }, { body: 'a' }], 'an allowed column')
   for (const by of ['user_id', 'body desc; drop table notes', 'BODY', '"body"']) {
     const res = await app.inject({ url: `/sorted?by=${encodeURIComponent(by)}`, headers })
-    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE', `${by}: not in the allowlist`)
+    t.equal(res.statusCode, 400, `${by}: not in the allowlist, the client's mistake`)
+    t.equal(res.json().code, 'FST_SUPABASE_JWKS_IDENTIFIER_NOT_ALLOWED')
+    t.notMatch(res.json().message, /drop|user_id/, 'the name is not repeated')
   }
 })
 
@@ -459,6 +513,7 @@ t.test('the option postgres is checked at registration', async (t) => {
     [{ pool, max: 3 }, /size your pool where you make it/],
     [{ pool, connectionTimeout: 5000 }, /were milliseconds meant/],
     [{ pool, poolSize: 3 }, /unknown option postgres.poolSize/],
+    [{ pool, maxWaiting: 0 }, /postgres.maxWaiting must be an integer from 1/],
     ['postgres://x', /must be an object/]
   ] as const) {
     const app = Fastify()

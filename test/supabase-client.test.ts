@@ -392,6 +392,9 @@ t.test('options: a bad url, a secret key as publishableKey, one key twice: ready
   t.equal(entrySecret.code, 'FST_SUPABASE_JWKS_OPTION')
   t.match(entrySecret.message, 'issuers[0].supabase.secretKey is never used: fastify.supabaseAdmin is one client, of the top-level supabase')
   t.notOk(entrySecret.message.includes(SECRET), 'the key is not repeated')
+  const topSecret = await registrationError({ issuers: [{ supabaseUrl: 'https://abc.supabase.co' }], supabase: { publishableKey: PUBLISHABLE, secretKey: SECRET } })
+  t.match(topSecret.message, 'supabase.secretKey needs supabase.url with issuers')
+  t.notOk(topSecret.message.includes(SECRET), 'the key is not repeated')
 })
 
 t.test('optional peers: one that cannot be loaded fails the registration, saying what to install', async (t) => {
