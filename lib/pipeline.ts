@@ -76,7 +76,7 @@ function pipelineClass (Query: QueryClass) {
 }
 
 /**
- * Runs `steps` (two or more that complete) in one round trip on `client` (a pg client). Resolves with each step's result, in order
+ * Runs `steps` in one round trip on `client` (a pg client). Resolves with each step's result, in order
  * (a step that was empty text has none: the array is shorter); rejects with the first error, its
  * `step` the index of the statement that failed.
  */
@@ -90,9 +90,8 @@ export function pipeline (client: SqlPoolClient, steps: readonly PipelineStep[])
   return new Promise((resolve, reject) => {
     const query: InstanceType<typeof Pipeline> = new Pipeline(steps, (err, results) => {
       if (err !== null) reject(Object.assign(err, { step: query.completed }))
-      // pg gives a list when more than one statement completed: request.sql's pipelines always hold two
-      // that do (BEGIN and the setup) besides one that may not (an empty statement, a comment alone)
-      else resolve(results as StepResult[])
+      // pg gives a list when more than one statement completed: an empty one (a comment alone) does not
+      else resolve(Array.isArray(results) ? results : [results!])
     })
     ;(client as unknown as { query (submittable: unknown): unknown }).query(query)
   })

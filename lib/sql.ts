@@ -5,9 +5,11 @@
  * `auth.jwt()` and the project's policies apply, and nothing of the caller stays on the pooled
  * connection once it ends.
  *
- * One round trip per statement: BEGIN, the setup, the statement and COMMIT pipelined (lib/pipeline.ts),
- * each in the extended protocol (one statement each, every value a bind parameter), with one Sync.
- * transaction(): BEGIN with the setup, each statement, COMMIT. Every setup also reads what the
+ * One round trip per statement: the setup and the statement pipelined (lib/pipeline.ts), each in the
+ * extended protocol (one statement each, every value a bind parameter), in the one implicit transaction
+ * PostgreSQL makes of what precedes a Sync. transaction(), a procedure (CALL) and a DO block: a
+ * transaction block, BEGIN with the setup, each statement, COMMIT. Statements that would end the
+ * transaction or change the session are refused before they run. Every setup also reads what the
  * connection was before it: one that SQL of an earlier use changed for the session, or whose ROLLBACK
  * failed, is destroyed, never returned.
  */
@@ -58,10 +60,15 @@ interface Caller {
   claims: string
 }
 
-/** Statements that end the transaction or change the session: refused, and their connection destroyed. */
+/** Statements that end the transaction or change the session: refused before they run. */
 const LEAVING = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT', 'SAVEPOINT', 'RELEASE', 'PREPARE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN'])
+/**
+ * Statements that may commit on their own (a procedure, a `DO` block) when no transaction block is
+ * open, and run the rest as the pool's own role: always run in one (`BEGIN` … `COMMIT`), where
+ * PostgreSQL refuses that.
+ */
+const BLOCK_ONLY = new Set(['CALL', 'DO'])
 const BEGIN: PipelineStep = { text: 'BEGIN' }
-const COMMIT: PipelineStep = { text: 'COMMIT' }
 /**
  * The caller's transaction, as PostgREST scopes a request: every setting transaction-local. Supabase's
  * `auth.uid()`, `auth.role()` and `auth.jwt()` read the older per-claim settings first
@@ -122,8 +129,9 @@ function statementOf (strings: TemplateStringsArray, values: readonly unknown[])
 }
 
 /**
- * The first keyword of a statement, past blanks and comments, scanned by index (linear in the text):
- * what it is before it runs. Best effort (nested comments end early here): what ran is checked too.
+ * The first keyword of a statement, past blanks and comments as PostgreSQL's lexer reads them (a line
+ * comment ends at a newline or a carriage return; block comments nest), scanned by index (linear in the
+ * text): what the statement is before it runs.
  */
 function firstKeyword (text: string): string {
   let at = 0
@@ -131,11 +139,10 @@ function firstKeyword (text: string): string {
     if (text.charCodeAt(at) <= 0x20) {
       at++
     } else if (text.startsWith('--', at)) {
-      const end = text.indexOf('\n', at)
-      at = end === -1 ? text.length : end + 1
+      at += 2
+      while (at < text.length && text[at] !== '\n' && text[at] !== '\r') at++
     } else if (text.startsWith('/*', at)) {
-      const end = text.indexOf('*/', at + 2)
-      at = end === -1 ? text.length : end + 2
+      at = pastBlockComment(text, at)
     } else {
       break
     }
@@ -143,6 +150,24 @@ function firstKeyword (text: string): string {
   let end = at
   while (end < text.length && /[a-z]/i.test(text[end]!)) end++
   return text.slice(at, end).toUpperCase()
+}
+
+/** Where the block comment at `start` ends, nested ones within it (the text's end if it never does). */
+function pastBlockComment (text: string, start: number): number {
+  let depth = 0
+  let at = start
+  do {
+    if (text.startsWith('/*', at)) {
+      depth++
+      at += 2
+    } else if (text.startsWith('*/', at)) {
+      depth--
+      at += 2
+    } else {
+      at++
+    }
+  } while (depth > 0 && at < text.length)
+  return at
 }
 
 /**
@@ -291,39 +316,32 @@ export class ScopedSql {
   }
 
   /**
-   * One statement as the caller, in one round trip: BEGIN, the setup, the statement and COMMIT,
-   * pipelined. An explicit transaction block, not the implicit one of a pipeline: in a block,
-   * PostgreSQL refuses a procedure (`CALL`) or a `DO` that commits, which would otherwise end the
-   * caller's role and claims and run the rest as the pool's own role.
+   * One statement as the caller, in one round trip: the setup and the statement pipelined, in the one
+   * implicit transaction PostgreSQL makes of what precedes a Sync (committed together, or rolled back
+   * together on an error), so the role and the claims end with it. A procedure or a `DO` block runs in
+   * a transaction block instead (`run`).
    */
-  async one (request: FastifyRequest, text: string, params: readonly unknown[]): Promise<StepResult> {
+  async one (request: FastifyRequest, text: string, params: readonly unknown[], keyword: string): Promise<StepResult> {
+    if (BLOCK_ONLY.has(keyword)) return this.run(request, (step) => step(text, params, keyword))
     const caller = callerOf(request)
     // mapped as pg maps them, before anything is sent: a value pg cannot send throws here
     const values = params.map((value) => this.#prepareValue(value))
     const { client, release } = await this.#connect()
     let results: StepResult[]
     try {
-      results = await pipeline(client, [BEGIN, this.#setupOf(caller), { text, values, rows: true }, COMMIT])
+      results = await pipeline(client, [this.#setupOf(caller), { text, values, rows: true }])
     } catch (err) {
-      await this.#rollBack(client, release)
-      throw openingFailure(err, 2, caller.role)
+      const answer = openingFailure(err, 1, caller.role)
+      // the implicit transaction ended with the error: the connection is clean, unless it failed
+      release(answer instanceof DatabaseUnavailableError)
+      throw answer
     }
-    const unchanged = this.#unchanged(request, client, results[1]!)
-    // an empty statement (a comment alone) has no result: then the list is one short
-    const result = results.length === 4 ? results[2]! : { rows: [], rowCount: null, command: '' }
-    if (LEAVING.has(result.command)) {
-      release(true)
-      throw new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
-    }
-    release(!unchanged)
-    return result
+    release(!this.#unchanged(request, client, results[0]!))
+    // an empty statement (a comment alone) has no result
+    return results[1] ?? { rows: [], rowCount: null, command: '' }
   }
 
-  /**
-   * Runs `work` in one transaction as the caller: `step` runs one statement in it. A statement that
-   * left the transaction or changed the session poisons it: every later step is refused, and the
-   * connection is destroyed whatever `work` does with the error.
-   */
+  /** Runs `work` in one transaction block as the caller: `step` runs one statement in it. */
   async run<T>(request: FastifyRequest, work: (step: Step) => Promise<T>): Promise<T> {
     const caller = callerOf(request)
     const { client, release } = await this.#connect()
@@ -335,34 +353,14 @@ export class ScopedSql {
       await this.#rollBack(client, release)
       throw openingFailure(err, 2, caller.role)
     }
-    let poisoned: Error | undefined
-    const send: Step = async (text, params) => {
-      if (poisoned !== undefined) throw poisoned
-      const values = params.map((value) => this.#prepareValue(value))
-      const result = await query(client, { text, values, queryMode: 'extended' }, caller.role)
-      if (LEAVING.has(result.command)) {
-        poisoned = new ActingUsageError(`request.sql ran ${result.command}, which leaves the caller's transaction or changes the session: its connection was destroyed`)
-        throw poisoned
-      }
-      return result
-    }
-    // one statement at a time, each sent once the one before answered: statements started side by side
-    // (Promise.all) would otherwise be queued in pg already, and run after one that left the transaction
-    let last: Promise<unknown> = Promise.resolve()
     const step: Step = (text, params) => {
-      const next = last.then(() => send(text, params))
-      last = next.catch(() => {})
-      return next
+      const values = params.map((value) => this.#prepareValue(value))
+      return query(client, { text, values, queryMode: 'extended' }, caller.role)
     }
     let result: T
     try {
       result = await work(step)
-      if (poisoned !== undefined) throw poisoned
     } catch (err) {
-      if (poisoned !== undefined) {
-        release(true)
-        throw poisoned
-      }
       await this.#rollBack(client, release)
       throw err
     }
@@ -378,11 +376,11 @@ export class ScopedSql {
 
   /** `request.sql` of one request. */
   for (request: FastifyRequest): Sql {
-    const single = statementsOf((text, params) => this.one(request, text, params))
+    const single = statementsOf((text, params, keyword) => this.one(request, text, params, keyword))
     const transaction = <T>(work: (sql: SqlStatements) => Promise<T>): Promise<T> => this.run(request, async (step) => {
       let open = true
-      const inside = statementsOf((text, params) => open
-        ? step(text, params)
+      const inside = statementsOf((text, params, keyword) => open
+        ? step(text, params, keyword)
         : Promise.reject(new ActingUsageError('this transaction\'s sql was used after transaction() ended')))
       try {
         return await work(inside)
@@ -394,8 +392,8 @@ export class ScopedSql {
   }
 }
 
-/** Runs one statement in the caller's transaction. */
-type Step = (text: string, params: readonly unknown[]) => Promise<StepResult>
+/** Runs one statement in the caller's transaction (its first keyword known). */
+type Step = (text: string, params: readonly unknown[], keyword: string) => Promise<StepResult>
 
 /** The tag, `raw` and `ident` over a way to run one statement; arguments checked before anything runs. */
 function statementsOf (run: Step): SqlStatements {
@@ -406,7 +404,7 @@ function statementsOf (run: Step): SqlStatements {
     if (LEAVING.has(keyword)) {
       throw new ActingUsageError(`request.sql refuses ${keyword}: it would end the caller's transaction or change the session; use sql.transaction() for several statements`)
     }
-    const result = await run(text, params)
+    const result = await run(text, params, keyword)
     return Object.assign(result.rows as Row[], { rowCount: result.rowCount })
   }
   const sql = <Row>(strings: TemplateStringsArray, ...values: unknown[]): Promise<SqlRows<Row>> => {
