@@ -318,7 +318,8 @@ t.test('transaction(): several statements in one, rolled back when the handler t
   t.same(await stateOf(pool), { role: 'authenticator', claims: null, timeout: '0' })
 })
 
-t.test('a connection whose ROLLBACK fails is destroyed', async (t) => {
+/** An app whose route's transaction has its connection ended by the superuser, then does `after`. */
+async function appKillingItsConnection (t: Test, after: () => Promise<string>): Promise<{ app: FastifyInstance, pool: Pool }> {
   const { pool } = countedPool(t)
   const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
   t.teardown(() => admin.end())
@@ -328,8 +329,13 @@ t.test('a connection whose ROLLBACK fails is destroyed', async (t) => {
   app.get('/killed', { preHandler: app.authenticate }, (request) => request.sql.transaction(async (sql) => {
     const [row] = await sql<{ pid: number }>`select pg_backend_pid() as pid`
     await admin.query('select pg_terminate_backend($1)', [row!.pid])
-    throw new Error('after the kill')
+    return after()
   }))
+  return { app, pool }
+}
+
+t.test('a connection whose ROLLBACK fails is destroyed', async (t) => {
+  const { app, pool } = await appKillingItsConnection(t, () => Promise.reject(new Error('after the kill')))
   const res = await app.inject({ url: '/killed', headers: bearer(issuer.sign({ sub: randomUUID() })) })
   t.equal(res.statusCode, 500)
   t.equal(res.json().message, 'after the kill')
@@ -338,19 +344,8 @@ t.test('a connection whose ROLLBACK fails is destroyed', async (t) => {
 })
 
 t.test('a connection lost before COMMIT: 503, and it is not returned', async (t) => {
-  const { pool } = countedPool(t)
-  const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
-  t.teardown(() => admin.end())
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(supabaseJwks, { supabaseUrl: issuer.url, warmStart: false, postgres: { pool } })
-  app.get('/killed', { preHandler: app.authenticate }, (request) => request.sql.transaction(async (sql) => {
-    const [row] = await sql<{ pid: number }>`select pg_backend_pid() as pid`
-    await admin.query('select pg_terminate_backend($1)', [row!.pid])
-    // time for the connection to report its end while request.sql holds it: an 'error' event, heard
-    await new Promise((resolve) => setTimeout(resolve, 200))
-    return 'done'
-  }))
+  // time for the connection to report its end while request.sql holds it: an 'error' event, heard
+  const { app, pool } = await appKillingItsConnection(t, () => new Promise((resolve) => setTimeout(() => resolve('done'), 200)))
   const res = await app.inject({ url: '/killed', headers: bearer(issuer.sign({ sub: randomUUID() })) })
   t.equal(res.statusCode, 503)
   t.equal(res.json().code, 'FST_SUPABASE_JWKS_DATABASE_UNAVAILABLE')
