@@ -6,6 +6,7 @@
  * the client's queue, its row parsing and its error handling stay pg's.
  */
 import type { SqlPoolClient } from './acting-options'
+import { ActingUsageError } from './errors'
 
 /** One statement of a pipeline: its text, its parameters (already mapped), and whether its rows are wanted. */
 export interface PipelineStep {
@@ -81,7 +82,11 @@ function pipelineClass (Query: QueryClass) {
  * `step` the index of the statement that failed.
  */
 export function pipeline (client: SqlPoolClient, steps: readonly PipelineStep[]): Promise<StepResult[]> {
-  const Query = (client.constructor as { Query?: QueryClass }).Query!
+  const Query = (client.constructor as { Query?: QueryClass }).Query
+  if (typeof Query !== 'function') {
+    return Promise.reject(new ActingUsageError('request.sql needs the pool of node-postgres (pg) with its JavaScript client: ' +
+      'this pool\'s client has no pg Query class (pg-native, or another driver)'))
+  }
   let Pipeline = made.get(Query)
   if (Pipeline === undefined) {
     Pipeline = pipelineClass(Query)

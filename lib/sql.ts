@@ -210,6 +210,7 @@ async function query (client: SqlPoolClient, config: Parameters<SqlPoolClient['q
  * the pool role's to fix; the rest as the database gave it.
  */
 function openingFailure (err: unknown, opening: number, role: string): unknown {
+  if (err instanceof ActingUsageError) return err
   if ((err as PipelineError).step === opening - 1 && (err as { code?: unknown }).code === '42501') {
     return new ActingUsageError(`the pool's role cannot act as ${role}: grant it the roles request.sql sets (grant anon, authenticated to <the pool's role>, as Supabase grants them to authenticator)`)
   }

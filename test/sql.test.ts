@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { randomBytes, randomUUID } from 'node:crypto'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { Pool, type PoolClient } from 'pg'
+import { Client, Pool, type PoolClient } from 'pg'
 import supabaseJwks from '../lib/index'
 import type { TestIssuer } from '../lib/testing'
 import { issuerFor } from './fixtures/helpers'
@@ -382,6 +382,22 @@ t.test('a database without Supabase\'s roles: PostgreSQL says which is missing',
   t.equal(res.json().code, '22023')
   t.equal(res.json().message, 'role "anon" does not exist')
   t.equal(pool.idleCount, 1, 'rolled back and returned')
+})
+
+t.test('a pool whose client is not node-postgres\'s JavaScript one is the app\'s mistake, said plainly', async (t) => {
+  // pg's own way to make a pool of another client class; this one has no Query class, as pg-native has not
+  class OtherClient extends Client {}
+  Object.defineProperty(OtherClient, 'Query', { value: undefined })
+  const pool = new Pool({ connectionString: pg.authenticatorUrl, max: 1, Client: OtherClient })
+  t.teardown(() => pool.end())
+  const app = await appWith(t, { pool })
+  const headers = bearer(issuer.sign({ sub: randomUUID() }))
+  for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
+    t.equal(res.statusCode, 500)
+    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+    t.match(res.json().message, /needs the pool of node-postgres/)
+  }
+  t.equal(pool.idleCount, 1, 'the connection went back unused')
 })
 
 t.test('request.sql is a tag: called as a function it runs nothing', async (t) => {
