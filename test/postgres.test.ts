@@ -127,6 +127,18 @@ t.test('after COMMIT or ROLLBACK the connection is authenticator again, with no 
   await t.rejects(client.query('select auth.uid()'), { code: '42501' })
 })
 
+t.test('Supabase Auth\'s sessions: deleting a user deletes its sessions; Auth\'s tables are no caller\'s', async (t) => {
+  const admin = await connect(postgres.superuserUrl, t)
+  const user = '00000000-0000-4000-8000-0000000000c1'
+  await admin.query('insert into auth.users (id, email) values ($1, $2)', [user, 'c@example.com'])
+  await admin.query("insert into auth.sessions (id, user_id, aal) values ('00000000-0000-4000-8000-0000000000d1', $1, 'aal1'), ('00000000-0000-4000-8000-0000000000d2', $1, 'aal2')", [user])
+  t.same(await rows(admin, 'select count(*)::int as n from auth.sessions where user_id = $1', [user]), [{ n: 2 }])
+  await admin.query('delete from auth.users where id = $1', [user])
+  t.same(await rows(admin, 'select count(*)::int as n from auth.sessions where user_id = $1', [user]), [{ n: 0 }], 'cascaded')
+  const client = await connect(postgres.authenticatorUrl, t)
+  await t.rejects(scoped(client, 'authenticated', claimsOf(USER_A), () => rows(client, 'select id from auth.sessions')), { code: '42501' }, 'no grant to authenticated')
+})
+
 t.test('stop() ends the server (connections fail), start() brings it back on the same port with the same data', async (t) => {
   const before = await connect(postgres.superuserUrl, t)
   before.on('error', () => {}) // the server ends this connection: pg reports it here too
