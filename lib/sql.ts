@@ -189,8 +189,7 @@ function answerOf (err: unknown, role: string): unknown {
   const code = String((err as { code?: unknown }).code)
   if (SQLSTATE.test(code) && !UNAVAILABLE.test(code)) return withHint(err as Error, role)
   // a SQLSTATE of those classes, or a connection that failed (pg gives no code): the cause says which
-  const unavailable = new DatabaseUnavailableError('PostgreSQL could not answer', { cause: err })
-  return Object.assign(unavailable, { headers: { 'retry-after': '1' } })
+  return unavailable('PostgreSQL could not answer', err)
 }
 
 /**

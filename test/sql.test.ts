@@ -81,6 +81,14 @@ async function appWith (t: Test, postgres: supabaseJwks.PostgresOptions): Promis
   return app
 }
 
+/** The app on a counted pool of one connection, already open, and a caller's headers: queries counted from here. */
+async function countingApp (t: Test) {
+  const { pool, queries } = countedPool(t)
+  const app = await appWith(t, { pool })
+  await stateOf(pool)
+  return { pool, queries, app, headers: bearer(issuer.sign({ sub: randomUUID() })) }
+}
+
 /** What a connection of the pool is, outside request.sql: its role and claims. */
 async function stateOf (pool: Pool): Promise<{ role: string, claims: string | null, timeout: string }> {
   const { rows } = await pool.query("select current_user as role, nullif(current_setting('request.jwt.claims', true), '') as claims, current_setting('statement_timeout') as timeout")
@@ -153,10 +161,7 @@ t.test('who a statement runs as: authenticated with the claims, anon with no use
 })
 
 t.test('one round trip per statement, always the extended protocol; a transaction() one more at each end', async (t) => {
-  const { pool, queries } = countedPool(t)
-  const app = await appWith(t, { pool })
-  const headers = bearer(issuer.sign({ sub: randomUUID() }))
-  await stateOf(pool)
+  const { pool, queries, app, headers } = await countingApp(t)
   let before = queries.length
   t.equal((await app.inject({ url: '/posts', headers })).statusCode, 200)
   t.equal(queries.length - before, 1, 'a statement: one query of the client (one Sync): the setup, the statement')
@@ -177,10 +182,7 @@ t.test('one round trip per statement, always the extended protocol; a transactio
 })
 
 t.test('SQL that would leave the transaction is refused before it runs, however it is written', async (t) => {
-  const { pool, queries } = countedPool(t)
-  const app = await appWith(t, { pool })
-  const headers = bearer(issuer.sign({ sub: randomUUID() }))
-  await stateOf(pool)
+  const { pool, queries, app, headers } = await countingApp(t)
   const before = queries.length
   for (const text of ['commit', '  /* done */ COMMIT', '-- x\nrollback', '-- x\rrollback', '/* a /* nested */ comment */ commit', '/**/end',
     'set role postgres', 'reset role', 'begin', 'start transaction', 'savepoint a', 'discard all', 'abort']) {
