@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
   AuthUnavailableError, BadRequestError, errorCodes, type ErrorCode, ForbiddenError, KeysUnavailableError, RevocationUnavailableError, TokenRevokedError, MalformedTokenError, NoTokenError, OptionError, RouteConfigError, TokenInvalidError, isAuthError, type AuthError,
-  InvalidApiKeyError, NoApiKeyError
+  InvalidApiKeyError, NoApiKeyError, SessionsUnavailableError
 } from './errors'
 import { admitsOthers, buildAdmission, buildPlans, USER, type SupabaseAuth } from './callers'
 import { requirements, type Config, type Requirements } from './options'
@@ -101,6 +101,7 @@ const DESCRIPTIONS: Record<string, string> = {
   FST_SUPABASE_JWKS_TOKEN_EXPIRED: 'The token has expired',
   FST_SUPABASE_JWKS_TOKEN_INVALID: 'The token is invalid',
   FST_SUPABASE_JWKS_TOKEN_REVOKED: 'The token has been revoked',
+  FST_SUPABASE_JWKS_NO_SESSION: 'The token names no session that can be checked',
   FST_SUPABASE_JWKS_FORBIDDEN: 'The token does not grant access to this route'
 }
 
@@ -340,7 +341,7 @@ export function buildRequiredFor (config: Config): (request: FastifyRequest) => 
  */
 export function answerHeaders (challenges: Challenges, err: AuthError): Record<string, string> {
   if (err instanceof KeysUnavailableError) return { 'retry-after': String((err as { retryAfter?: number }).retryAfter) }
-  if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError) return { 'retry-after': '1' }
+  if (err instanceof AuthUnavailableError || err instanceof RevocationUnavailableError || err instanceof SessionsUnavailableError) return { 'retry-after': '1' }
   // an API key is no HTTP authentication scheme: nothing to challenge with
   if (err instanceof RouteConfigError || err instanceof InvalidApiKeyError || err instanceof NoApiKeyError) return {}
   return { 'www-authenticate': challenges.of(err) }

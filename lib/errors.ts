@@ -49,6 +49,28 @@ export const TokenInvalidError = createError(
 export const TokenRevokedError = createError(
   'FST_SUPABASE_JWKS_TOKEN_REVOKED', 'The token has been revoked', 401)
 
+/**
+ * The token verified, but its session no longer stands in the project's database (option `sessions`):
+ * signed out, its user deleted or banned, or past its `not_after`. 401, the same code as a revoked token.
+ */
+export const SessionEndedError = createError(
+  'FST_SUPABASE_JWKS_TOKEN_REVOKED', 'The token has been revoked: %s', 401)
+
+/**
+ * With the option `sessions`, a user token that names no session the check can look up: no
+ * `session_id` claim, or one (or a `sub`) that is not a UUID. Refused before any query: 401.
+ */
+export const NoSessionError = createError(
+  'FST_SUPABASE_JWKS_NO_SESSION', 'The token names no session that can be checked: %s', 401)
+
+/**
+ * With the option `sessions`, whether the token's session stands cannot be read now (the database
+ * cannot answer in time) and the failure policy does not answer from the last known state: 503 with
+ * `Retry-After: 1`.
+ */
+export const SessionsUnavailableError = createError(
+  'FST_SUPABASE_JWKS_SESSIONS_UNAVAILABLE', 'Whether the token\'s session stands cannot be checked now: %s', 503)
+
 /** `isRevoked` threw or did not answer a boolean: the token cannot be accepted now. 503 with `Retry-After: 1`. */
 export const RevocationUnavailableError = createError(
   'FST_SUPABASE_JWKS_REVOCATION_UNAVAILABLE', 'Whether the token is revoked cannot be checked now', 503)
@@ -160,6 +182,8 @@ export const errorCodes = {
   FST_SUPABASE_JWKS_TOKEN_REVOKED: 401,
   FST_SUPABASE_JWKS_FORBIDDEN: 403,
   FST_SUPABASE_JWKS_REVOCATION_UNAVAILABLE: 503,
+  FST_SUPABASE_JWKS_NO_SESSION: 401,
+  FST_SUPABASE_JWKS_SESSIONS_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_KEYS_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_AUTH_UNAVAILABLE: 503,
   FST_SUPABASE_JWKS_ROUTE_CONFIG: 500,

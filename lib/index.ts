@@ -3,7 +3,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Answers, answerFor, bounded, buildAuthenticate, buildTokenSource, checkRevoked, kAccessToken, type Cookies } from './authenticate'
-import { KeysUnavailableError, RegistrationError, errorCodes as codes } from './errors'
+import { ActingUsageError, KeysUnavailableError, RegistrationError, errorCodes as codes } from './errors'
+import { createSessionChecks, type SessionsOptions, type SessionStats } from './sessions'
 import { combineStats, createResolvers, type KeyStats, type KeysUnavailable } from './keys'
 import { createLegacyChecker, type LegacyStats } from './legacy'
 import { normalizeOptions, routeRequirementsCheck, type IssuerOptions, type LegacyTokensOptions, type Requirements, type ResourceMetadataOptions, type SupabaseJwksOptions as Options } from './options'
@@ -67,7 +68,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
    * out of its plugin function, which avvio does not catch (the process exits).
    */
   const tokens = new TokenCache(config.tokenCache)
-  const verifyToken = createTokenVerifier(config, resolvers, tokens, fastify.log, legacy)
+  // a token's session is checked after its verification, token-cache hits included (option sessions)
+  const sessions = createSessionChecks(fastify, config)
+  const verified = createTokenVerifier(config, resolvers, tokens, fastify.log, legacy)
+  const verifyToken = sessions === undefined ? verified : sessions.after(verified)
   // the session cookie is read through @fastify/cookie: request.cookies once its hook has run, else its parser
   let parseCookie: ((header: string) => Cookies) | undefined
   if (config.cookieName !== undefined) {
@@ -110,6 +114,10 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
         throw err
       }
     },
+    watchSession: (user: fastifySupabaseJwks.SupabaseUser, onEnded: (err: Error) => void) => {
+      if (sessions === undefined) throw new ActingUsageError('watchSession() needs the option sessions')
+      return sessions.watch(user as unknown as Readonly<Record<string, unknown>>, onEnded)
+    },
     refresh: async () => {
       tokens.clear()
       const outcomes = await Promise.all(resolvers.map((keys) => keys.refresh()))
@@ -127,7 +135,8 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
       acceptedNone: answers.acceptedNone,
       rejected: { ...answers.rejected },
       ...legacy?.stats(),
-      ...supabaseClients?.stats()
+      ...supabaseClients?.stats(),
+      ...(sessions === undefined ? {} : { sessions: sessions.stats() })
     })
   })
 
@@ -151,6 +160,7 @@ declare namespace fastifySupabaseJwks {
   export type SupabaseJwksOptions = Options
   export type { SupabaseAccessTokenClaims, SupabaseAmrEntry, KeyStats, LegacyStats, LegacyTokensOptions, IssuerOptions, Requirements, ResourceMetadataOptions, AuthMode, SupabaseAuth }
   export type { PostgresOptions, SqlPool, SqlPoolClient, SupabaseClientOptions, Sql, SqlStatements, SqlRows, SqlIdentifier }
+  export type { SessionsOptions, SessionStats }
   /**
    * Your supabase-js client type, by declaration merging, so that `request.supabase` and
    * `fastify.supabaseAdmin` are typed with your project's `Database` types:
@@ -204,6 +214,8 @@ declare namespace fastifySupabaseJwks {
      * until its `exp`; at most `tokenCache` and 1000).
      */
     supabaseClients?: number
+    /** Only with the option `sessions`: the sessions held and the checks made (every issuer's, summed). */
+    sessions?: SessionStats
   }
   /**
    * Your own claims (for example from a custom access token hook), added by declaration merging:
@@ -242,6 +254,14 @@ declare namespace fastifySupabaseJwks {
      * (`jwks` without a URL) have nothing to fetch: it resolves at once.
      */
     refresh (): Promise<void>
+    /**
+     * With the option `sessions`: calls `onEnded` (with the `FST_SUPABASE_JWKS_TOKEN_REVOKED` error) when
+     * a check finds the session of `user` (claims from `verify()`) ended: signed out, its user deleted or
+     * banned. The session is read every `every` seconds while watched, whatever its tokens' `exp`;
+     * `onEnded` is called at most once. Returns the function that stops watching: call it when the
+     * socket closes. Throws `FST_SUPABASE_JWKS_USAGE` without the option for the user's issuer.
+     */
+    watchSession (user: SupabaseUser, onEnded: (err: Error) => void): () => void
     /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */
     stats (): Stats
   }

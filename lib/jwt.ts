@@ -56,6 +56,7 @@ const NOT_HERE: Record<string, string> = {
     'carry no challenge to name it in: register the plugin and protect the routes OAuth clients call with its authenticate',
   publishableKeys: 'routes that take API keys (requirement auth) need the plugin\'s own authenticate',
   secretKeys: 'routes that take API keys (requirement auth) need the plugin\'s own authenticate',
+  sessions: 'the sessions check needs the plugin\'s own authenticate (or verify())',
   tokenCache: 'the token cache needs the plugin\'s own authenticate (@fastify/jwt checks every token\'s signature here)'
 }
 
@@ -154,7 +155,9 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
   const config = normalizeOptions(options, API_KEYS)
   // keys given inline are judged here too: thrown from the function Fastify calls below, a refusal would escape the registration
   for (const issuer of config.issuers) if (issuer.jwks !== undefined) readInlineKeySet(issuer.jwks, issuer.algorithms)
-  const unavailable = Object.keys(NOT_HERE).find((name) => (options as Record<string, unknown>)[name] !== undefined)
+  const given = (name: string): boolean => (options as Record<string, unknown>)[name] !== undefined ||
+    (name === 'sessions' && config.issuers.some((issuer) => issuer.sessions !== undefined))
+  const unavailable = Object.keys(NOT_HERE).find(given)
   if (unavailable !== undefined) fail(`${unavailable} is not available through @fastify/jwt: ${NOT_HERE[unavailable]}`)
   const extra = extraOptions(jwt)
   const { namespace, trusted: ownTrusted } = extra

@@ -1,3 +1,4 @@
+import { sessionsOption, type SessionsConfig, type SessionsOptions } from './sessions'
 import { postgresOption, supabaseOption, type PostgresConfig, type PostgresOptions, type SupabaseClientConfig, type SupabaseClientOptions } from './acting-options'
 import type { FastifyRequest } from 'fastify'
 import type { SupabaseUser } from './index'
@@ -147,7 +148,7 @@ export interface ResourceMetadataConfig {
  * top level. Every duration is in seconds.
  */
 export interface IssuerOptions extends Pick<SupabaseJwksOptions, 'supabaseUrl' | 'jwksUrl' | 'discovery' | 'audience' | 'algorithms' |
-'clockTolerance' | 'cacheTtl' | 'cooldown' | 'staleIfError' | 'timeout' | 'maxResponseSize' | 'jwks' | 'supabase'> {
+'clockTolerance' | 'cacheTtl' | 'cooldown' | 'staleIfError' | 'timeout' | 'maxResponseSize' | 'jwks' | 'supabase' | 'sessions'> {
   /**
    * The exact `iss` of this issuer's tokens: what tokens are routed by (one string). Default with
    * `supabaseUrl`: `${supabaseUrl}/auth/v1`; required otherwise.
@@ -333,6 +334,13 @@ export interface SupabaseJwksOptions {
    * claims set as PostgREST sets them, so Row Level Security applies. Needs `pg`. Default: off.
    */
   postgres?: PostgresOptions
+  /**
+   * Sign-out that reaches every instance: refuses (401 `FST_SUPABASE_JWKS_TOKEN_REVOKED`) a token whose
+   * session is gone from the project's `auth.sessions` (signed out), or whose user is deleted or
+   * banned, at most `every` seconds after it happened, reading the project's database with a role of
+   * its own. Needs `pg` with `connectionString`. With `issuers`, per issuer only. Default: off.
+   */
+  sessions?: SessionsOptions
 }
 
 /** Where an issuer's discovery document is: the OIDC form first, then the RFC 8414 forms (each tried on a 404 of the one before). */
@@ -366,6 +374,8 @@ export interface IssuerConfig {
   jwks: InlineKeySet | undefined
   /** The supabase-js clients of this issuer's users (option `supabase`, the entry's or the top level's). */
   supabase: SupabaseClientConfig | undefined
+  /** Whether this issuer's sessions stand, read in its project's database (option `sessions`, the entry's own). */
+  sessions: SessionsConfig | undefined
 }
 
 /** The `jwks` option read: the entries of its `keys`, as given, and the option's name for messages. */
@@ -405,7 +415,7 @@ export interface Config {
 /** The options each issuer has: at the top level, or per entry of `issuers`. */
 const ISSUER_OPTIONS = new Set<string>([
   'supabaseUrl', 'jwksUrl', 'issuer', 'discovery', 'audience', 'algorithms', 'clockTolerance', 'cacheTtl',
-  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'jwks', 'supabase'
+  'cooldown', 'staleIfError', 'timeout', 'maxResponseSize', 'jwks', 'supabase', 'sessions'
 ])
 /** Where the keys come from: per entry only once there are `issuers`. */
 const SOURCE_OPTIONS = ['supabaseUrl', 'jwksUrl', 'issuer', 'discovery', 'jwks']
@@ -859,7 +869,8 @@ function issuerConfig (prefix: string, own: Record<string, unknown>, defaults: R
     insecureJwksUrl,
     allowInsecure,
     jwks,
-    supabase: supabaseOption(...pick('supabase'), authBase === undefined ? undefined : authBase.slice(0, -'/auth/v1'.length))
+    supabase: supabaseOption(...pick('supabase'), authBase === undefined ? undefined : authBase.slice(0, -'/auth/v1'.length)),
+    sessions: sessionsOption(name('sessions'), own.sessions)
   }
 }
 
@@ -891,6 +902,9 @@ function inlineKeySet (name: string, value: unknown): InlineKeySet | undefined {
 function issuerList (options: Record<string, unknown>, allowInsecure: boolean): IssuerConfig[] {
   for (const key of SOURCE_OPTIONS) {
     if (options[key] !== undefined) fail(`${key} does not go with issuers: give each issuer its own entry in issuers`)
+  }
+  if (options.sessions !== undefined) {
+    fail('sessions does not go with issuers at the top level: each issuer\'s sessions are in its own project\'s database; give sessions in its entry of issuers')
   }
   if (options.legacyTokens !== undefined) {
     fail('legacyTokens does not go with issuers: it is for one Supabase project\'s move off the legacy secret; register the plugin for that project alone meanwhile')
@@ -974,8 +988,23 @@ export function normalizeOptions (input: unknown, userOnly?: string): Config {
     callers,
     // with issuers, the top level's supabase is each entry's default, and the anonymous client only with its own url
     supabase: routed ? topLevelSupabase(opts.supabase) : issuers[0]!.supabase,
-    postgres: postgresOption(opts.postgres)
+    postgres: apart(postgresOption(opts.postgres), issuers)
   }
+}
+
+/**
+ * The option `postgres`, which runs users' SQL, checked apart from every `sessions`: the check reads
+ * Supabase Auth's tables with a role of its own, never on a connection that users' SQL runs on.
+ */
+function apart (postgres: PostgresConfig | undefined, issuers: readonly IssuerConfig[]): PostgresConfig | undefined {
+  for (const { sessions } of issuers) {
+    if (postgres === undefined || sessions === undefined) continue
+    if ((sessions.pool !== undefined && sessions.pool === postgres.pool) || (sessions.connectionString !== undefined && sessions.connectionString === postgres.connectionString)) {
+      fail(`${sessions.option} and postgres are the same ${sessions.pool === undefined ? 'connection string' : 'pool'}: the sessions check reads auth.sessions and auth.users ` +
+        'with a role of its own, which may read only what it needs; users\' SQL never runs there (docs/sessions.md gives the grants)')
+    }
+  }
+  return postgres
 }
 
 /**

@@ -18,6 +18,7 @@ import { ActingUsageError, DatabaseUnavailableError, IdentifierNotAllowedError, 
 import type { PostgresConfig, SqlPool, SqlPoolClient } from './acting-options'
 import { actingRole, optionalPeer } from './acting'
 import { pipeline, type PipelineError, type PipelineStep, type StepResult } from './pipeline'
+import { connectWithin, ownPool, type ConnectError, type HeldConnection } from './pg-pool'
 
 /** Rows of a statement, and how many rows it touched (`rowCount`: an UPDATE's or DELETE's too). */
 export type SqlRows<Row> = Row[] & { rowCount: number | null }
@@ -220,24 +221,6 @@ function unavailable (reason: string, cause?: unknown): Error {
   return Object.assign(new DatabaseUnavailableError(reason, { cause }), { headers: { 'retry-after': '1' } })
 }
 
-/**
- * A connection while request.sql holds it: PostgreSQL ending it between two statements is an 'error'
- * event on the client, which nothing else listens to while it is checked out (unheard, it would end the
- * process). The next query on it fails, and it is destroyed then. Returned, it is the pool's to watch again.
- */
-function held (client: SqlPoolClient, release: (err?: Error | boolean) => void): { client: SqlPoolClient, release: (destroy?: boolean) => void } {
-  const lost = (): void => {}
-  client.on('error', lost)
-  return {
-    client,
-    release (destroy) {
-      // a destroyed connection keeps the listener: its socket may still report on its way out
-      if (destroy !== true) client.removeListener('error', lost)
-      release(destroy)
-    }
-  }
-}
-
 /** The pool of `request.sql`, its waits bounded. */
 export class ScopedSql {
   readonly #pool: SqlPool
@@ -258,29 +241,17 @@ export class ScopedSql {
   }
 
   /** A connection, within `connectionTimeout`, with at most `maxWaiting` statements waiting: else 503. */
-  #connect (): Promise<{ client: SqlPoolClient, release: (destroy?: boolean) => void }> {
-    if (this.#waiting >= this.#config.maxWaiting) return Promise.reject(unavailable(`${this.#waiting} statements already wait for a connection`))
+  async #connect (): Promise<HeldConnection> {
+    if (this.#waiting >= this.#config.maxWaiting) throw unavailable(`${this.#waiting} statements already wait for a connection`)
     this.#waiting++
-    return new Promise((resolve, reject) => {
-      let settled = false
-      const timer = setTimeout(() => {
-        settled = true
-        this.#waiting--
-        reject(unavailable(`no connection within ${this.#config.connectionTimeoutMs / 1000} s`))
-      }, this.#config.connectionTimeoutMs)
-      this.#pool.connect((err, client, release) => {
-        // too late: back to the pool at once, unused
-        if (settled) {
-          if (client !== undefined) release()
-          return
-        }
-        settled = true
-        this.#waiting--
-        clearTimeout(timer)
-        if (err !== undefined && err !== null) reject(unavailable('cannot connect', err))
-        else resolve(held(client!, release))
-      })
-    })
+    try {
+      return await connectWithin(this.#pool, this.#config.connectionTimeoutMs)
+    } catch (err) {
+      const failure = err as ConnectError
+      throw failure.timedOut ? unavailable(failure.message) : unavailable(failure.message, failure.cause)
+    } finally {
+      this.#waiting--
+    }
   }
 
   /** The setup of a transaction as `caller`: it also reads what the connection was before it. */
@@ -421,12 +392,7 @@ function statementsOf (run: Step): SqlStatements {
 export function registerSql (fastify: FastifyInstance, config: PostgresConfig): void {
   let pool = config.pool
   if (pool === undefined) {
-    const { Pool } = optionalPeer<typeof import('pg')>('pg', 'the option postgres.connectionString')
-    const own = new Pool({ connectionString: config.connectionString, max: config.max, connectionTimeoutMillis: config.connectionTimeoutMs })
-    // an idle connection PostgreSQL ended is an 'error' event: unheard, it would end the process
-    own.on('error', (err) => fastify.log.warn({ code: (err as { code?: string }).code }, 'supabase-jwks: an idle PostgreSQL connection failed'))
-    fastify.addHook('onClose', () => own.end())
-    pool = own as unknown as SqlPool
+    pool = ownPool(fastify, 'postgres', { connectionString: config.connectionString!, max: config.max, connectionTimeoutMillis: config.connectionTimeoutMs })
   }
   const scoped = new ScopedSql(pool, config)
   fastify.decorateRequest('sql', {

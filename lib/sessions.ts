@@ -1,0 +1,474 @@
+/*
+ * Sign-out that reaches every instance (option `sessions`). An access token outlives its session:
+ * after a sign-out (this device, every device, or the others), a deleted user or a ban, the token
+ * keeps verifying until `exp`. Supabase Auth keeps the truth in the project's own database: a
+ * sign-out deletes the session's row of `auth.sessions` (deleting a user cascades to them), a ban is
+ * `auth.users.banned_until` (supabase/auth's migrations). This module reads it, so that every
+ * instance refuses such a token at most `every` seconds after it happened:
+ *   - a session is read by a check at most `every` seconds old, or its token was issued less than
+ *     `every` seconds ago (the session stood then: it cannot have ended longer ago than that);
+ *     otherwise the request waits for the next check, which reads it (a session this instance never
+ *     saw waits once);
+ *   - one query reads every session due, never one per request or per session: a check every
+ *     `every` seconds of every session in use, and between them one for the sessions that wait (one
+ *     query in flight at most; the ones that arrive meanwhile wait for the next). Token-cache hits
+ *     are checked alike: the check follows the verification;
+ *   - when the database cannot answer, the sessions read before answer from what was read, for
+ *     `lastKnownFor` seconds (`onUnavailable: 'last-known'`, the default), or not at all
+ *     (`'refuse'`); the others get 503 with Retry-After. Never an unbounded wait: a check that takes
+ *     longer than `timeout` fails, its connection destroyed.
+ */
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { SqlPool } from './acting-options'
+import { connectWithin, ownPool } from './pg-pool'
+import { ActingUsageError, NoSessionError, SessionEndedError, SessionsUnavailableError } from './errors'
+import { fail, integer, seconds, type Config } from './options'
+import type { Claims, TokenVerifier } from './verify'
+
+/** Option `sessions`: where the check reads Supabase Auth's sessions, and how often. Durations in seconds. */
+export interface SessionsOptions {
+  /**
+   * A `pg` Pool of a role that may read only what the check needs (see the guide's grants): never the
+   * pool of `postgres`, which runs users' SQL. The plugin never ends it.
+   */
+  pool?: SqlPool
+  /** A connection string of that role: the plugin makes a pool of one connection (`pg` needed) and ends it on close. */
+  connectionString?: string
+  /** How long after a sign-out, a deleted user or a ban its tokens may still be accepted. Default 10. */
+  every?: number
+  /** The longest a check (its connection and its query) may take: what a request waits at most. Default 5. */
+  timeout?: number
+  /**
+   * When the database cannot answer: `'last-known'` (default) answers sessions read before from what
+   * was read, for `lastKnownFor` seconds past their last check's `every`; `'refuse'` answers 503 with
+   * Retry-After as soon as a session's last check is older than `every`. A session never read is 503
+   * either way.
+   */
+  onUnavailable?: 'last-known' | 'refuse'
+  /** With `onUnavailable: 'last-known'`: how long, past `every`, a session read before answers from what was read. Default 60. */
+  lastKnownFor?: number
+  /** Most sessions held at once (each about 200 bytes); past it the oldest is forgotten, and read again when it comes back. Default 100000. */
+  maxSessions?: number
+}
+
+/** The option `sessions` checked, durations in milliseconds. */
+export interface SessionsConfig {
+  option: string
+  pool: SqlPool | undefined
+  connectionString: string | undefined
+  everyMs: number
+  timeoutMs: number
+  lastKnownMs: number
+  maxSessions: number
+}
+
+export const DEFAULT_EVERY = 10
+export const DEFAULT_SESSIONS_TIMEOUT = 5
+export const DEFAULT_LAST_KNOWN_FOR = 60
+export const DEFAULT_MAX_SESSIONS = 100_000
+const SESSIONS_KEYS = new Set(['pool', 'connectionString', 'every', 'timeout', 'onUnavailable', 'lastKnownFor', 'maxSessions'])
+
+/** The option `sessions` (top level, or an `issuers` entry's). `undefined` when not given. */
+export function sessionsOption (name: string, value: unknown): SessionsConfig | undefined {
+  if (value === undefined) return undefined
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`${name} must be an object { pool } or { connectionString }, with every?`)
+  const own = value as Record<string, unknown>
+  for (const key of Object.keys(own)) {
+    if (!SESSIONS_KEYS.has(key)) fail(`unknown option ${name}.${key} (known: ${[...SESSIONS_KEYS].join(', ')})`)
+  }
+  const pool = own.pool as SqlPool | undefined
+  const connectionString = own.connectionString
+  if ((pool === undefined) === (connectionString === undefined)) {
+    fail(`${name} needs exactly one of pool (a pg Pool) and connectionString, of a role that may read only what the check needs`)
+  }
+  if (pool !== undefined && typeof (pool as { connect?: unknown }).connect !== 'function') fail(`${name}.pool must be a pg Pool`)
+  if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString === '')) fail(`${name}.connectionString must be a non-empty string`)
+  const policy = own.onUnavailable ?? 'last-known'
+  if (policy !== 'last-known' && policy !== 'refuse') fail(`${name}.onUnavailable must be 'last-known' or 'refuse'`)
+  return {
+    option: name,
+    pool,
+    connectionString: connectionString as string | undefined,
+    everyMs: seconds(`${name}.every`, own.every, DEFAULT_EVERY, 0.05, 3600),
+    timeoutMs: seconds(`${name}.timeout`, own.timeout, DEFAULT_SESSIONS_TIMEOUT, 0.01, 60),
+    lastKnownMs: policy === 'refuse' ? 0 : seconds(`${name}.lastKnownFor`, own.lastKnownFor, DEFAULT_LAST_KNOWN_FOR, 0, 86_400),
+    maxSessions: integer(`${name}.maxSessions`, own.maxSessions, DEFAULT_MAX_SESSIONS, 1, 10_000_000)
+  }
+}
+
+/**
+ * The check's one query: of the sessions given (with the user each token names), those that no longer
+ * stand, and why. Only the ended ones come back, so a check of 100,000 sessions in use returns a few
+ * rows. It reads `auth.sessions (id, user_id, not_after)` and `auth.users (id, deleted_at,
+ * banned_until)`: the columns the guide grants. No named statement: a transaction pooler keeps working.
+ */
+export const SESSIONS_QUERY = `select q.id::text as id, case
+    when s.id is null or s.user_id <> q.user_id then 'signed out'
+    when u.id is null or u.deleted_at is not null then 'user deleted'
+    when u.banned_until > now() then 'user banned'
+    else 'past not_after' end as ended
+  from unnest($1::uuid[], $2::uuid[]) as q (id, user_id)
+  left join auth.sessions s on s.id = q.id
+  left join auth.users u on u.id = s.user_id
+  where s.id is null or s.user_id <> q.user_id or u.id is null or u.deleted_at is not null
+    or u.banned_until > now() or s.not_after <= now()`
+
+/** A UUID as Supabase Auth writes session and user ids (any version, lowercase or not). */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/** Why a session no longer stands, as the query says it. */
+type Ended = 'signed out' | 'user deleted' | 'user banned' | 'past not_after'
+
+/** What a session's end is told to: a `watch` callback. */
+export type SessionEndListener = (err: Error) => void
+
+/** A session in use on this instance. */
+interface Session {
+  readonly id: string
+  /** The user its first token named: a token of another user with this session_id is refused. */
+  readonly userId: string
+  /** `unchecked` until a check read it; then `live`, or why it ended, as of `checkedAt`. */
+  state: 'unchecked' | 'live' | Ended
+  /** When the check that read `state` started (its query saw the database as of then or later). */
+  checkedAt: number
+  /** The latest `exp` of its tokens seen (ms): held until then, unless watched. */
+  expiresAt: number
+  /** The check in flight that reads it. */
+  round: Promise<void> | undefined
+  watchers: Set<SessionEndListener> | undefined
+}
+
+/** The checks' counts, for `stats()`. */
+export interface SessionStats {
+  /** Sessions held now (read, or waiting to be). */
+  tracked: number
+  /** Queries made so far (each reads every session due). */
+  checks: number
+  /** Checks that failed (no connection, an error, or past `timeout`). */
+  failures: number
+  /** When the last check succeeded, or failed (ms since the epoch); 0 before any. */
+  lastCheckAt: number
+  lastFailureAt: number
+}
+
+/** After a failed check, how long before the next may start: a database that is down is not asked in a loop. */
+const RETRY_MS = 1000
+/** How many sessions, oldest first, are looked at to find one to forget when `maxSessions` are held. */
+const MAX_EVICTION_SCAN = 64
+
+/** The sessions of one issuer's tokens, checked against its project's database. */
+export class SessionChecker {
+  readonly #config: SessionsConfig
+  readonly #pool: SqlPool
+  readonly #log: FastifyBaseLogger
+  readonly #toleranceMs: number
+  readonly #sessions = new Map<string, Session>()
+  #inFlight: Promise<void> | undefined
+  /** A check asked for while one is in flight: it starts when that one ends. */
+  #queued: { promise: Promise<void>, resolve: () => void } | undefined
+  #timer: NodeJS.Timeout | undefined
+  #failedAt = 0
+  #closed = false
+  readonly #stats = { checks: 0, failures: 0, lastCheckAt: 0, lastFailureAt: 0 }
+
+  constructor (config: SessionsConfig, pool: SqlPool, log: FastifyBaseLogger, clockToleranceMs: number) {
+    this.#config = config
+    this.#pool = pool
+    this.#log = log
+    this.#toleranceMs = clockToleranceMs
+  }
+
+  /**
+   * Whether a verified token's session stands: nothing (at once) when it does, a promise when a check
+   * must read it first; throws (or rejects with) the answer otherwise.
+   */
+  check (claims: Claims): void | Promise<void> {
+    const session = this.#sessionOf(claims)
+    if (this.#stands(session, claims, Date.now())) return
+    return this.#wait(session, claims)
+  }
+
+  /**
+   * Tells `onEnded` when a check finds the session of `claims` ended (a WebSocket authenticated once):
+   * the session is checked every `every` seconds while watched, whatever its tokens' `exp`. Returns
+   * the function that stops watching.
+   */
+  watch (claims: Claims, onEnded: SessionEndListener): () => void {
+    const session = this.#sessionOf(claims)
+    if (session.state !== 'unchecked' && session.state !== 'live') {
+      const ended = new SessionEndedError(`the session ended (${session.state})`)
+      queueMicrotask(() => this.#tell(onEnded, ended))
+      return () => {}
+    }
+    session.watchers ??= new Set()
+    session.watchers.add(onEnded)
+    return () => { session.watchers?.delete(onEnded) }
+  }
+
+  stats (): SessionStats {
+    return { tracked: this.#sessions.size, ...this.#stats }
+  }
+
+  /** Stops checking; a check in flight ends on its own (its connection is given back or destroyed). */
+  close (): void {
+    this.#closed = true
+    clearInterval(this.#timer)
+    this.#timer = undefined
+  }
+
+  /** The session a verified token names, held from now on: refused when it names none that can be looked up. */
+  #sessionOf (claims: Claims): Session {
+    const id = claims.session_id
+    if (id === undefined) throw new NoSessionError('it has no session_id claim (the option sessions needs one in every user token)')
+    if (typeof id !== 'string' || !UUID.test(id)) throw new NoSessionError('its session_id claim is not a UUID')
+    // verify.ts has checked sub is a non-empty string
+    const userId = claims.sub as string
+    if (!UUID.test(userId)) throw new NoSessionError('its sub claim is not a user id (a UUID)')
+    const key = id.toLowerCase()
+    const expiresAt = (claims.exp as number) * 1000 + this.#toleranceMs
+    let session = this.#sessions.get(key)
+    if (session === undefined) {
+      session = { id: key, userId: userId.toLowerCase(), state: 'unchecked', checkedAt: 0, expiresAt, round: undefined, watchers: undefined }
+      this.#hold(session)
+    } else {
+      if (session.userId !== userId.toLowerCase()) throw new SessionEndedError('the session is another user\'s')
+      if (expiresAt > session.expiresAt) session.expiresAt = expiresAt
+    }
+    return session
+  }
+
+  /** Holds a new session, forgetting the oldest unwatched one when `maxSessions` are held; starts the checks. */
+  #hold (session: Session): void {
+    if (this.#sessions.size >= this.#config.maxSessions) this.#forgetOne()
+    this.#sessions.set(session.id, session)
+    if (this.#timer === undefined && !this.#closed) {
+      this.#timer = setInterval(() => this.#tick(), this.#config.everyMs).unref()
+    }
+  }
+
+  /** Forgets the oldest session nobody watches (read again if it comes back); 503 when the oldest are all watched. */
+  #forgetOne (): void {
+    let scanned = 0
+    for (const [id, held] of this.#sessions) {
+      if (held.watchers === undefined || held.watchers.size === 0) {
+        this.#sessions.delete(id)
+        return
+      }
+      if (++scanned === MAX_EVICTION_SCAN) break
+    }
+    throw new SessionsUnavailableError(`${this.#sessions.size} sessions are held (maxSessions), the oldest of them watched`)
+  }
+
+  /** Whether the session stands now: read at most `every` ago, or the token issued less than `every` ago. Throws when it ended. */
+  #stands (session: Session, claims: Claims, now: number): boolean {
+    const { state } = session
+    if (state !== 'live' && state !== 'unchecked') throw new SessionEndedError(`the session ended (${state})`)
+    if (state === 'live' && now - session.checkedAt < this.#config.everyMs) return true
+    // the session stood when the token was issued: it cannot have ended longer ago than that
+    const iat = claims.iat
+    return typeof iat === 'number' && now - iat * 1000 < this.#config.everyMs
+  }
+
+  /** Whether the failure policy answers the session from what the last check read. */
+  #lastKnown (session: Session, now: number): boolean {
+    return session.state === 'live' && now - session.checkedAt < this.#config.everyMs + this.#config.lastKnownMs
+  }
+
+  /** A session whose last check is too old: read by the check in flight or the next; meanwhile the failure policy while the database fails. */
+  #wait (session: Session, claims: Claims): void | Promise<void> {
+    const now = Date.now()
+    if (this.#failedAt !== 0 && this.#lastKnown(session, now)) {
+      // answered from what was read; a check is asked meanwhile, which tells when the database is back
+      this.#next()
+      return
+    }
+    const round = session.round ?? this.#next()
+    if (round === undefined) throw this.#unavailable(session)
+    return round.then(() => {
+      const after = Date.now()
+      if (!this.#stands(session, claims, after) && !this.#lastKnown(session, after)) throw this.#unavailable(session)
+    })
+  }
+
+  #unavailable (session: Session): Error {
+    return new SessionsUnavailableError(session.state === 'unchecked' ? 'the session was never read, and the database cannot answer now' : 'the database cannot answer now')
+  }
+
+  /** The next check of the sessions due: now, after the one in flight, or none while the last failure is recent. */
+  #next (): Promise<void> | undefined {
+    if (this.#inFlight === undefined) {
+      if (this.#failedAt !== 0 && Date.now() - this.#failedAt < Math.min(RETRY_MS, this.#config.everyMs)) return undefined
+      return this.#run(false)
+    }
+    if (this.#queued === undefined) {
+      let done!: () => void
+      const promise = new Promise<void>((resolve) => { done = resolve })
+      this.#queued = { promise, resolve: done }
+    }
+    return this.#queued.promise
+  }
+
+  /** Every `every` seconds: forgets the sessions whose tokens all expired, and checks the others (all of them). */
+  #tick (): void {
+    const now = Date.now()
+    for (const [id, session] of this.#sessions) {
+      if (session.expiresAt < now && (session.watchers === undefined || session.watchers.size === 0)) this.#sessions.delete(id)
+    }
+    if (this.#sessions.size === 0) {
+      clearInterval(this.#timer)
+      this.#timer = undefined
+      return
+    }
+    if (this.#inFlight === undefined) this.#run(true)
+  }
+
+  /** One check: every session held (`all`), or those whose last check is too old; resolves when it ended, whatever its outcome. */
+  #run (all: boolean): Promise<void> {
+    const started = Date.now()
+    const batch: Session[] = []
+    for (const session of this.#sessions.values()) {
+      if (all || session.state === 'unchecked' || (session.state === 'live' && started - session.checkedAt >= this.#config.everyMs)) batch.push(session)
+    }
+    const round = this.#query(batch).then(
+      (ended) => this.#record(batch, ended, started),
+      (err: unknown) => this.#failed(err)
+    ).finally(() => this.#ended(batch, round))
+    for (const session of batch) session.round = round
+    this.#inFlight = round
+    return round
+  }
+
+  /** What a check read: the sessions it names ended, every other one of the batch stands as of when it started. */
+  #record (batch: readonly Session[], ended: ReadonlyMap<string, Ended>, started: number): void {
+    this.#failedAt = 0
+    this.#stats.lastCheckAt = Date.now()
+    for (const session of batch) {
+      const reason = ended.get(session.id)
+      session.state = reason ?? 'live'
+      session.checkedAt = started
+      if (reason !== undefined && session.watchers !== undefined) {
+        const err = new SessionEndedError(`the session ended (${reason})`)
+        for (const watcher of session.watchers) this.#tell(watcher, err)
+        session.watchers = undefined
+      }
+    }
+  }
+
+  #tell (watcher: SessionEndListener, err: Error): void {
+    try {
+      watcher(err)
+    } catch (error) {
+      this.#log.warn({ err: error }, 'supabase-jwks: a session watcher threw')
+    }
+  }
+
+  #failed (err: unknown): void {
+    this.#failedAt = this.#stats.lastFailureAt = Date.now()
+    this.#stats.failures++
+    this.#log.warn({ err, option: this.#config.option }, 'supabase-jwks: the sessions check failed: sessions read before answer from the last check, others get 503')
+  }
+
+  /** A check ended: the next one asked meanwhile starts now (or, after a failure, its waiters take the failure policy). */
+  #ended (batch: readonly Session[], round: Promise<void>): void {
+    for (const session of batch) if (session.round === round) session.round = undefined
+    this.#inFlight = undefined
+    const queued = this.#queued
+    if (queued === undefined) return
+    this.#queued = undefined
+    const next = this.#next()
+    if (next === undefined) queued.resolve()
+    else next.then(queued.resolve)
+  }
+
+  /** The query, within `timeout` (its connection included): the ended sessions of the batch, by id. */
+  async #query (batch: readonly Session[]): Promise<Map<string, Ended>> {
+    this.#stats.checks++
+    const deadline = Date.now() + this.#config.timeoutMs
+    const { client, release } = await connectWithin(this.#pool, this.#config.timeoutMs)
+    const ids = `{${batch.map((session) => session.id).join(',')}}`
+    const users = `{${batch.map((session) => session.userId).join(',')}}`
+    let result: { rows: unknown[] }
+    try {
+      const left = Math.max(0, deadline - Date.now())
+      result = await within(client.query({ text: SESSIONS_QUERY, values: [ids, users] }), left, `the sessions query took longer than ${this.#config.timeoutMs / 1000} s`)
+    } catch (err) {
+      // a query past its time (or failed) may still run on the connection: destroyed, never reused
+      release(true)
+      throw err
+    }
+    release()
+    return new Map((result.rows as Array<{ id: string, ended: Ended }>).map((row) => [row.id, row.ended]))
+  }
+}
+
+/** `promise`, or a rejection with `message` once `ms` passed. */
+function within<T> (promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer!: NodeJS.Timeout
+  const late = new Promise<never>((resolve, reject) => { timer = setTimeout(() => reject(new Error(message)), ms) })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
+/** What a registration's `sessions` options give the plugin: the check after verification, the watch, the counts. */
+export interface SessionChecks {
+  /** `verify`, followed by the check of the token's session (for the issuers whose `sessions` is set). */
+  after (verify: TokenVerifier): TokenVerifier
+  watch (claims: Claims, onEnded: SessionEndListener): () => void
+  stats (): SessionStats
+}
+
+/**
+ * The checks of every issuer whose option `sessions` is set (`undefined` when none is), each on its
+ * own pool (made of `connectionString`, or given), stopped when the app closes.
+ */
+export function createSessionChecks (fastify: FastifyInstance, config: Config): SessionChecks | undefined {
+  if (config.issuers.every((issuer) => issuer.sessions === undefined)) return undefined
+  const checkers: Array<SessionChecker | undefined> = []
+  // stopped before the pools end (onClose hooks run in order): no check starts on an ended pool
+  fastify.addHook('onClose', async function closeSupabaseJwksSessions () {
+    for (const checker of checkers) checker?.close()
+  })
+  for (const issuer of config.issuers) {
+    const sessions = issuer.sessions
+    if (sessions === undefined) {
+      checkers.push(undefined)
+      continue
+    }
+    const pool = sessions.pool ?? ownPool(fastify, sessions.option, { connectionString: sessions.connectionString!, max: 1, connectionTimeoutMillis: sessions.timeoutMs })
+    checkers.push(new SessionChecker(sessions, pool, fastify.log, issuer.clockToleranceMs))
+  }
+  const byIssuer = config.routed ? new Map(config.issuers.map((issuer, index) => [issuer.issuer![0]!, checkers[index]])) : undefined
+  /** The check of a verified token's issuer: the only one, or by its exact `iss` (verification routed it so). */
+  const checkerOf = (claims: Claims): SessionChecker | undefined => byIssuer === undefined ? checkers[0] : byIssuer.get(claims.iss as string)
+  function checked (claims: Claims): Claims | Promise<Claims> {
+    const pending = checkerOf(claims)?.check(claims)
+    return pending === undefined ? claims : pending.then(() => claims)
+  }
+  return {
+    after (verify) {
+      return function verifyToken (token) {
+        const claims = verify(token)
+        return claims instanceof Promise ? claims.then(checked) : checked(claims)
+      }
+    },
+    watch (claims, onEnded) {
+      const checker = checkerOf(claims)
+      if (checker === undefined) throw new ActingUsageError('watchSession() needs the option sessions for the token\'s issuer')
+      if (typeof onEnded !== 'function') throw new ActingUsageError('watchSession(user, onEnded): onEnded must be a function')
+      return checker.watch(claims, onEnded)
+    },
+    stats () {
+      const each = checkers.flatMap((checker) => checker === undefined ? [] : [checker.stats()])
+      return {
+        tracked: sum(each, 'tracked'),
+        checks: sum(each, 'checks'),
+        failures: sum(each, 'failures'),
+        lastCheckAt: Math.max(...each.map((stats) => stats.lastCheckAt)),
+        lastFailureAt: Math.max(...each.map((stats) => stats.lastFailureAt))
+      }
+    }
+  }
+}
+
+function sum (each: readonly SessionStats[], key: 'tracked' | 'checks' | 'failures'): number {
+  return each.reduce((total, stats) => total + stats[key], 0)
+}
