@@ -260,3 +260,17 @@ app.get('/notes', { preHandler: app.authenticate }, async (request) => {
   expectError(request.supabase = app.supabaseAdmin)
   return data
 })
+
+// sign-out on every instance (option sessions)
+declare const sessionsPool: import('pg').Pool
+app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', sessions: { connectionString: 'postgres://supabase_jwks_sessions@db/postgres', every: 5, onUnavailable: 'refuse' } })
+app.register(supabaseJwks, { issuers: [{ supabaseUrl: 'https://a.supabase.co', sessions: { pool: sessionsPool, lastKnownFor: 30, maxSessions: 1000, timeout: 2 } }] })
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', sessions: { connectionString: 'x', onUnavailable: 'accept' } }))
+expectError(app.register(supabaseJwks, { supabaseUrl: 'https://abc.supabase.co', sessions: { connectionString: 'x', often: 5 } }))
+expectType<supabaseJwks.SessionStats | undefined>(app.supabaseJwks.stats().sessions)
+expectType<number | undefined>(app.supabaseJwks.stats().sessions?.checks)
+app.supabaseJwks.verify('token').then((user) => {
+  const stop = app.supabaseJwks.watchSession(user, (err) => { expectType<Error>(err) })
+  expectType<() => void>(stop)
+  expectError(app.supabaseJwks.watchSession(user))
+})
