@@ -264,9 +264,12 @@ export class SessionChecker {
     const { state } = session
     if (state !== 'live' && state !== 'unchecked') throw new SessionEndedError(`the session ended (${state})`)
     if (state === 'live' && now - session.checkedAt < this.#config.everyMs) return true
-    // the session stood when the token was issued: it cannot have ended longer ago than that
+    // the session stood when the token was issued: it cannot have ended longer ago than that. An
+    // `iat` ahead of this clock by more than its one-second grain and the clock tolerance is no proof
     const iat = claims.iat
-    return typeof iat === 'number' && now - iat * 1000 < this.#config.everyMs
+    if (typeof iat !== 'number') return false
+    const age = now - iat * 1000
+    return age < this.#config.everyMs && age > -(1000 + this.#toleranceMs)
   }
 
   /** Whether the failure policy answers the session from what the last check read. */

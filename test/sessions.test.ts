@@ -193,12 +193,16 @@ t.test('a token without a session it can look up is refused before any query', a
   }
   t.match((await get(app, tokenOf('not-a-uuid', randomUUID(), 7200))).message, /sub claim is not a user id/)
   t.equal(queries.length, 0, 'no query was made')
+  // a token without iat, or issued further ahead than every, is no proof the session stood: read first
+  t.equal((await get(app, issuer.sign({ sub: user, session_id: randomUUID(), iat: undefined }))).code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
+  t.equal((await get(app, tokenOf(user, randomUUID(), -7200))).code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
+  t.equal(queries.length, 2, 'each waited for a check')
   t.equal(app.supabaseJwks.stats().rejected.FST_SUPABASE_JWKS_NO_SESSION, 7)
 
   // a session_id another user's token names is that user's
   const session = await newSession(user)
   t.equal((await get(app, tokenOf(user, session, 7200))).status, 200)
-  t.equal(queries.length, 1, 'an old token of a session never read: one query')
+  t.equal(queries.length, 3, 'an old token of a session never read: one query')
   const stranger = await get(app, tokenOf(randomUUID(), session, 7200))
   t.equal(stranger.code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
   t.match(stranger.message, /another user's/)
@@ -248,12 +252,13 @@ t.test('PostgreSQL stopped and restarted: last known state, 503 for the unknown,
   const { pool } = countedPool(t)
   const app = await appWith(t, { pool, every: 0.1, timeout: 1, lastKnownFor: 3600 })
   const strict = await appWith(t, { connectionString: sessionsUrl, every: 0.1, timeout: 1, onUnavailable: 'refuse' })
+  const bounded = await appWith(t, { connectionString: sessionsUrl, every: 0.1, timeout: 1, lastKnownFor: 2 })
   const user = await newUser()
   const live = await newSession(user)
   const ending = await newSession(user)
   const token = tokenOf(user, live, 60)
   const endingToken = tokenOf(user, ending, 60)
-  for (const instance of [app, strict]) {
+  for (const instance of [app, strict, bounded]) {
     t.equal((await get(instance, token)).status, 200)
     t.equal((await get(instance, endingToken)).status, 200)
   }
@@ -271,6 +276,11 @@ t.test('PostgreSQL stopped and restarted: last known state, 503 for the unknown,
     // onUnavailable 'refuse': once its last check is older than every, a read session gets 503 too
     await until(async () => (await get(strict, token)).status === 503, 'the refusal of a session read before')
     t.equal((await get(strict, token)).code, 'FST_SUPABASE_JWKS_SESSIONS_UNAVAILABLE')
+    // lastKnownFor bounds the answers from what was read: 200 for a while, then 503
+    await until(() => statsOf(bounded).failures > 0, 'a failed check')
+    t.equal((await get(bounded, token)).status, 200, 'within lastKnownFor')
+    await until(async () => (await get(bounded, token)).status === 503, 'lastKnownFor past')
+    t.equal((await get(app, token)).status, 200, 'the default (60 s) still answers')
   } finally {
     await pg.start()
   }
@@ -284,9 +294,9 @@ t.test('PostgreSQL stopped and restarted: last known state, 503 for the unknown,
   }
 })
 
-t.test('lastKnownFor bounds the answers from what was read', async (t) => {
+t.test('a database that never answers: no connection within timeout, 503', async (t) => {
   const black = await blackHole(t)
-  const app = await appWith(t, { connectionString: black, every: 0.05, timeout: 0.05, lastKnownFor: 0 })
+  const app = await appWith(t, { connectionString: black, every: 0.05, timeout: 0.05 })
   const user = randomUUID()
   // a recent token is accepted without a read; an old one of a session never read gets 503 within timeout
   t.equal((await get(app, tokenOf(user, randomUUID()))).status, 200)
