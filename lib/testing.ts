@@ -13,6 +13,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { createHmac, generateKeyPairSync, randomBytes, randomUUID, sign as cryptoSign, verify as cryptoVerify, timingSafeEqual, type KeyObject } from 'node:crypto'
 import type { AddressInfo } from 'node:net'
 import { hashOf, keyInput } from './signature'
+import { createSessionBook, signOutScope, TestAuthError, type Issued, type SignOutScope, type TestDatabase } from './testing-sessions'
+
+export { TestAuthError, type SignOutScope, type TestDatabase } from './testing-sessions'
 
 export type TestAlgorithm = 'RS256' | 'RS384' | 'RS512' | 'PS256' | 'PS384' | 'PS512' | 'ES256' | 'ES384' | 'ES512' | 'EdDSA'
 
@@ -33,6 +36,17 @@ export interface TestIssuerOptions {
   port?: number
   /** How long the server keeps an idle connection open, in ms (Node's default: 5000). */
   keepAliveTimeout?: number
+  /**
+   * A database to keep the sessions in as Supabase Auth does, for tests of what reads them: a `pg`
+   * Pool or Client (anything with its `query(text, values)`) connected as a role that may write
+   * `auth.users` and `auth.sessions`. A sign-in upserts the user (`id`, `email`, a placeholder
+   * `encrypted_password`) and inserts the session, a refresh sets `refreshed_at`, a sign-out deletes
+   * the rows of the sessions it ends, `banUser` sets `banned_until`, `deleteUser` deletes the user
+   * (its sessions by cascade): each written before the request is answered. A database error answers
+   * 500 `unexpected_failure` (the programmatic call rejects) and changes nothing. Users' ids must then
+   * be UUIDs (`addUser`'s default). Default: none, sessions kept in memory only.
+   */
+  database?: TestDatabase
 }
 
 export interface SignOptions {
@@ -110,10 +124,47 @@ export interface TestIssuer {
    * with the current key. Default id: a random UUID; metadata: `{}` and the email provider.
    */
   addUser (user: { email: string, password: string, id?: string, user_metadata?: Record<string, unknown>, app_metadata?: Record<string, unknown> }): TestUser
-  /** Signs `user` in as the token endpoint does, without HTTP: a new session. */
+  /**
+   * Signs `user` (one `addUser` returned) in as the token endpoint does, without HTTP: a new session,
+   * whose access token carries its `session_id` (`claims` override the access token's claims). Kept
+   * in memory only, never written to `database`: use `signIn` for a session the database holds.
+   * Throws a `TestAuthError` (400 `user_banned`) while the user is banned.
+   */
   session (user: TestUser, claims?: Record<string, unknown>): TestSession
+  /**
+   * Signs `user` in as `POST /auth/v1/token?grant_type=password` does, without HTTP: a new session,
+   * written to `database` (when given) before it resolves. Rejects with a `TestAuthError`: 400
+   * `user_banned` while the user is banned, 500 `unexpected_failure` when the database fails.
+   */
+  signIn (user: TestUser, claims?: Record<string, unknown>): Promise<TestSession>
+  /**
+   * Signs out as `POST /auth/v1/logout?scope=` does (supabase-js's `signOut({ scope })`), with an
+   * access token of the issuer: `'local'` ends the token's own session, `'global'` (the default, as
+   * GoTrue's and supabase-js's) every session of its user, `'others'` every other one. Ended sessions'
+   * rows are deleted from `database` and their refresh tokens refused. Rejects with a `TestAuthError`
+   * as GoTrue answers: 403 `bad_jwt` (not a genuine unexpired token of the issuer), `user_not_found`,
+   * `session_not_found` (its session has already ended), `user_banned`; 500 when the database fails.
+   */
+  signOut (accessToken: string, scope?: SignOutScope): Promise<void>
+  /**
+   * Bans the user for `seconds` from now, as Supabase Auth's admin API does (`ban_duration`): sets
+   * `auth.users.banned_until` in `database`; `0` lifts the ban. As in GoTrue, a ban ends no session:
+   * the user's sign-ins and refreshes are refused (400 `user_banned`) until it passes, and its access
+   * tokens stay valid until they expire.
+   */
+  banUser (id: string, seconds: number): Promise<void>
+  /**
+   * Deletes the user as Supabase Auth's admin API does (a hard delete): from `auth.users` in
+   * `database`, which deletes its sessions by cascade. The issuer forgets the user, its sessions and
+   * their refresh tokens.
+   */
+  deleteUser (id: string): Promise<void>
+  /** Ids of the live sessions (the access tokens' `session_id`), of one user or of all, oldest first. */
+  sessions (userId?: string): string[]
   /** Sign-ins and refreshes answered by `POST /auth/v1/token` so far (successful or not). */
   readonly tokenRequests: number
+  /** `POST /auth/v1/logout` requests received so far (answered 204 or refused). */
+  readonly logoutRequests: number
   /** The JWKS document served now. */
   jwks (): { keys: Array<Record<string, unknown>> }
   /**
@@ -127,6 +178,7 @@ export interface TestIssuer {
 }
 
 const CURVES: Record<string, string> = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521' }
+const UUID = /^[\da-f]{8}-[\da-f]{4}-[\da-f]{4}-[\da-f]{4}-[\da-f]{12}$/i
 
 function base64url (input: Buffer | string): string {
   return Buffer.from(input).toString('base64url')
@@ -211,13 +263,24 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     }
   }
 
+  /** The hosted gateway's refusal of a request without the project's API key as `apikey`. */
+  function apiKeyRefusal (request: IncomingMessage): { message: string } | undefined {
+    if (request.headers.apikey === undefined) return { message: 'No API key found in request' }
+    if (request.headers.apikey !== apiKey) return { message: 'Invalid API key' }
+    return undefined
+  }
+
+  function bearerOf (request: IncomingMessage): string | undefined {
+    return /^Bearer (.+)$/i.exec(request.headers.authorization ?? '')?.[1]
+  }
+
   /** `GET /auth/v1/user` as the hosted gateway and GoTrue answer it. */
   function user (request: IncomingMessage, response: ServerResponse): void {
     userRequests++
     if (userResponder?.(request, response)) return
-    if (request.headers.apikey === undefined) return json(response, 401, { message: 'No API key found in request' })
-    if (request.headers.apikey !== apiKey) return json(response, 401, { message: 'Invalid API key' })
-    const bearer = /^Bearer (.+)$/i.exec(request.headers.authorization ?? '')?.[1]
+    const refusal = apiKeyRefusal(request)
+    if (refusal !== undefined) return json(response, 401, refusal)
+    const bearer = bearerOf(request)
     const signedIn = bearer === undefined ? undefined : accessUser(bearer)
     if (signedIn !== undefined) return json(response, 200, signedIn)
     const payload = bearer === undefined ? undefined : legacyPayload(bearer)
@@ -237,8 +300,9 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
   }
 
   const users = new Map<string, TestUser>()
-  const refreshTokens = new Map<string, string>()
+  const book = createSessionBook<TestUser>(options.database)
   let tokenRequests = 0
+  let logoutRequests = 0
 
   /** The user as GoTrue's API shows it. */
   function userJson (account: TestUser): Record<string, unknown> {
@@ -261,14 +325,14 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
     }
   }
 
-  function session (account: TestUser, claims: Record<string, unknown> = {}): TestSession {
-    const refreshToken = randomBytes(12).toString('base64url')
-    refreshTokens.set(refreshToken, account.id)
+  /** The token endpoint's answer for a session just issued: an access token of that session. */
+  function tokenResponse ({ session: { id, user: account }, refreshToken }: Issued<TestUser>, claims: Record<string, unknown> = {}): TestSession {
     const token = sign({
       sub: account.id,
       email: account.email,
       app_metadata: account.app_metadata,
       user_metadata: account.user_metadata,
+      session_id: id,
       ...claims
     })
     const exp = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()).exp as number
@@ -280,6 +344,14 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
       refresh_token: refreshToken,
       user: userJson(account)
     }
+  }
+
+  function session (account: TestUser, claims?: Record<string, unknown>): TestSession {
+    return tokenResponse(book.open(account), claims)
+  }
+
+  async function signIn (account: TestUser, claims?: Record<string, unknown>): Promise<TestSession> {
+    return tokenResponse(await book.signIn(account), claims)
   }
 
   /** A request body as JSON (at most 64 KiB), or `undefined`. */
@@ -300,7 +372,8 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
   /** `POST /auth/v1/token?grant_type=password|refresh_token`, as GoTrue answers it. */
   async function token (request: IncomingMessage, response: ServerResponse): Promise<void> {
     tokenRequests++
-    if (request.headers.apikey !== apiKey) return json(response, 401, { message: 'Invalid API key' })
+    const refusal = apiKeyRefusal(request)
+    if (refusal !== undefined) return json(response, 401, refusal)
     const grant = new URL(String(request.url), url).searchParams.get('grant_type')
     const body = await jsonBody(request)
     if (grant === 'password') {
@@ -308,21 +381,14 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
       if (account === undefined || account.password !== body?.password) {
         return json(response, 400, { code: 400, error_code: 'invalid_credentials', msg: 'Invalid login credentials' })
       }
-      return json(response, 200, session(account))
+      return json(response, 200, await signIn(account))
     }
-    if (grant === 'refresh_token') {
-      const id = refreshTokens.get(String(body?.refresh_token))
-      if (id === undefined) {
-        return json(response, 400, { code: 400, error_code: 'refresh_token_not_found', msg: 'Invalid Refresh Token: Refresh Token Not Found' })
-      }
-      refreshTokens.delete(String(body?.refresh_token))
-      return json(response, 200, session(users.get(id)!))
-    }
+    if (grant === 'refresh_token') return json(response, 200, tokenResponse(await book.refresh(String(body?.refresh_token))))
     json(response, 400, { code: 400, error_code: 'unsupported_grant_type', msg: 'unsupported_grant_type' })
   }
 
-  /** The user of a genuine, unexpired access token signed by one of the issuer's published keys. */
-  function accessUser (bearer: string): Record<string, unknown> | undefined {
+  /** The payload of a genuine, unexpired access token signed by one of the issuer's published keys, or `undefined`. */
+  function accessPayload (bearer: string): Record<string, unknown> | undefined {
     const [head, body, signature] = bearer.split('.')
     try {
       const header = JSON.parse(Buffer.from(head!, 'base64url').toString()) as Record<string, unknown>
@@ -330,12 +396,63 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
       if (key === undefined || signature === undefined) return undefined
       if (!cryptoVerify(hashOf(key.alg), Buffer.from(`${head}.${body}`), keyInput(key.alg, key.publicKey), Buffer.from(signature, 'base64url'))) return undefined
       const payload = JSON.parse(Buffer.from(body!, 'base64url').toString()) as Record<string, unknown>
-      if (!(typeof payload.exp === 'number' && payload.exp * 1000 > Date.now())) return undefined
-      const account = users.get(payload.sub as string)
-      return account === undefined ? { id: payload.sub, aud: payload.aud, role: payload.role, email: payload.email } : userJson(account)
+      return typeof payload.exp === 'number' && payload.exp * 1000 > Date.now() ? payload : undefined
     } catch {
       return undefined
     }
+  }
+
+  /** The user of a genuine, unexpired access token signed by one of the issuer's published keys. */
+  function accessUser (bearer: string): Record<string, unknown> | undefined {
+    const payload = accessPayload(bearer)
+    if (payload === undefined) return undefined
+    const account = users.get(payload.sub as string)
+    return account === undefined ? { id: payload.sub, aud: payload.aud, role: payload.role, email: payload.email } : userJson(account)
+  }
+
+  /**
+   * The user and session of a bearer token, or GoTrue's refusal, as its `requireAuthentication` makes
+   * them (supabase/auth internal/api/auth.go): a genuine unexpired token (or a legacy HS256 one) of a
+   * user that exists, whose `session_id`, when it has one, names a live session, of a user not banned.
+   */
+  function authenticated (bearer: string | undefined): { account: TestUser, sessionId: string | undefined } {
+    if (bearer === undefined) throw new TestAuthError(401, 'no_authorization', 'This endpoint requires a valid Bearer token')
+    const payload = accessPayload(bearer) ?? legacyPayload(bearer)
+    if (payload === undefined) throw new TestAuthError(403, 'bad_jwt', 'invalid JWT: unable to parse or verify signature')
+    const account = users.get(String(payload.sub))
+    if (account === undefined) throw new TestAuthError(403, 'user_not_found', 'User from sub claim in JWT does not exist')
+    const sessionId = payload.session_id === '' ? undefined : payload.session_id
+    if (sessionId !== undefined && (typeof sessionId !== 'string' || !UUID.test(sessionId))) {
+      throw new TestAuthError(403, 'bad_jwt', 'invalid claim: session_id claim must be a UUID')
+    }
+    if (sessionId !== undefined && book.find(sessionId) === undefined) {
+      throw new TestAuthError(403, 'session_not_found', 'Session from session_id claim in JWT does not exist')
+    }
+    if (book.banned(account.id)) throw new TestAuthError(403, 'user_banned', 'User is banned')
+    return { account, sessionId }
+  }
+
+  async function signOut (bearer: string | undefined, scope: string | null | undefined): Promise<void> {
+    const { account, sessionId } = authenticated(bearer)
+    await book.signOut(account.id, sessionId, signOutScope(scope))
+  }
+
+  /** `POST /auth/v1/logout?scope=global|local|others`, as the hosted gateway and GoTrue answer it. */
+  async function logout (request: IncomingMessage, response: ServerResponse): Promise<void> {
+    logoutRequests++
+    request.resume()
+    const refusal = apiKeyRefusal(request)
+    if (refusal !== undefined) return json(response, 401, refusal)
+    await signOut(bearerOf(request), new URL(String(request.url), url).searchParams.get('scope'))
+    response.writeHead(204).end()
+  }
+
+  /** Answers what `work` refuses as GoTrue does; any other failure (a client gone mid-body) drops the connection, and the server goes on. */
+  function answering (response: ServerResponse, work: Promise<void>): void {
+    work.catch((error: unknown) => {
+      if (error instanceof TestAuthError) json(response, error.status, error.body)
+      else response.destroy()
+    })
   }
 
   function authorizationServerMetadata (): Record<string, unknown> {
@@ -358,15 +475,8 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
       return json(response, 200, authorizationServerMetadata())
     }
     if (path === '/auth/v1/user' && request.method === 'GET') return user(request, response)
-    if (path === '/auth/v1/token' && request.method === 'POST') {
-      // a client that goes away mid-body: the connection is dropped, the server goes on
-      token(request, response).catch(() => response.destroy())
-      return
-    }
-    if (path === '/auth/v1/logout' && request.method === 'POST') {
-      response.writeHead(204).end()
-      return
-    }
+    if (path === '/auth/v1/token' && request.method === 'POST') return answering(response, token(request, response))
+    if (path === '/auth/v1/logout' && request.method === 'POST') return answering(response, logout(request, response))
     if (path !== '/auth/v1/.well-known/jwks.json' && path !== '/.well-known/jwks.json') {
       response.writeHead(404, { 'content-type': 'application/json' }).end('{"code":404,"msg":"not found"}')
       return
@@ -443,7 +553,16 @@ export async function createTestIssuer (options: TestIssuerOptions = {}): Promis
       return account
     },
     session,
+    signIn,
+    signOut,
+    banUser: (id, seconds) => book.ban(id, seconds),
+    async deleteUser (id) {
+      await book.deleteUser(id)
+      users.delete(id)
+    },
+    sessions: (userId) => book.ids(userId),
     get tokenRequests () { return tokenRequests },
+    get logoutRequests () { return logoutRequests },
     legacySecret,
     apiKey,
     get userRequests () { return userRequests },
