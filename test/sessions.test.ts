@@ -7,6 +7,8 @@ import { Pool } from 'pg'
 import supabaseJwks from '../lib/index'
 import { fastifyJwtOptions } from '../lib/jwt'
 import { SESSIONS_QUERY } from '../lib/sessions'
+import { createClient, type SupabaseClient } from '@supabase/supabase-js'
+import WebSocket from 'ws'
 import { createTestIssuer, type TestIssuer } from '../lib/testing'
 import { issuerFor } from './fixtures/helpers'
 import { startPostgres, type Postgres } from './fixtures/postgres'
@@ -147,6 +149,66 @@ t.test('a sign-out reaches every instance, the one that never saw the session to
   t.equal((await get(b, old)).code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
   t.equal(statsOf(b).checks, checks + 1, 'one check read it')
   t.equal((await get(b, tokenOf(user, other, 60))).status, 200, 'an old token of a live session, read first')
+})
+
+t.test('supabase-js signs out (others, local, global), a ban and a deletion: two instances, and one that never saw them', async (t) => {
+  // the test issuer writes its sessions where Supabase Auth does: a sign-in inserts the row, a sign-out deletes
+  const mirror = await createTestIssuer({ database: admin })
+  t.teardown(() => mirror.close())
+  async function instance (): Promise<FastifyInstance> {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(supabaseJwks, { supabaseUrl: mirror.url, sessions: { connectionString: sessionsUrl, every: 0.2 } })
+    app.get('/me', { preHandler: app.authenticate }, async (request) => ({ sub: request.user.sub, session: request.user.session_id }))
+    return app
+  }
+  const a = await instance()
+  const b = await instance()
+  const device = (): SupabaseClient => createClient(mirror.url, mirror.apiKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { transport: WebSocket as never }
+  })
+  async function signIn (client: SupabaseClient, email: string): Promise<string> {
+    const { data, error } = await client.auth.signInWithPassword({ email, password: 'pw' })
+    t.error(error)
+    return data.session!.access_token
+  }
+  /** The status each token gets from each instance, once both have read the database as it is now. */
+  async function statuses (tokens: readonly string[]): Promise<number[][]> {
+    await Promise.all([a, b].filter((app) => statsOf(app).tracked > 0).map(nextCheck))
+    return Promise.all([a, b].map((app) => Promise.all(tokens.map(async (token) => (await get(app, token)).status))))
+  }
+  mirror.addUser({ email: 'ada@example.com', password: 'pw' })
+  const bob = mirror.addUser({ email: 'bob@example.com', password: 'pw' })
+  const ada = [device(), device(), device(), device()]
+  const tokens = await Promise.all(ada.map((client) => signIn(client, 'ada@example.com')))
+  const bobToken = await signIn(device(), 'bob@example.com')
+  t.same(await statuses([...tokens, bobToken]), [[200, 200, 200, 200, 200], [200, 200, 200, 200, 200]])
+
+  t.error((await ada[0]!.auth.signOut({ scope: 'others' })).error)
+  t.same(await statuses([...tokens, bobToken]), [[200, 401, 401, 401, 200], [200, 401, 401, 401, 200]], 'others: every session of ada but this one')
+  t.error((await ada[0]!.auth.signOut({ scope: 'local' })).error)
+  t.same(await statuses([tokens[0]!, bobToken]), [[401, 200], [401, 200]], 'local: this one')
+  const again = [device(), device()]
+  const fresh = await Promise.all(again.map((client) => signIn(client, 'ada@example.com')))
+  t.same(await statuses(fresh), [[200, 200], [200, 200]])
+  t.error((await again[1]!.auth.signOut()).error)
+  t.same(await statuses([...fresh, bobToken]), [[401, 401, 200], [401, 401, 200]], 'global (supabase-js\'s default): every session of ada')
+
+  // an instance that never saw them: ada's old tokens each wait for one check, which reads them ended
+  const c = await instance()
+  const ended = await get(c, tokens[1]!)
+  t.equal(ended.code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
+  t.match(ended.message, /signed out/)
+  t.equal((await get(c, bobToken)).status, 200)
+
+  await mirror.banUser(bob.id, 3600)
+  t.same(await statuses([bobToken]), [[401], [401]], 'banned')
+  t.match((await get(a, bobToken)).message, /user banned/)
+  await mirror.banUser(bob.id, 0)
+  t.same(await statuses([bobToken]), [[200], [200]], 'the ban lifted')
+  await mirror.deleteUser(bob.id)
+  t.same(await statuses([bobToken]), [[401], [401]], 'deleted')
 })
 
 t.test('a deleted, a soft-deleted or a banned user, a session past not_after, and a ban lifted', async (t) => {
