@@ -79,7 +79,7 @@ const MAX_DB_TIMEOUT = 3600
 const SUPABASE_KEYS = new Set(['url', 'publishableKey', 'secretKey'])
 const POSTGRES_KEYS = new Set(['pool', 'connectionString', 'max', 'connectionTimeout', 'maxWaiting', 'statementTimeout', 'idleInTransactionTimeout'])
 
-function objectOption (name: string, value: unknown, known: ReadonlySet<string>, shape: string): Record<string, unknown> {
+export function objectOption (name: string, value: unknown, known: ReadonlySet<string>, shape: string): Record<string, unknown> {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`${name} must be an object ${shape}`)
   for (const key of Object.keys(value)) {
     if (!known.has(key)) fail(`unknown option ${name}.${key} (known: ${[...known].join(', ')})`)
@@ -109,19 +109,25 @@ export function supabaseOption (name: string, value: unknown, projectUrl: string
   return { option: name, url, publishableKey, secretKey }
 }
 
+/** Where an option's connections come from: exactly one of a `pg` Pool and a connection string. */
+export function poolOption (name: string, own: Record<string, unknown>, pool: string, instead = ''): { pool: SqlPool | undefined, connectionString: string | undefined } {
+  const given = own.pool as SqlPool | undefined
+  const connectionString = own.connectionString
+  if ((given === undefined) === (connectionString === undefined)) fail(`${name} needs exactly one of pool ${pool} and connectionString`)
+  if (given !== undefined && typeof (given as { connect?: unknown }).connect !== 'function') fail(`${name}.pool must be a pg Pool${instead}`)
+  if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString === '')) fail(`${name}.connectionString must be a non-empty string`)
+  return { pool: given, connectionString: connectionString as string | undefined }
+}
+
 /** The option `postgres`: a pool or a connection string, and the bounds. `undefined` when not given. */
 export function postgresOption (value: unknown): PostgresConfig | undefined {
   if (value === undefined) return undefined
   const own = objectOption('postgres', value, POSTGRES_KEYS, '{ pool } or { connectionString }')
-  const pool = own.pool as SqlPool | undefined
-  const connectionString = own.connectionString
-  if ((pool === undefined) === (connectionString === undefined)) fail('postgres needs exactly one of pool (a pg Pool, or fastify.pg.pool) and connectionString')
-  if (pool !== undefined && typeof (pool as { connect?: unknown }).connect !== 'function') fail('postgres.pool must be a pg Pool (for @fastify/postgres, fastify.pg.pool)')
-  if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString === '')) fail('postgres.connectionString must be a non-empty string')
+  const { pool, connectionString } = poolOption('postgres', own, '(a pg Pool, or fastify.pg.pool)', ' (for @fastify/postgres, fastify.pg.pool)')
   if (pool !== undefined && own.max !== undefined) fail('postgres.max sizes the plugin\'s own pool (with connectionString): size your pool where you make it')
   return {
     pool,
-    connectionString: connectionString as string | undefined,
+    connectionString,
     max: integer('postgres.max', own.max, DEFAULT_POOL_MAX, 1, 1000),
     connectionTimeoutMs: seconds('postgres.connectionTimeout', own.connectionTimeout, DEFAULT_CONNECTION_TIMEOUT, 0.001, MAX_DB_TIMEOUT),
     maxWaiting: integer('postgres.maxWaiting', own.maxWaiting, DEFAULT_MAX_WAITING, 1, 100_000),

@@ -19,7 +19,7 @@
  *     longer than `timeout` fails, its connection destroyed.
  */
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
-import type { SqlPool } from './acting-options'
+import { objectOption, poolOption, type SqlPool } from './acting-options'
 import { connectWithin, ownPool } from './pg-pool'
 import { ActingUsageError, NoSessionError, SessionEndedError, SessionsUnavailableError } from './errors'
 import { fail, integer, seconds, type Config } from './options'
@@ -71,24 +71,14 @@ const SESSIONS_KEYS = new Set(['pool', 'connectionString', 'every', 'timeout', '
 /** The option `sessions` (top level, or an `issuers` entry's). `undefined` when not given. */
 export function sessionsOption (name: string, value: unknown): SessionsConfig | undefined {
   if (value === undefined) return undefined
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`${name} must be an object { pool } or { connectionString }, with every?`)
-  const own = value as Record<string, unknown>
-  for (const key of Object.keys(own)) {
-    if (!SESSIONS_KEYS.has(key)) fail(`unknown option ${name}.${key} (known: ${[...SESSIONS_KEYS].join(', ')})`)
-  }
-  const pool = own.pool as SqlPool | undefined
-  const connectionString = own.connectionString
-  if ((pool === undefined) === (connectionString === undefined)) {
-    fail(`${name} needs exactly one of pool (a pg Pool) and connectionString, of a role that may read only what the check needs`)
-  }
-  if (pool !== undefined && typeof (pool as { connect?: unknown }).connect !== 'function') fail(`${name}.pool must be a pg Pool`)
-  if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString === '')) fail(`${name}.connectionString must be a non-empty string`)
+  const own = objectOption(name, value, SESSIONS_KEYS, '{ pool } or { connectionString }, with every?')
+  const { pool, connectionString } = poolOption(name, own, '(a pg Pool of a role that may read only what the check needs)')
   const policy = own.onUnavailable ?? 'last-known'
   if (policy !== 'last-known' && policy !== 'refuse') fail(`${name}.onUnavailable must be 'last-known' or 'refuse'`)
   return {
     option: name,
     pool,
-    connectionString: connectionString as string | undefined,
+    connectionString,
     everyMs: seconds(`${name}.every`, own.every, DEFAULT_EVERY, 0.05, 3600),
     timeoutMs: seconds(`${name}.timeout`, own.timeout, DEFAULT_SESSIONS_TIMEOUT, 0.01, 60),
     lastKnownMs: policy === 'refuse' ? 0 : seconds(`${name}.lastKnownFor`, own.lastKnownFor, DEFAULT_LAST_KNOWN_FOR, 0, 86_400),
