@@ -259,7 +259,8 @@ declare namespace fastifySupabaseJwks {
      * a check finds the session of `user` (claims from `verify()`) ended: signed out, its user deleted or
      * banned. The session is read every `every` seconds while watched, whatever its tokens' `exp`;
      * `onEnded` is called at most once. Returns the function that stops watching: call it when the
-     * socket closes. Throws `FST_SUPABASE_JWKS_USAGE` without the option for the user's issuer.
+     * socket closes. Throws `FST_SUPABASE_JWKS_USAGE` without the option for the user's issuer, and what
+     * `verify()` would answer for the session (`FST_SUPABASE_JWKS_NO_SESSION`, `FST_SUPABASE_JWKS_TOKEN_REVOKED`).
      */
     watchSession (user: SupabaseUser, onEnded: (err: Error) => void): () => void
     /** Activity so far: JWKS fetches, failures, keys held (per issuer too, with `issuers`), and the token cache's size and hits. */

@@ -61,12 +61,16 @@ export function connectWithin (pool: SqlPool, ms: number): Promise<HeldConnectio
   })
 }
 
-/** The pool the plugin makes of `connectionString` (`pg` needed), ended when the app closes. */
-export function ownPool (fastify: FastifyInstance, option: string, settings: { connectionString: string, max: number, connectionTimeoutMillis: number }): SqlPool {
+/** The pool the plugin makes of `connectionString` (`pg` needed), ended when the app closes, after `beforeEnd`. */
+export function ownPool (fastify: FastifyInstance, option: string, settings: { connectionString: string, max: number, connectionTimeoutMillis: number, idleTimeoutMillis?: number },
+  beforeEnd?: () => void): SqlPool {
   const { Pool } = optionalPeer<typeof import('pg')>('pg', `the option ${option}.connectionString`)
   const own = new Pool(settings)
   // an idle connection PostgreSQL ended is an 'error' event: unheard, it would end the process
   own.on('error', (err) => fastify.log.warn({ code: (err as { code?: string }).code, option }, 'supabase-jwks: an idle PostgreSQL connection failed'))
-  fastify.addHook('onClose', () => own.end())
+  fastify.addHook('onClose', () => {
+    beforeEnd?.()
+    return own.end()
+  })
   return own as unknown as SqlPool
 }

@@ -84,7 +84,7 @@ function pipelineClass (Query: QueryClass) {
 export function pipeline (client: SqlPoolClient, steps: readonly PipelineStep[]): Promise<StepResult[]> {
   const Query = (client.constructor as { Query?: QueryClass }).Query
   if (typeof Query !== 'function') {
-    return Promise.reject(new ActingUsageError('request.sql needs the pool of node-postgres (pg) with its JavaScript client: ' +
+    return Promise.reject(new ActingUsageError('request.sql and sessions need the pool of node-postgres (pg) with its JavaScript client: ' +
       'this pool\'s client has no pg Query class (pg-native, or another driver)'))
   }
   let Pipeline = made.get(Query)

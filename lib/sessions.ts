@@ -21,6 +21,7 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import { objectOption, poolOption, type SqlPool } from './acting-options'
 import { connectWithin, ownPool } from './pg-pool'
+import { pipeline, type StepResult } from './pipeline'
 import { ActingUsageError, NoSessionError, SessionEndedError, SessionsUnavailableError } from './errors'
 import { fail, integer, seconds, type Config } from './options'
 import type { Claims, TokenVerifier } from './verify'
@@ -36,7 +37,7 @@ export interface SessionsOptions {
   connectionString?: string
   /** How long after a sign-out, a deleted user or a ban its tokens may still be accepted. Default 10. */
   every?: number
-  /** The longest a check (its connection and its query) may take: what a request waits at most. Default 5. */
+  /** The longest a check (its connection and its query) may take, and a request waits for one: at most `every`. Default 5 (or `every`, when shorter). */
   timeout?: number
   /**
    * When the database cannot answer: `'last-known'` (default) answers sessions read before from what
@@ -47,7 +48,7 @@ export interface SessionsOptions {
   onUnavailable?: 'last-known' | 'refuse'
   /** With `onUnavailable: 'last-known'`: how long, past `every`, a session read before answers from what was read. Default 60. */
   lastKnownFor?: number
-  /** Most sessions held at once (each about 200 bytes); past it the oldest is forgotten, and read again when it comes back. Default 100000. */
+  /** Most sessions held at once, watched ones apart (each about 200 bytes); past it the oldest is forgotten, and read again when it comes back. Default 100000. */
   maxSessions?: number
 }
 
@@ -73,17 +74,29 @@ export function sessionsOption (name: string, value: unknown): SessionsConfig | 
   if (value === undefined) return undefined
   const own = objectOption(name, value, SESSIONS_KEYS, '{ pool } or { connectionString }, with every?')
   const { pool, connectionString } = poolOption(name, own, '(a pg Pool of a role that may read only what the check needs)')
+  const everyMs = seconds(`${name}.every`, own.every, DEFAULT_EVERY, 0.05, 3600)
   const policy = own.onUnavailable ?? 'last-known'
   if (policy !== 'last-known' && policy !== 'refuse') fail(`${name}.onUnavailable must be 'last-known' or 'refuse'`)
   return {
     option: name,
     pool,
     connectionString,
-    everyMs: seconds(`${name}.every`, own.every, DEFAULT_EVERY, 0.05, 3600),
-    timeoutMs: seconds(`${name}.timeout`, own.timeout, DEFAULT_SESSIONS_TIMEOUT, 0.01, 60),
+    everyMs,
+    timeoutMs: timeoutOf(name, own.timeout, everyMs),
     lastKnownMs: policy === 'refuse' ? 0 : seconds(`${name}.lastKnownFor`, own.lastKnownFor, DEFAULT_LAST_KNOWN_FOR, 0, 86_400),
     maxSessions: integer(`${name}.maxSessions`, own.maxSessions, DEFAULT_MAX_SESSIONS, 1, 10_000_000)
   }
+}
+
+/**
+ * A check's `timeout`: at most `every` (default 5 s, or `every` when shorter). A check that took longer
+ * would read the database as it was more than `every` before its answer.
+ */
+function timeoutOf (name: string, value: unknown, everyMs: number): number {
+  if (value === undefined) return Math.min(DEFAULT_SESSIONS_TIMEOUT * 1000, everyMs)
+  const ms = seconds(`${name}.timeout`, value, DEFAULT_SESSIONS_TIMEOUT, 0.01, 60)
+  if (ms > everyMs) fail(`${name}.timeout (${ms / 1000} s) is longer than ${name}.every (${everyMs / 1000} s): a check would read the database as it was longer ago than every`)
+  return ms
 }
 
 /**
@@ -126,6 +139,8 @@ interface Session {
   /** The check in flight that reads it. */
   round: Promise<void> | undefined
   watchers: Set<SessionEndListener> | undefined
+  /** Forgotten to hold a newer one (`maxSessions`): a request that waited for it gets 503. */
+  forgotten: boolean
 }
 
 /** The checks' counts, for `stats()`. */
@@ -143,8 +158,13 @@ export interface SessionStats {
 
 /** After a failed check, how long before the next may start: a database that is down is not asked in a loop. */
 const RETRY_MS = 1000
-/** How many sessions, oldest first, are looked at to find one to forget when `maxSessions` are held. */
-const MAX_EVICTION_SCAN = 64
+
+/**
+ * The check's own bounds, set transaction-locally before its query in the same round trip: a query
+ * past its time is cancelled by PostgreSQL itself, not only given up on by the client (whose
+ * connection is then destroyed), so no check of an earlier round still runs on the server.
+ */
+const BOUNDS = 'select set_config(\'statement_timeout\', $1, true), set_config(\'lock_timeout\', $1, true)'
 
 /** The sessions of one issuer's tokens, checked against its project's database. */
 export class SessionChecker {
@@ -152,7 +172,10 @@ export class SessionChecker {
   readonly #pool: SqlPool
   readonly #log: FastifyBaseLogger
   readonly #toleranceMs: number
-  readonly #sessions = new Map<string, Session>()
+  /** Sessions nobody watches, oldest first: the first is forgotten when `maxSessions` are held. */
+  readonly #held = new Map<string, Session>()
+  /** Watched sessions: held while watched, outside `maxSessions`. */
+  readonly #watched = new Map<string, Session>()
   #inFlight: Promise<void> | undefined
   /** A check asked for while one is in flight: it starts when that one ends. */
   #queued: { promise: Promise<void>, resolve: () => void } | undefined
@@ -190,13 +213,20 @@ export class SessionChecker {
       queueMicrotask(() => this.#tell(onEnded, ended))
       return () => {}
     }
-    session.watchers ??= new Set()
+    if (session.watchers === undefined) {
+      session.watchers = new Set()
+      this.#held.delete(session.id)
+      this.#watched.set(session.id, session)
+    }
     session.watchers.add(onEnded)
-    return () => { session.watchers?.delete(onEnded) }
+    return () => {
+      session.watchers?.delete(onEnded)
+      if (session.watchers?.size === 0) this.#unwatch(session)
+    }
   }
 
   stats (): SessionStats {
-    return { tracked: this.#sessions.size, ...this.#stats }
+    return { tracked: this.#held.size + this.#watched.size, ...this.#stats }
   }
 
   /** Stops checking; a check in flight ends on its own (its connection is given back or destroyed). */
@@ -216,9 +246,9 @@ export class SessionChecker {
     if (!UUID.test(userId)) throw new NoSessionError('its sub claim is not a user id (a UUID)')
     const key = id.toLowerCase()
     const expiresAt = (claims.exp as number) * 1000 + this.#toleranceMs
-    let session = this.#sessions.get(key)
+    let session = this.#held.get(key) ?? this.#watched.get(key)
     if (session === undefined) {
-      session = { id: key, userId: userId.toLowerCase(), state: 'unchecked', checkedAt: 0, expiresAt, round: undefined, watchers: undefined }
+      session = { id: key, userId: userId.toLowerCase(), state: 'unchecked', checkedAt: 0, expiresAt, round: undefined, watchers: undefined, forgotten: false }
       this.#hold(session)
     } else {
       if (session.userId !== userId.toLowerCase()) throw new SessionEndedError('the session is another user\'s')
@@ -227,26 +257,23 @@ export class SessionChecker {
     return session
   }
 
-  /** Holds a new session, forgetting the oldest unwatched one when `maxSessions` are held; starts the checks. */
+  /** Holds a session nobody watches, forgetting the oldest when `maxSessions` are held; starts the checks. */
   #hold (session: Session): void {
-    if (this.#sessions.size >= this.#config.maxSessions) this.#forgetOne()
-    this.#sessions.set(session.id, session)
+    if (this.#held.size >= this.#config.maxSessions) {
+      const [oldest] = this.#held.values()
+      oldest!.forgotten = true
+      this.#held.delete(oldest!.id)
+    }
+    this.#held.set(session.id, session)
     if (this.#timer === undefined && !this.#closed) {
       this.#timer = setInterval(() => this.#tick(), this.#config.everyMs).unref()
     }
   }
 
-  /** Forgets the oldest session nobody watches (read again if it comes back); 503 when the oldest are all watched. */
-  #forgetOne (): void {
-    let scanned = 0
-    for (const [id, held] of this.#sessions) {
-      if (held.watchers === undefined || held.watchers.size === 0) {
-        this.#sessions.delete(id)
-        return
-      }
-      if (++scanned === MAX_EVICTION_SCAN) break
-    }
-    throw new SessionsUnavailableError(`${this.#sessions.size} sessions are held (maxSessions), the oldest of them watched`)
+  /** A session nobody watches any more: held as the others are. */
+  #unwatch (session: Session): void {
+    session.watchers = undefined
+    if (this.#watched.delete(session.id)) this.#hold(session)
   }
 
   /** Whether the session stands now: read at most `every` ago, or the token issued less than `every` ago. Throws when it ended. */
@@ -262,37 +289,45 @@ export class SessionChecker {
     return age < this.#config.everyMs && age > -(1000 + this.#toleranceMs)
   }
 
-  /** Whether the failure policy answers the session from what the last check read. */
+  /** Whether the failure policy answers the session from what the last check read: only while checks fail. */
   #lastKnown (session: Session, now: number): boolean {
-    return session.state === 'live' && now - session.checkedAt < this.#config.everyMs + this.#config.lastKnownMs
+    return this.#failedAt !== 0 && session.state === 'live' && now - session.checkedAt < this.#config.everyMs + this.#config.lastKnownMs
   }
 
-  /** A session whose last check is too old: read by the check in flight or the next; meanwhile the failure policy while the database fails. */
+  /**
+   * A session whose last check is too old: read by the check in flight or the next, waited for at
+   * most `timeout`; meanwhile, while checks fail, the failure policy.
+   */
   #wait (session: Session, claims: Claims): void | Promise<void> {
-    const now = Date.now()
-    if (this.#failedAt !== 0 && this.#lastKnown(session, now)) {
+    if (this.#lastKnown(session, Date.now())) {
       // answered from what was read; a check is asked meanwhile, which tells when the database is back
       this.#next()
       return
     }
     const round = session.round ?? this.#next()
     if (round === undefined) throw this.#unavailable(session)
-    return round.then(() => {
-      const after = Date.now()
-      if (!this.#stands(session, claims, after) && !this.#lastKnown(session, after)) throw this.#unavailable(session)
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, this.#config.timeoutMs) })
+    return Promise.race([round, late]).then(() => {
+      clearTimeout(timer)
+      const now = Date.now()
+      if (!this.#stands(session, claims, now) && !this.#lastKnown(session, now)) throw this.#unavailable(session)
     })
   }
 
   #unavailable (session: Session): Error {
+    if (session.forgotten) return new SessionsUnavailableError(`more sessions are in use than maxSessions (${this.#config.maxSessions}): this one was forgotten while it waited`)
     return new SessionsUnavailableError(session.state === 'unchecked' ? 'the session was never read, and the database cannot answer now' : 'the database cannot answer now')
+  }
+
+  /** Whether the last check failed less than a second ago: no check starts then. */
+  #coolingDown (now: number): boolean {
+    return this.#failedAt !== 0 && now - this.#failedAt < Math.min(RETRY_MS, this.#config.everyMs)
   }
 
   /** The next check of the sessions due: now, after the one in flight, or none while the last failure is recent. */
   #next (): Promise<void> | undefined {
-    if (this.#inFlight === undefined) {
-      if (this.#failedAt !== 0 && Date.now() - this.#failedAt < Math.min(RETRY_MS, this.#config.everyMs)) return undefined
-      return this.#run(false)
-    }
+    if (this.#inFlight === undefined) return this.#coolingDown(Date.now()) ? undefined : this.#run(false)
     if (this.#queued === undefined) {
       let done!: () => void
       const promise = new Promise<void>((resolve) => { done = resolve })
@@ -304,23 +339,28 @@ export class SessionChecker {
   /** Every `every` seconds: forgets the sessions whose tokens all expired, and checks the others (all of them). */
   #tick (): void {
     const now = Date.now()
-    for (const [id, session] of this.#sessions) {
-      if (session.expiresAt < now && (session.watchers === undefined || session.watchers.size === 0)) this.#sessions.delete(id)
+    for (const [id, session] of this.#held) {
+      if (session.expiresAt < now) this.#held.delete(id)
     }
-    if (this.#sessions.size === 0) {
+    if (this.#held.size + this.#watched.size === 0) {
       clearInterval(this.#timer)
       this.#timer = undefined
       return
     }
-    if (this.#inFlight === undefined) this.#run(true)
+    if (this.#inFlight === undefined && !this.#coolingDown(now)) this.#run(true)
   }
 
-  /** One check: every session held (`all`), or those whose last check is too old; resolves when it ended, whatever its outcome. */
+  /**
+   * One check: every session held (`all`), or those due: never read, or read `every` ago or more
+   * (ended ones too: a lifted ban is seen). Resolves when it ended, whatever its outcome.
+   */
   #run (all: boolean): Promise<void> {
     const started = Date.now()
     const batch: Session[] = []
-    for (const session of this.#sessions.values()) {
-      if (all || session.state === 'unchecked' || (session.state === 'live' && started - session.checkedAt >= this.#config.everyMs)) batch.push(session)
+    for (const held of [this.#held, this.#watched]) {
+      for (const session of held.values()) {
+        if (all || session.state === 'unchecked' || started - session.checkedAt >= this.#config.everyMs) batch.push(session)
+      }
     }
     const round = this.#query(batch).then(
       (ended) => this.#record(batch, ended, started),
@@ -342,16 +382,19 @@ export class SessionChecker {
       if (reason !== undefined && session.watchers !== undefined) {
         const err = new SessionEndedError(`the session ended (${reason})`)
         for (const watcher of session.watchers) this.#tell(watcher, err)
-        session.watchers = undefined
+        this.#unwatch(session)
       }
     }
   }
 
+  /** Calls a watcher: what it throws, or the promise it returns rejects with, is logged, never left unhandled. */
   #tell (watcher: SessionEndListener, err: Error): void {
+    const logged = (error: unknown): void => this.#log.warn({ err: error }, 'supabase-jwks: a session watcher failed')
     try {
-      watcher(err)
+      const result = watcher(err) as unknown
+      if (result instanceof Promise) result.catch(logged)
     } catch (error) {
-      this.#log.warn({ err: error }, 'supabase-jwks: a session watcher threw')
+      logged(error)
     }
   }
 
@@ -373,24 +416,28 @@ export class SessionChecker {
     else next.then(queued.resolve)
   }
 
-  /** The query, within `timeout` (its connection included): the ended sessions of the batch, by id. */
+  /**
+   * The query, within `timeout` (its connection included), its own bounds set first in the same
+   * round trip: the ended sessions of the batch, by id.
+   */
   async #query (batch: readonly Session[]): Promise<Map<string, Ended>> {
     this.#stats.checks++
     const deadline = Date.now() + this.#config.timeoutMs
     const { client, release } = await connectWithin(this.#pool, this.#config.timeoutMs)
     const ids = `{${batch.map((session) => session.id).join(',')}}`
     const users = `{${batch.map((session) => session.userId).join(',')}}`
-    let result: { rows: unknown[] }
+    let results: StepResult[]
     try {
-      const left = Math.max(0, deadline - Date.now())
-      result = await within(client.query({ text: SESSIONS_QUERY, values: [ids, users] }), left, `the sessions query took longer than ${this.#config.timeoutMs / 1000} s`)
+      const left = Math.max(1, deadline - Date.now())
+      const steps = [{ text: BOUNDS, values: [String(left)], rows: true }, { text: SESSIONS_QUERY, values: [ids, users], rows: true }]
+      results = await within(pipeline(client, steps), left, `the sessions query took longer than ${this.#config.timeoutMs / 1000} s`)
     } catch (err) {
-      // a query past its time (or failed) may still run on the connection: destroyed, never reused
+      // a query past its time (or failed) may still be on the connection: destroyed, never reused
       release(true)
       throw err
     }
     release()
-    return new Map((result.rows as Array<{ id: string, ended: Ended }>).map((row) => [row.id, row.ended]))
+    return new Map((results[1]!.rows as Array<{ id: string, ended: Ended }>).map((row) => [row.id, row.ended]))
   }
 }
 
@@ -416,7 +463,6 @@ export interface SessionChecks {
 export function createSessionChecks (fastify: FastifyInstance, config: Config): SessionChecks | undefined {
   if (config.issuers.every((issuer) => issuer.sessions === undefined)) return undefined
   const checkers: Array<SessionChecker | undefined> = []
-  // stopped before the pools end (onClose hooks run in order): no check starts on an ended pool
   fastify.addHook('onClose', async function closeSupabaseJwksSessions () {
     for (const checker of checkers) checker?.close()
   })
@@ -426,8 +472,12 @@ export function createSessionChecks (fastify: FastifyInstance, config: Config): 
       checkers.push(undefined)
       continue
     }
-    const pool = sessions.pool ?? ownPool(fastify, sessions.option, { connectionString: sessions.connectionString!, max: 1, connectionTimeoutMillis: sessions.timeoutMs })
-    checkers.push(new SessionChecker(sessions, pool, fastify.log, issuer.clockToleranceMs))
+    // one connection, kept between checks (pg's default closes it after 10 s idle: every check would reconnect)
+    const settings = { connectionString: sessions.connectionString!, max: 1, connectionTimeoutMillis: sessions.timeoutMs, idleTimeoutMillis: Math.max(30_000, 3 * sessions.everyMs) }
+    // the checks stop before the pool ends: none starts on an ended pool (called at close, once checker is made)
+    const pool = sessions.pool ?? ownPool(fastify, sessions.option, settings, () => checker.close())
+    const checker = new SessionChecker(sessions, pool, fastify.log, issuer.clockToleranceMs)
+    checkers.push(checker)
   }
   const byIssuer = config.routed ? new Map(config.issuers.map((issuer, index) => [issuer.issuer![0]!, checkers[index]])) : undefined
   /** The check of a verified token's issuer: the only one, or by its exact `iss` (verification routed it so). */

@@ -61,20 +61,22 @@ function tokenOf (sub: string, session: string, age = 0, claims: Record<string, 
 
 interface Counted { pool: Pool, queries: string[], peak: () => number }
 
-/** A pool as the sessions role whose clients record every query and the most in flight at once (the real query runs). */
+/**
+ * A pool as the sessions role whose clients record every query (the real query runs), and the most
+ * connections checked out at once when one starts: a check holds its connection for its query only.
+ */
 function countedPool (t: Test, connectionString = sessionsUrl): Counted {
   const pool = new Pool({ connectionString, max: 4 })
   pool.on('error', () => {})
   const queries: string[] = []
-  let inFlight = 0
   let peak = 0
   pool.on('connect', (client) => {
-    const query = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown
     Object.assign(client, {
       query: (...args: unknown[]) => {
         queries.push((args[0] as { text: string }).text)
-        peak = Math.max(peak, ++inFlight)
-        return query(...args).finally(() => { inFlight-- })
+        peak = Math.max(peak, pool.totalCount - pool.idleCount)
+        return query(...args)
       }
     })
   })
@@ -233,9 +235,21 @@ t.test('a deleted, a soft-deleted or a banned user, a session past not_after, an
   t.match((await get(app, tokens.timeboxed)).message, /past not_after/)
   for (const token of Object.values(tokens)) t.equal((await get(app, token)).code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
 
-  // the ban lifted: the session stands again at the next check
+  // the ban lifted: the session stands again at a check within every, even while other sessions keep
+  // the instance busy (their waits start the checks: ended sessions are read again by those too)
   await admin.query('update auth.users set banned_until = null where id = $1', [banned])
-  await nextCheck(app)
+  const busy = await newUser()
+  const busyToken = tokenOf(busy, await newSession(busy))
+  const flowing = { on: true }
+  const traffic = (async () => {
+    while (flowing.on) await Promise.all(Array.from({ length: 8 }, () => get(app, busyToken)))
+  })()
+  try {
+    await until(async () => (await get(app, tokens.banned)).status === 200, 'the lifted ban seen under traffic')
+  } finally {
+    flowing.on = false
+    await traffic
+  }
   t.equal((await get(app, tokens.banned)).status, 200)
 })
 
@@ -280,7 +294,7 @@ t.test('the cost does not follow the traffic: one query for every session due, o
   const answers = await Promise.all(Array.from({ length: 400 }, (_, index) => get(app, tokens[index % tokens.length]!)))
   t.same(new Set(answers.map((answer) => answer.status)), new Set([200]))
   t.ok(counted.queries.length >= 1 && counted.queries.length <= 2, `${counted.queries.length} queries for 400 requests of 20 sessions`)
-  t.ok(counted.queries.every((text) => text === SESSIONS_QUERY))
+  t.ok(counted.queries.every((text) => text.endsWith(SESSIONS_QUERY)), 'the check\'s bounds, then its query, in one round trip')
   t.equal(counted.peak(), 1, 'never two queries in flight')
   const made = counted.queries.length
   for (let i = 0; i < 200; i++) t.equal((await get(app, tokens[i % tokens.length]!)).status, 200)
@@ -312,9 +326,9 @@ t.test('with a short every, checks come once per every, whatever the traffic', a
 
 t.test('PostgreSQL stopped and restarted: last known state, 503 for the unknown, then back', async (t) => {
   const { pool } = countedPool(t)
-  const app = await appWith(t, { pool, every: 0.1, timeout: 1, lastKnownFor: 3600 })
-  const strict = await appWith(t, { connectionString: sessionsUrl, every: 0.1, timeout: 1, onUnavailable: 'refuse' })
-  const bounded = await appWith(t, { connectionString: sessionsUrl, every: 0.1, timeout: 1, lastKnownFor: 2 })
+  const app = await appWith(t, { pool, every: 0.1, lastKnownFor: 3600 })
+  const strict = await appWith(t, { connectionString: sessionsUrl, every: 0.1, onUnavailable: 'refuse' })
+  const bounded = await appWith(t, { connectionString: sessionsUrl, every: 0.1, lastKnownFor: 2 })
   const user = await newUser()
   const live = await newSession(user)
   const ending = await newSession(user)
@@ -346,7 +360,7 @@ t.test('PostgreSQL stopped and restarted: last known state, 503 for the unknown,
   } finally {
     await pg.start()
   }
-  // a sign-out during the outage is read once the database answers
+  // the database back: the checks read it again (a sign-out made now is seen)
   await admin.query('delete from auth.sessions where id = $1', [ending])
   await nextCheck(app)
   await nextCheck(strict)
@@ -397,12 +411,35 @@ t.test('a query that hangs (a lock) fails after timeout, its connection destroye
     }
     t.equal(counted.queries.length, 1, 'one check in flight, no other started while the failure is recent')
     t.equal(counted.pool.totalCount, 0, 'the connection of the query past its time was destroyed')
+    // and PostgreSQL itself cancelled it (its lock_timeout): no check of the sessions role still runs there
+    await until(async () => (await admin.query('select count(*)::int as n from pg_stat_activity where usename = $1 and state = \'active\'', [ROLE])).rows[0].n === 0,
+      'the server-side query cancelled')
   } finally {
     await locker.query('rollback')
     locker.release()
   }
   // the next try, a second after the failure, reads the session
   await until(async () => (await get(app, tokenOf(user, session, 7200))).status === 200, 'a check once the lock is gone')
+})
+
+t.test('a session forgotten (maxSessions) while it waited gets 503 saying so', async (t) => {
+  const counted = countedPool(t)
+  const app = await appWith(t, { pool: counted.pool, every: 3600, timeout: 0.5, maxSessions: 2 })
+  const user = await newUser()
+  const locker = await admin.connect()
+  try {
+    await locker.query('begin; lock table auth.sessions in access exclusive mode')
+    const waiting = get(app, tokenOf(user, randomUUID(), 7200))
+    await until(() => counted.queries.length === 1, 'its check in flight')
+    // two sessions whose tokens are recent need no check: held at once, the waiting one is forgotten
+    for (let i = 0; i < 2; i++) t.equal((await get(app, tokenOf(user, randomUUID()))).status, 200)
+    const answer = await waiting
+    t.equal(answer.code, 'FST_SUPABASE_JWKS_SESSIONS_UNAVAILABLE')
+    t.match(answer.message, /forgotten while it waited/)
+  } finally {
+    await locker.query('rollback')
+    locker.release()
+  }
 })
 
 t.test('a role that cannot read the tables: 503, and the failure logged', async (t) => {
@@ -439,6 +476,7 @@ t.test('isRevoked applies beside it, verify() goes through it, watchSession tell
   const stopped: Error[] = []
   app.supabaseJwks.watchSession(user, (err) => stopped.push(err))()
   app.supabaseJwks.watchSession(user, () => { throw new Error('a watcher that throws is logged, the others told') })
+  app.supabaseJwks.watchSession(user, async () => { throw new Error('a watcher that rejects is logged, never unhandled') })
   await admin.query('delete from auth.sessions where id = $1', [sessionOne])
   await until(() => ended.length > 0, 'the watcher told')
   t.equal(ended.length, 1)
@@ -508,15 +546,14 @@ t.test('sessions held are bounded, and forgotten once their tokens expired', asy
   await new Promise((resolve) => setTimeout(resolve, 300))
   t.equal(statsOf(app).checks, checks, 'no check with no session held')
 
-  // the oldest sessions all watched: a new one cannot be held
-  const watched = await appWith(t, { connectionString: sessionsUrl, every: 3600, maxSessions: 64 })
-  for (let i = 0; i < 64; i++) {
+  // watched sessions are held outside maxSessions: a new session is held beside them
+  const watched = await appWith(t, { connectionString: sessionsUrl, every: 3600, maxSessions: 2 })
+  for (let i = 0; i < 5; i++) {
     const claims = await watched.supabaseJwks.verify(tokenOf(user, randomUUID()))
     watched.supabaseJwks.watchSession(claims, () => {})
   }
-  const full = await get(watched, tokenOf(user, randomUUID()))
-  t.equal(full.code, 'FST_SUPABASE_JWKS_SESSIONS_UNAVAILABLE')
-  t.match(full.message, /maxSessions/)
+  for (let i = 0; i < 3; i++) t.equal((await get(watched, tokenOf(user, randomUUID()))).status, 200)
+  t.equal(statsOf(watched).tracked, 7, 'five watched, and the two newest of the others')
 })
 
 t.test('the role of the guide reads what the check needs, and never a password', async (t) => {
@@ -549,6 +586,7 @@ t.test('options', async (t) => {
   await t.rejects(register({ sessions: { pool, onUnavailable: 'accept' } }), { message: /'last-known' or 'refuse'/ })
   await t.rejects(register({ sessions: { pool, every: 0 } }), { message: /sessions.every must be/ })
   await t.rejects(register({ sessions: { pool, maxSessions: 0 } }), { message: /sessions.maxSessions must be/ })
+  await t.rejects(register({ sessions: { pool, every: 2, timeout: 3 } }), { message: /sessions.timeout \(3 s\) is longer than sessions.every \(2 s\)/ })
   await t.rejects(register({ sessions: { pool }, postgres: { pool } }), { message: /sessions and postgres are the same pool/ })
   await t.rejects(register({ sessions: { connectionString: sessionsUrl }, postgres: { connectionString: sessionsUrl } }), { message: /same connection string/ })
   await t.rejects(register({ supabaseUrl: undefined, issuers: [{ supabaseUrl: issuer.url }], sessions: { pool } }), { message: /give sessions in its entry of issuers/ })

@@ -397,7 +397,7 @@ t.test('a pool whose client is not node-postgres\'s JavaScript one is the app\'s
   for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
     t.equal(res.statusCode, 500)
     t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
-    t.match(res.json().message, /needs the pool of node-postgres/)
+    t.match(res.json().message, /need the pool of node-postgres/)
   }
   t.equal(pool.idleCount, 1, 'the connection went back unused')
 })
