@@ -28,6 +28,9 @@
 // a sql-* variant is selected, on loopback, pinned with the servers (BENCH_PIN_POSTGRES=0: on any
 // core); its CPU time per request is reported beside the server's. Each sql-* server must answer the
 // expected rows before it is measured.
+// Then (a run without --only or --scenarios; --quick passed on) bench/sessions.ts, the option
+// `sessions`' one query for 1,000 to 100,000 sessions on a PostgreSQL of its own: it writes
+// bench/results/sessions.json (quick: sessions-quick.json); `npm run bench:sessions` runs it alone.
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -218,6 +221,22 @@ function startDatabase () {
       resolve({ child, ...message })
     })
     child.send({ type: 'start' })
+  })
+}
+
+/**
+ * bench/sessions.ts, in a child run with tap's TypeScript loader (as bench/postgres.ts is), which pins
+ * itself and its PostgreSQL, and stops that server when it ends, fails, or this process goes away.
+ */
+function runSessions () {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(here, 'sessions.ts'), quick ? ['--quick'] : [], {
+      execArgv: ['--import', import.meta.resolve('@tapjs/typescript/import')],
+      env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1', TS_NODE_PROJECT: join(here, '..', 'tsconfig.json') },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+    })
+    child.once('error', reject)
+    child.once('exit', (code) => code === 0 ? resolve() : reject(new Error(`bench/sessions.ts exited with ${code}`)))
   })
 }
 
@@ -585,6 +604,10 @@ async function main () {
   if (standIn !== undefined) await stopServer(standIn.child)
   if (database !== undefined) await stopDatabase(database)
   await issuer.close()
+  if (only === undefined && onlyScenarios === undefined) {
+    console.log('\nthe sessions query (bench/sessions.ts):')
+    await runSessions()
+  }
 }
 
 main().catch(async (err) => {
