@@ -416,29 +416,33 @@ export class SessionChecker {
     else next.then(queued.resolve)
   }
 
-  /**
-   * The query, within `timeout` (its connection included), its own bounds set first in the same
-   * round trip: the ended sessions of the batch, by id.
-   */
-  async #query (batch: readonly Session[]): Promise<Map<string, Ended>> {
+  #query (batch: readonly Session[]): Promise<Map<string, Ended>> {
     this.#stats.checks++
-    const deadline = Date.now() + this.#config.timeoutMs
-    const { client, release } = await connectWithin(this.#pool, this.#config.timeoutMs)
-    const ids = `{${batch.map((session) => session.id).join(',')}}`
-    const users = `{${batch.map((session) => session.userId).join(',')}}`
-    let results: StepResult[]
-    try {
-      const left = Math.max(1, deadline - Date.now())
-      const steps = [{ text: BOUNDS, values: [String(left)], rows: true }, { text: SESSIONS_QUERY, values: [ids, users], rows: true }]
-      results = await within(pipeline(client, steps), left, `the sessions query took longer than ${this.#config.timeoutMs / 1000} s`)
-    } catch (err) {
-      // a query past its time (or failed) may still be on the connection: destroyed, never reused
-      release(true)
-      throw err
-    }
-    release()
-    return new Map((results[1]!.rows as Array<{ id: string, ended: Ended }>).map((row) => [row.id, row.ended]))
+    return readEnded(this.#pool, batch, this.#config.timeoutMs)
   }
+}
+
+/**
+ * One check: of `batch`, the sessions that ended, by id. Within `timeoutMs` (its connection included),
+ * its own bounds set first in the same round trip.
+ */
+export async function readEnded (pool: SqlPool, batch: ReadonlyArray<{ id: string, userId: string }>, timeoutMs: number): Promise<Map<string, Ended>> {
+  const deadline = Date.now() + timeoutMs
+  const { client, release } = await connectWithin(pool, timeoutMs)
+  const ids = `{${batch.map((session) => session.id).join(',')}}`
+  const users = `{${batch.map((session) => session.userId).join(',')}}`
+  let results: StepResult[]
+  try {
+    const left = Math.max(1, deadline - Date.now())
+    const steps = [{ text: BOUNDS, values: [String(left)], rows: true }, { text: SESSIONS_QUERY, values: [ids, users], rows: true }]
+    results = await within(pipeline(client, steps), left, `the sessions query took longer than ${timeoutMs / 1000} s`)
+  } catch (err) {
+    // a query past its time (or failed) may still be on the connection: destroyed, never reused
+    release(true)
+    throw err
+  }
+  release()
+  return new Map((results[1]!.rows as Array<{ id: string, ended: Ended }>).map((row) => [row.id, row.ended]))
 }
 
 /** `promise`, or a rejection with `message` once `ms` passed. */
