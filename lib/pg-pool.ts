@@ -12,12 +12,10 @@ export interface HeldConnection {
   release: (destroy?: boolean) => void
 }
 
-/** Why no connection came: none within the time (`timedOut`), or the pool's own error. */
+/** Why no connection came: none within the time (no cause), or the pool's own error (its cause). */
 export class ConnectError extends Error {
-  readonly timedOut: boolean
-  constructor (message: string, timedOut: boolean, cause?: unknown) {
+  constructor (message: string, cause?: unknown) {
     super(message, { cause })
-    this.timedOut = timedOut
   }
 }
 
@@ -45,7 +43,7 @@ export function connectWithin (pool: SqlPool, ms: number): Promise<HeldConnectio
     let settled = false
     const timer = setTimeout(() => {
       settled = true
-      reject(new ConnectError(`no connection within ${ms / 1000} s`, true))
+      reject(new ConnectError(`no connection within ${ms / 1000} s`))
     }, ms)
     pool.connect((err, client, release) => {
       // too late: back to the pool at once, unused
@@ -55,7 +53,7 @@ export function connectWithin (pool: SqlPool, ms: number): Promise<HeldConnectio
       }
       settled = true
       clearTimeout(timer)
-      if (err !== undefined && err !== null) reject(new ConnectError('cannot connect', false, err))
+      if (err !== undefined && err !== null) reject(new ConnectError('cannot connect', err))
       else resolve(held(client!, release))
     })
   })

@@ -244,14 +244,17 @@ export class ScopedSql {
   async #connect (): Promise<HeldConnection> {
     if (this.#waiting >= this.#config.maxWaiting) throw unavailable(`${this.#waiting} statements already wait for a connection`)
     this.#waiting++
+    let connection: HeldConnection
     try {
-      return await connectWithin(this.#pool, this.#config.connectionTimeoutMs)
+      connection = await connectWithin(this.#pool, this.#config.connectionTimeoutMs)
     } catch (err) {
-      const failure = err as ConnectError
-      throw failure.timedOut ? unavailable(failure.message) : unavailable(failure.message, failure.cause)
-    } finally {
       this.#waiting--
+      // no connection within connectionTimeout (no cause), or the pool's own error (its cause)
+      const failure = err as ConnectError
+      throw unavailable(failure.message, failure.cause)
     }
+    this.#waiting--
+    return connection
   }
 
   /** The setup of a transaction as `caller`: it also reads what the connection was before it. */
