@@ -116,6 +116,7 @@ async function fastifySupabaseJwks (fastify: FastifyInstance, options: Options):
     },
     watchSession: (user: fastifySupabaseJwks.SupabaseUser, onEnded: (err: Error) => void) => {
       if (sessions === undefined) throw new ActingUsageError('watchSession() needs the option sessions')
+      if (user === null || typeof user !== 'object') throw new ActingUsageError('watchSession(user, onEnded): user must be the claims verify() resolved to')
       return sessions.watch(user as unknown as Readonly<Record<string, unknown>>, onEnded)
     },
     refresh: async () => {

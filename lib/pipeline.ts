@@ -83,9 +83,10 @@ function pipelineClass (Query: QueryClass) {
  */
 export function pipeline (client: SqlPoolClient, steps: readonly PipelineStep[]): Promise<StepResult[]> {
   const Query = (client.constructor as { Query?: QueryClass }).Query
-  if (typeof Query !== 'function') {
+  // pg-native's client has a Query class too, which never prepares: it would send the joined text as one statement
+  if (typeof Query !== 'function' || typeof Query.prototype.prepare !== 'function') {
     return Promise.reject(new ActingUsageError('request.sql and sessions need the pool of node-postgres (pg) with its JavaScript client: ' +
-      'this pool\'s client has no pg Query class (pg-native, or another driver)'))
+      'this pool\'s client has no pg Query class that prepares (pg-native, or another driver)'))
   }
   let Pipeline = made.get(Query)
   if (Pipeline === undefined) {

@@ -218,9 +218,11 @@ export class SessionChecker {
       this.#held.delete(session.id)
       this.#watched.set(session.id, session)
     }
-    session.watchers.add(onEnded)
+    // each watch its own entry: the same function watched twice is stopped once per stop
+    const watcher: SessionEndListener = (err) => onEnded(err)
+    session.watchers.add(watcher)
     return () => {
-      session.watchers?.delete(onEnded)
+      session.watchers?.delete(watcher)
       if (session.watchers?.size === 0) this.#unwatch(session)
     }
   }
@@ -351,15 +353,18 @@ export class SessionChecker {
   }
 
   /**
-   * One check: every session held (`all`), or those due: never read, or read `every` ago or more
-   * (ended ones too: a lifted ban is seen). Resolves when it ended, whatever its outcome.
+   * One check: every session held (`all`), or those due: never read, or read half of `every` ago or
+   * more (ended and watched ones too: a lifted ban is seen, a watcher told). A check a request asked
+   * for this way also reads what the periodic one, which it may delay by a period, would have.
+   * Resolves when it ended, whatever its outcome.
    */
   #run (all: boolean): Promise<void> {
     const started = Date.now()
+    const half = this.#config.everyMs / 2
     const batch: Session[] = []
     for (const held of [this.#held, this.#watched]) {
       for (const session of held.values()) {
-        if (all || session.state === 'unchecked' || started - session.checkedAt >= this.#config.everyMs) batch.push(session)
+        if (all || session.state === 'unchecked' || started - session.checkedAt >= half) batch.push(session)
       }
     }
     const round = this.#query(batch).then(
@@ -433,7 +438,8 @@ export async function readEnded (pool: SqlPool, batch: ReadonlyArray<{ id: strin
   const users = `{${batch.map((session) => session.userId).join(',')}}`
   let results: StepResult[]
   try {
-    const left = Math.max(1, deadline - Date.now())
+    // whole milliseconds: an older PostgreSQL refuses a fraction in statement_timeout
+    const left = Math.max(1, Math.ceil(deadline - Date.now()))
     const steps = [{ text: BOUNDS, values: [String(left)], rows: true }, { text: SESSIONS_QUERY, values: [ids, users], rows: true }]
     results = await within(pipeline(client, steps), left, `the sessions query took longer than ${timeoutMs / 1000} s`)
   } catch (err) {

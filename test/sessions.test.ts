@@ -475,6 +475,11 @@ t.test('isRevoked applies beside it, verify() goes through it, watchSession tell
   const stop = app.supabaseJwks.watchSession(user, (err) => ended.push(err))
   const stopped: Error[] = []
   app.supabaseJwks.watchSession(user, (err) => stopped.push(err))()
+  // one function watched twice: each watch stops on its own
+  const twice: Error[] = []
+  const onTwice = (err: Error): void => { twice.push(err) }
+  app.supabaseJwks.watchSession(user, onTwice)
+  app.supabaseJwks.watchSession(user, onTwice)()
   app.supabaseJwks.watchSession(user, () => { throw new Error('a watcher that throws is logged, the others told') })
   app.supabaseJwks.watchSession(user, async () => { throw new Error('a watcher that rejects is logged, never unhandled') })
   await admin.query('delete from auth.sessions where id = $1', [sessionOne])
@@ -482,6 +487,7 @@ t.test('isRevoked applies beside it, verify() goes through it, watchSession tell
   t.equal(ended.length, 1)
   t.equal((ended[0] as { code?: string }).code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
   t.equal(stopped.length, 0, 'a watch stopped is not told')
+  t.equal(twice.length, 1, 'the watch not stopped is told')
   stop()
   asked = 0
   await t.rejects(app.supabaseJwks.verify(tokenOne), { code: 'FST_SUPABASE_JWKS_TOKEN_REVOKED', statusCode: 401 })
@@ -493,6 +499,7 @@ t.test('isRevoked applies beside it, verify() goes through it, watchSession tell
   await Promise.resolve()
   t.equal(late.length, 1)
   t.throws(() => app.supabaseJwks.watchSession(user, 'no' as never), { code: 'FST_SUPABASE_JWKS_USAGE' })
+  t.throws(() => app.supabaseJwks.watchSession(null as never, () => {}), { code: 'FST_SUPABASE_JWKS_USAGE', message: /user must be the claims/ })
   t.throws(() => app.supabaseJwks.watchSession({ ...user, session_id: undefined } as never, () => {}), { code: 'FST_SUPABASE_JWKS_NO_SESSION' })
 })
 

@@ -387,19 +387,24 @@ t.test('a database without Supabase\'s roles: PostgreSQL says which is missing',
 })
 
 t.test('a pool whose client is not node-postgres\'s JavaScript one is the app\'s mistake, said plainly', async (t) => {
-  // pg's own way to make a pool of another client class; this one has no Query class, as pg-native has not
-  class OtherClient extends Client {}
-  Object.defineProperty(OtherClient, 'Query', { value: undefined })
-  const pool = new Pool({ connectionString: pg.authenticatorUrl, max: 1, Client: OtherClient })
-  t.teardown(() => pool.end())
-  const app = await appWith(t, { pool })
-  const headers = bearer(issuer.sign({ sub: randomUUID() }))
-  for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
-    t.equal(res.statusCode, 500)
-    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
-    t.match(res.json().message, /need the pool of node-postgres/)
+  // pg's own way to make a pool of another client class: one with no Query class, and one whose Query
+  // never prepares its statements (pg-native's NativeQuery sends the text as it is)
+  class NoQuery extends Client {}
+  Object.defineProperty(NoQuery, 'Query', { value: undefined })
+  class NativeLike extends Client {}
+  Object.defineProperty(NativeLike, 'Query', { value: class NativeQuery {} })
+  for (const OtherClient of [NoQuery, NativeLike]) {
+    const pool = new Pool({ connectionString: pg.authenticatorUrl, max: 1, Client: OtherClient })
+    t.teardown(() => pool.end())
+    const app = await appWith(t, { pool })
+    const headers = bearer(issuer.sign({ sub: randomUUID() }))
+    for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
+      t.equal(res.statusCode, 500)
+      t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+      t.match(res.json().message, /need the pool of node-postgres/)
+    }
+    t.equal(pool.idleCount, 1, 'the connection went back unused')
   }
-  t.equal(pool.idleCount, 1, 'the connection went back unused')
 })
 
 t.test('request.sql is a tag: called as a function it runs nothing', async (t) => {
