@@ -354,6 +354,17 @@ t.test('a connection lost before COMMIT: 503, and it is not returned', async (t)
   t.equal(pool.totalCount, 0, 'the broken connection left the pool')
 })
 
+/** A statement and a transaction() on `pool`: both the app's mistake, 500 USAGE with `message`. */
+async function usageOfBoth (t: Test, pool: Pool, message: RegExp): Promise<void> {
+  const app = await appWith(t, { pool })
+  const headers = bearer(issuer.sign({ sub: randomUUID() }))
+  for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
+    t.equal(res.statusCode, 500)
+    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
+    t.match(res.json().message, message)
+  }
+}
+
 t.test('a pool whose role cannot act as the caller is told what to grant', async (t) => {
   const admin = new Pool({ connectionString: pg.superuserUrl, max: 1 })
   t.teardown(() => admin.end())
@@ -362,13 +373,7 @@ t.test('a pool whose role cannot act as the caller is told what to grant', async
   url.username = 'lonely'
   const pool = new Pool({ connectionString: url.href, max: 1 })
   t.teardown(() => pool.end())
-  const app = await appWith(t, { pool })
-  const headers = bearer(issuer.sign({ sub: randomUUID() }))
-  for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
-    t.equal(res.statusCode, 500)
-    t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
-    t.match(res.json().message, /cannot act as authenticated: grant it the roles/)
-  }
+  await usageOfBoth(t, pool, /cannot act as authenticated: grant it the roles/)
   t.same(await stateOf(pool), { role: 'lonely', claims: null, timeout: '0' }, 'rolled back: the connection is its own again')
 })
 
@@ -396,13 +401,7 @@ t.test('a pool whose client is not node-postgres\'s JavaScript one is the app\'s
   for (const OtherClient of [NoQuery, NativeLike]) {
     const pool = new Pool({ connectionString: pg.authenticatorUrl, max: 1, Client: OtherClient })
     t.teardown(() => pool.end())
-    const app = await appWith(t, { pool })
-    const headers = bearer(issuer.sign({ sub: randomUUID() }))
-    for (const res of [await app.inject({ url: '/posts', headers }), await app.inject({ method: 'POST', url: '/transaction', headers, payload: { bodies: ['x'] } })]) {
-      t.equal(res.statusCode, 500)
-      t.equal(res.json().code, 'FST_SUPABASE_JWKS_USAGE')
-      t.match(res.json().message, /need the pool of node-postgres/)
-    }
+    await usageOfBoth(t, pool, /need the pool of node-postgres/)
     t.equal(pool.idleCount, 1, 'the connection went back unused')
   }
 })
