@@ -31,6 +31,8 @@
 // Then (a run without --only or --scenarios; --quick passed on) bench/sessions.ts, the option
 // `sessions`' one query for 1,000 to 100,000 sessions on a PostgreSQL of its own: it writes
 // bench/results/sessions.json (quick: sessions-quick.json); `npm run bench:sessions` runs it alone.
+// Last, bench/coldstart.mjs: from process start to the first verified 200, on this plugin and on jose
+// (bench/results/coldstart.json; `npm run bench:coldstart` runs it alone).
 // Scenarios: unique (every request a token not seen recently: the signature check every time),
 // hot (one token again and again: the token cache), zipf (ZIPF_USERS users whose tokens recur with
 // Zipf popularity, s = 1, as real traffic does: the token cache's hit rate at tokenCache 0, 1,000
@@ -40,6 +42,7 @@
 // from autocannon in this process; within a scenario rounds are interleaved (A B C C B A ...)
 // and the median of each (variant, scenario) is reported. The
 // machine is shared and noisy: compare ratios within one run, not absolute figures.
+import { probeMachine as machineCheck } from './machine.mjs'
 import { execFileSync, fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { get } from 'node:http'
@@ -240,6 +243,15 @@ function runSessions () {
   })
 }
 
+/** bench/coldstart.mjs: from process start to the first verified 200, this plugin against jose. */
+function runColdstart () {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(here, 'coldstart.mjs'), quick ? ['--quick'] : [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    child.once('error', reject)
+    child.once('exit', (code) => code === 0 ? resolve() : reject(new Error(`bench/coldstart.mjs exited with ${code}`)))
+  })
+}
+
 /** The CPU time of the PostgreSQL server (all its processes) in µs. */
 function databaseCpu (database) {
   return new Promise((resolve) => {
@@ -341,19 +353,9 @@ async function checkAnswers (server, { valid, tampered }, expected) {
   }
 }
 
-/**
- * How steady the servers' cores are: the same fixed work (100,000 SHA-256 hashes of 1 KB) timed 7
- * times, in a child pinned as the servers are. On a quiet machine the times agree within a few percent;
- * a spread of tens of percent means something outside this run (another tenant of the host) was
- * taking the cores, and the run's absolute figures (and, less, its ratios) are not to be trusted.
- */
+/** The machine check (bench/machine.mjs), in a child pinned as the servers are. */
 function probeMachine () {
-  const script = "const { createHash } = require('node:crypto'); const b = Buffer.alloc(1024); const out = []; " +
-    'for (let r = 0; r < 7; r++) { const t = process.hrtime.bigint(); for (let i = 0; i < 100000; i++) createHash(\'sha256\').update(b).digest(); ' +
-    'out.push(Math.round(Number(process.hrtime.bigint() - t) / 1e6)) } console.log(JSON.stringify(out))'
-  const command = PIN ? ['taskset', ['-c', SERVER_CORES, process.execPath, '-e', script]] : [process.execPath, ['-e', script]]
-  const times = JSON.parse(execFileSync(command[0], command[1], { encoding: 'utf8' }))
-  return { minMs: Math.min(...times), medianMs: median(times), maxMs: Math.max(...times) }
+  return machineCheck(PIN ? SERVER_CORES : undefined)
 }
 
 /** The sql-* variants' PostgreSQL (bench/postgres.ts), once started: stopped at the end, and on failure. */
@@ -607,6 +609,8 @@ async function main () {
   if (only === undefined && onlyScenarios === undefined) {
     console.log('\nthe sessions query (bench/sessions.ts):')
     await runSessions()
+    console.log('\ncold start (bench/coldstart.mjs):')
+    await runColdstart()
   }
 }
 
