@@ -97,14 +97,10 @@ const median = (values: number[]): number => {
 interface Spread { medianMs: number, minMs: number, maxMs: number }
 const spreadOf = (values: number[]): Spread => ({ medianMs: +median(values).toFixed(2), minMs: +Math.min(...values).toFixed(2), maxMs: +Math.max(...values).toFixed(2) })
 
-/** bench/run.mjs's machine check: 100,000 SHA-256 hashes of 1 KB, 7 times, on the servers' cores. */
-function probeMachine (): Spread {
-  const script = "const { createHash } = require('node:crypto'); const b = Buffer.alloc(1024); const out = []; " +
-    'for (let r = 0; r < 7; r++) { const t = process.hrtime.bigint(); for (let i = 0; i < 100000; i++) createHash(\'sha256\').update(b).digest(); ' +
-    'out.push(Math.round(Number(process.hrtime.bigint() - t) / 1e6)) } console.log(JSON.stringify(out))'
-  const [command, args] = PIN ? ['taskset', ['-c', SERVER_CORES, process.execPath, '-e', script]] : [process.execPath, ['-e', script]]
-  const times = JSON.parse(execFileSync(command, args, { encoding: 'utf8' })) as number[]
-  return { medianMs: median(times), minMs: Math.min(...times), maxMs: Math.max(...times) }
+/** The machine check (bench/machine.mjs), on the servers' cores: an ES module, loaded as this CommonJS file can. */
+async function probeMachine (): Promise<Spread> {
+  const { probeMachine: machineCheck } = await import('./machine.mjs')
+  return machineCheck(PIN ? SERVER_CORES : undefined)
 }
 
 /** The check as SessionChecker runs it (readEnded: a connection, the two literals, its bounds and the query in one round trip, the rows by id). */
@@ -228,7 +224,7 @@ function cpuTicks (pid: number): number {
 }
 
 async function main (): Promise<void> {
-  const before = probeMachine()
+  const before = await probeMachine()
   console.log(`sessions: machine check: a fixed hash loop took ${before.minMs} to ${before.maxMs} ms (median ${before.medianMs})`)
   // PostgreSQL started from the servers' cores inherits them; then this process goes to core 0
   if (PIN) pinTo(SERVER_CORES)
@@ -275,7 +271,7 @@ async function main (): Promise<void> {
       console.log(`sessions: round ${round}, ${size} sessions: ${wallMs.toFixed(1)} ms (Node CPU ${((user + system) / 1000).toFixed(1)} ms, backend CPU ${backendTicks * 1000 / TICKS} ms), PostgreSQL ${explained['Execution Time'].toFixed(1)} ms, ${ended.size} ended`)
     }
   }
-  const after = probeMachine()
+  const after = await probeMachine()
 
   const rows = SIZES.map((size) => {
     const sample = samples.get(size)!
