@@ -155,9 +155,9 @@ export function fastifyJwtOptions (options: SupabaseJwksOptions, jwt: FastifyJwt
   const config = normalizeOptions(options, API_KEYS)
   // keys given inline are judged here too: thrown from the function Fastify calls below, a refusal would escape the registration
   for (const issuer of config.issuers) if (issuer.jwks !== undefined) readInlineKeySet(issuer.jwks, issuer.algorithms)
-  const given = (name: string): boolean => (options as Record<string, unknown>)[name] !== undefined ||
-    (name === 'sessions' && config.issuers.some((issuer) => issuer.sessions !== undefined))
-  const unavailable = Object.keys(NOT_HERE).find(given)
+  // sessions in an entry of issuers too (its top-level form goes with one issuer only)
+  const unavailable = Object.keys(NOT_HERE).find((name) => (options as Record<string, unknown>)[name] !== undefined) ??
+    (config.issuers.some((issuer) => issuer.sessions !== undefined) ? 'sessions' : undefined)
   if (unavailable !== undefined) fail(`${unavailable} is not available through @fastify/jwt: ${NOT_HERE[unavailable]}`)
   const extra = extraOptions(jwt)
   const { namespace, trusted: ownTrusted } = extra

@@ -241,21 +241,29 @@ export class SessionChecker {
   /** The session a verified token names, held from now on: refused when it names none that can be looked up. */
   #sessionOf (claims: Claims): Session {
     const id = claims.session_id
+    const expiresAt = (claims.exp as number) * 1000 + this.#toleranceMs
+    // the usual token: its session held under the id as written, of the same user, both checked when it was first held
+    const known = typeof id === 'string' ? this.#held.get(id) ?? this.#watched.get(id) : undefined
+    if (known !== undefined && known.userId === claims.sub) return this.#lasting(known, expiresAt)
     if (id === undefined) throw new NoSessionError('it has no session_id claim (the option sessions needs one in every user token)')
     if (typeof id !== 'string' || !UUID.test(id)) throw new NoSessionError('its session_id claim is not a UUID')
     // verify.ts has checked sub is a non-empty string
     const userId = claims.sub as string
     if (!UUID.test(userId)) throw new NoSessionError('its sub claim is not a user id (a UUID)')
     const key = id.toLowerCase()
-    const expiresAt = (claims.exp as number) * 1000 + this.#toleranceMs
-    let session = this.#held.get(key) ?? this.#watched.get(key)
+    const session = this.#held.get(key) ?? this.#watched.get(key)
     if (session === undefined) {
-      session = { id: key, userId: userId.toLowerCase(), state: 'unchecked', checkedAt: 0, expiresAt, round: undefined, watchers: undefined, forgotten: false }
-      this.#hold(session)
-    } else {
-      if (session.userId !== userId.toLowerCase()) throw new SessionEndedError('the session is another user\'s')
-      if (expiresAt > session.expiresAt) session.expiresAt = expiresAt
+      const made: Session = { id: key, userId: userId.toLowerCase(), state: 'unchecked', checkedAt: 0, expiresAt, round: undefined, watchers: undefined, forgotten: false }
+      this.#hold(made)
+      return made
     }
+    if (session.userId !== userId.toLowerCase()) throw new SessionEndedError('the session is another user\'s')
+    return this.#lasting(session, expiresAt)
+  }
+
+  /** A session held, kept at least until `expiresAt` (the `exp` of a token of it just seen). */
+  #lasting (session: Session, expiresAt: number): Session {
+    if (expiresAt > session.expiresAt) session.expiresAt = expiresAt
     return session
   }
 

@@ -282,6 +282,9 @@ t.test('a token without a session it can look up is refused before any query', a
   const stranger = await get(app, tokenOf(randomUUID(), session, 7200))
   t.equal(stranger.code, 'FST_SUPABASE_JWKS_TOKEN_REVOKED')
   t.match(stranger.message, /another user's/)
+  // the same session with its id or its user's in capitals: the same session, read already
+  t.equal((await get(app, tokenOf(user.toUpperCase(), session.toUpperCase(), 7200))).status, 200)
+  t.equal(queries.length, 3, 'no query for it')
 })
 
 t.test('the cost does not follow the traffic: one query for every session due, one in flight', async (t) => {
