@@ -9,7 +9,9 @@ import { parseArgs } from 'node:util'
 import type { FastifyBaseLogger } from 'fastify'
 import { bounded, extractBearer, toAuthError } from './authenticate'
 import { KeysUnavailableError, UnknownKeyError, algorithmNotAllowed } from './errors'
-import { EMPTY_SET, MAX_KEYS, createKeyResolver, readKeySet, type Answer, type KeyEntry, type KeyResolver } from './keys'
+import type { Answer } from './http-get'
+import { EMPTY_SET, MAX_KEYS, readKeySet, type CachedKey, type KeyEntry } from './key-set'
+import { createKeyResolver, type KeyResolver } from './keys'
 import { normalizeOptions, type Config, type IssuerConfig } from './options'
 import { TokenCache, deepFreeze } from './token-cache'
 import { checkStructure, createTokenVerifier, jsonObject, plausibleSignature } from './verify'
@@ -424,7 +426,11 @@ async function keySteps (token: string, header: Record<string, unknown>, payload
   const steps: Step[] = [{ check: 'algorithm', result: 'pass', detail: `${alg}, allowed` }]
   // a kid the plugin refuses before any lookup (UNKNOWN_KID), even when the key set holds a key by that name
   const problem = kidProblem(kid)
-  const key = problem === undefined ? keys.held(kid as string) : undefined
+  let key: CachedKey | undefined
+  try {
+    // the key get-jwks answers for the token's kid and alg, from the set the report lists
+    if (problem === undefined) key = keys.held(kid as string, alg) ?? await keys.resolve(kid as string, alg)
+  } catch {}
   if (key === undefined) {
     const detail = problem ?? `no key ${clean(kid)} in the key set`
     return [...steps, { check: 'kid', result: 'fail', detail }, { check: 'signature', result: 'skip', detail: 'not checked: no key' }]
@@ -493,12 +499,13 @@ async function checkToken (input: string, config: Config, keys: KeyResolver): Pr
  * (UNKNOWN_KID); no set (the fetch failed, or the set is empty) what it answers with no key (KEYS_UNAVAILABLE).
  */
 function oneSet (keys: KeyResolver, entries: readonly KeyEntry[] | undefined): KeyResolver {
-  const set = new Map(entries?.flatMap(({ key }) => key === undefined ? [] : [[key.kid, key] as const]))
+  const kids = new Set(entries?.flatMap(({ key }) => key === undefined ? [] : [key.kid]))
   const unavailable = entries === undefined || entries.length === 0
   return {
     ...keys,
-    held: (kid) => set.get(kid),
-    async resolve () {
+    held: (kid, alg) => kids.has(kid) ? keys.held(kid, alg) : undefined,
+    async resolve (kid, alg) {
+      if (kids.has(kid)) return keys.resolve(kid, alg)
       throw unavailable ? new KeysUnavailableError() : new UnknownKeyError()
     }
   }

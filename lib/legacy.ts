@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
-import { Agent, request } from 'undici'
+import type { Agent } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import { AuthUnavailableError, TokenInvalidError } from './errors'
-import { TRANSIENT } from './keys'
+import { boundedGet, transportFor, type Answer, type GetError } from './http-get'
 import type { IssuerConfig, LegacyConfig } from './options'
 
 /*
@@ -12,8 +12,9 @@ import type { IssuerConfig, LegacyConfig } from './options'
  * with the token as bearer: a 200 means Auth signed it and the session is live. This does the same,
  * so no backend needs the secret even during the switch. Every call is bounded: one in flight per
  * distinct token, at most `maxConcurrentCalls` at once and `maxCallsPerSecond` (a token bucket):
- * a flood of random HS256 tokens gets 503s, never more calls. Each call has the JWKS fetch's
- * `timeout` and `maxResponseSize`, refuses redirects, and its answer never reaches the client.
+ * a flood of random HS256 tokens gets 503s, never more calls. Each call is bounded as the JWKS
+ * fetch is (lib/http-get.ts: `timeout`, `maxResponseSize`, no redirects, no compression), on
+ * connections kept alive between calls, and its answer never reaches the client.
  */
 
 /** Legacy-token activity, for logs or metrics. */
@@ -66,20 +67,12 @@ function apiKeyRefused (body: string): boolean {
   }
 }
 
-/** The network code of an undici error (ECONNRESET, UND_ERR_SOCKET, ...), if any. */
-function codeOf (error: unknown): unknown {
-  return (error as { code?: unknown } | undefined)?.code
-}
-
 /** `config`: the project's (legacy tokens need exactly one issuer); `tokenCache`: the option, which sizes the memory of accepted tokens. */
 export function createLegacyChecker (config: IssuerConfig, tokenCache: number, legacy: LegacyConfig, log: FastifyBaseLogger): LegacyChecker {
   const { timeoutMs } = config
-  const agent = new Agent({
-    connect: { timeout: timeoutMs },
-    headersTimeout: timeoutMs,
-    bodyTimeout: timeoutMs,
-    maxResponseSize: config.maxResponseSize
-  })
+  // kept-alive connections to Auth, made at the first call (https loaded then, if the URL is https)
+  let agent: Promise<Agent> | undefined
+  const closed = new AbortController()
   const inflight = new Map<string, Promise<void>>()
   const stats: LegacyStats = { legacyCalls: 0, legacyAccepted: 0, legacyRefused: 0, legacyUnavailable: 0 }
   // the rate cap: a bucket of `maxCallsPerSecond` calls, refilled continuously (monotonic clock:
@@ -139,53 +132,38 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
     return true
   }
 
-  /** One `GET /user` within `ms`: Auth's status and body, or the error (and status 0 when it came before any status). */
-  async function attempt (token: string, ms: number): Promise<{ statusCode: number, body: string, error?: unknown }> {
-    let statusCode = 0
-    try {
-      const response = await request(legacy.userUrl, {
-        dispatcher: agent,
-        method: 'GET',
-        headers: {
-          authorization: `Bearer ${token}`,
-          apikey: legacy.apiKey,
-          accept: 'application/json',
-          'accept-encoding': 'identity'
-        },
-        signal: AbortSignal.timeout(ms)
-      })
-      statusCode = response.statusCode
-      return { statusCode, body: await response.body.text() }
-    } catch (error) {
-      return { statusCode, body: '', error }
-    }
-  }
-
   async function call (token: string, sub: string): Promise<void> {
     stats.legacyCalls++
-    const deadline = performance.now() + timeoutMs
-    let answer = await attempt(token, timeoutMs)
-    // a kept-alive connection that Auth (or a load balancer) closed while idle fails the request sent on it before any
-    // status: one more try at once, on a new connection, within the same timeout (as the JWKS fetch does in keys.ts)
-    const left = Math.floor(deadline - performance.now())
-    if (answer.statusCode === 0 && TRANSIENT.has(codeOf(answer.error)) && left >= 1) answer = await attempt(token, left)
-    const { statusCode, body, error } = answer
-    if (error !== undefined) {
-      // undici's errors carry the network code (ECONNREFUSED, UND_ERR_...); a timeout has none
-      return unavailable(String((error as { message?: unknown }).message), { code: codeOf(error) })
+    agent ??= Promise.resolve(transportFor(legacy.userUrl)).then((transport) => new transport.Agent({ keepAlive: true }))
+    let answer: Answer
+    try {
+      // a kept-alive connection that Auth (or a load balancer) closed while idle is tried once more at once, within the timeout
+      answer = await boundedGet(legacy.userUrl, {
+        timeoutMs,
+        maxResponseSize: config.maxResponseSize,
+        timeoutMessage: `Supabase Auth did not answer within the timeout (${timeoutMs} ms)`,
+        headers: { authorization: `Bearer ${token}`, apikey: legacy.apiKey },
+        agent: await agent,
+        signal: closed.signal
+      })
+    } catch (error) {
+      // the network or TLS code (ECONNREFUSED, ECONNRESET, ...), or the bound that refused the answer; a timeout has none
+      return unavailable(String((error as GetError).message), { code: (error as GetError).code })
     }
-    if (statusCode === 401 || statusCode === 403) {
+    const { status } = answer
+    const body = answer.body.toString('utf8')
+    if (status === 401 || status === 403) {
       // the gateway's answer to a missing or wrong apikey: a misconfiguration, not a bad token
-      if (apiKeyRefused(body)) return unavailable('Supabase Auth refused the apiKey: check legacyTokens.apiKey', { status: statusCode })
+      if (apiKeyRefused(body)) return unavailable('Supabase Auth refused the apiKey: check legacyTokens.apiKey', { status })
       stats.legacyRefused++
       throw new TokenInvalidError('Supabase Auth did not accept the legacy token')
     }
-    if (statusCode !== 200) return unavailable(`Supabase Auth answered HTTP ${statusCode}`, { status: statusCode })
+    if (status !== 200) return unavailable(`Supabase Auth answered HTTP ${status}`, { status })
     let user: unknown
     try {
       user = JSON.parse(body)
     } catch {
-      return unavailable('the answer is not JSON', { status: statusCode })
+      return unavailable('the answer is not JSON', { status })
     }
     // the answer is the session's user: it must be the token's own subject
     if ((user as { id?: unknown } | null)?.id !== sub) {
@@ -217,7 +195,9 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
     async close () {
       clearTimeout(timer)
       accepted.clear()
-      await agent.destroy()
+      closed.abort()
+      const connections = await agent
+      connections?.destroy()
     }
   }
 }

@@ -1,5 +1,5 @@
 import { TokenInvalidError } from './errors'
-import type { CachedKey } from './keys'
+import type { CachedKey } from './key-set'
 
 /** A verified token: its claims, the key that verified them, and when the token expires. */
 export interface VerifiedToken {

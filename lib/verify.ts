@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { MalformedTokenError, TokenExpiredError, TokenInvalidError, UnknownKeyError, algorithmNotAllowed } from './errors'
-import type { CachedKey, KeyResolver } from './keys'
+import type { CachedKey } from './key-set'
+import type { KeyResolver } from './keys'
 import type { SignatureCheck } from './signature'
 import type { LegacyChecker } from './legacy'
 import type { Config, IssuerConfig } from './options'
@@ -244,9 +245,9 @@ function createChecks (config: Config, keys: readonly KeyResolver[], log: Fastif
   return { check, routeOf, remember }
 }
 
-/** The key named by a checked token: held at once, or resolved (which may fetch the JWKS). */
-function keyOf ({ route, kid }: Checked): CachedKey | Promise<CachedKey> {
-  return route.keys.held(kid) ?? route.keys.resolve(kid)
+/** The key named by a checked token's `kid` and `alg`: held at once, or resolved (which may fetch the JWKS). */
+function keyOf ({ route, kid, alg }: Checked): CachedKey | Promise<CachedKey> {
+  return route.keys.held(kid, alg) ?? route.keys.resolve(kid, alg)
 }
 
 /** The key's signature check for the token's algorithm, or the answer when the key does not verify that algorithm. */
@@ -286,7 +287,7 @@ export function createTokenVerifier (config: Config, keys: readonly KeyResolver[
   const legacyKey: CachedKey = { kid: '', algorithms: ['HS256'], checks: new Map() }
   /** Whether a cached token's key still verifies: a key its issuer still holds fresh, or the open legacy window. */
   function current (key: CachedKey, claims: Claims): boolean {
-    return key === legacyKey ? legacy!.active() : routeOf(claims).keys.held(key.kid) === key
+    return key === legacyKey ? legacy!.active() : routeOf(claims).keys.current(key)
   }
 
   /** Step 6: the claims frozen, offered to the token cache (a legacy token at once), the header remembered. */

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPairSync } from 'node:crypto'
 import Fastify from 'fastify'
 import { appFor, codeOf, getMe, issuerFor, loggedAppFor } from './fixtures/helpers'
-import { parseKeySet, toCachedKey } from '../lib/keys'
+import { parseKeySet, toCachedKey } from '../lib/key-set'
 import { SUPPORTED_ALGORITHMS as ALL } from '../lib/options'
 import { generateTestKey } from '../lib/testing'
 

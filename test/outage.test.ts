@@ -157,6 +157,34 @@ t.test('a JWKS larger than maxResponseSize is refused', async (t) => {
   t.equal((await getMe(app, issuer.sign())).statusCode, 200, 'a normal JWKS fits under the same cap')
 })
 
+t.test('a JWKS past maxResponseSize without content-length is cut off as it arrives, its connection closed', async (t) => {
+  const issuer = await issuerFor(t)
+  const { app, entries } = await loggedAppFor(t, { supabaseUrl: issuer.url, maxResponseSize: 10_000 }, 'warn')
+  let sent = 0
+  let closed = 0
+  issuer.respondWith((_request, response) => {
+    // chunked: the size is known only by counting; the server would send 1 MB if it were read
+    response.writeHead(200, { 'content-type': 'application/json' })
+    response.on('close', () => { closed++ })
+    const chunk = 'x'.repeat(4096)
+    const write = () => {
+      while (sent < 1024 * 1024 && !response.destroyed) {
+        sent += chunk.length
+        if (!response.write(chunk)) return response.once('drain', write)
+      }
+      response.end()
+    }
+    write()
+    return true
+  })
+  const res = await getMe(app, issuer.sign())
+  t.same([res.statusCode, codeOf(res)], [503, 'FST_SUPABASE_JWKS_KEYS_UNAVAILABLE'])
+  t.match(entries().find((entry) => entry.msg === 'supabase-jwks: JWKS fetch failed'),
+    { reason: 'the answer is larger than maxResponseSize (10000 bytes)', code: 'RESPONSE_TOO_LARGE' })
+  await sleep(50)
+  t.equal(closed, 1, 'the connection was closed')
+})
+
 t.test('redirects are not followed', async (t) => {
   const issuer = await issuerFor(t)
   const elsewhere = await issuerFor(t)

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import supabaseJwks from '../lib/index'
 import { TokenCache, deepFreeze } from '../lib/token-cache'
-import type { CachedKey } from '../lib/keys'
+import type { CachedKey } from '../lib/key-set'
 import { codeOf, issuerFor } from './fixtures/helpers'
 
 /** An app whose /same route says whether request.user is the very object the previous request got. */
