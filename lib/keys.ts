@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks'
-import buildGetJwks from 'get-jwks'
+import type buildGetJwks from 'get-jwks'
 import type { FastifyBaseLogger } from 'fastify'
 import { KeysUnavailableError, UnknownKeyError } from './errors'
 import type { Answer } from './http-get'
@@ -149,7 +149,10 @@ export class Keyring {
 
   /** `max`: entries a set may file (keys × algorithms); `ttlMs`: get-jwks's own TTL, a whole number of ms. */
   constructor (max: number, ttlMs: number) {
-    this.getJwks = buildGetJwks({
+    // loaded with the first key set, not with the plugin: get-jwks loads jwk-to-pem at once (25-40 ms here),
+    // which neither a require of the plugin nor a registration that never holds a key should pay
+    const build = require('get-jwks') as typeof buildGetJwks
+    this.getJwks = build({
       max,
       ttl: ttlMs,
       fetchOptions: { signal: AbortSignal.abort(new Error('get-jwks does not fetch here: the plugin fetches each key set itself')) }
@@ -220,8 +223,9 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   const clock = () => performance.now()
   const stats: Omit<KeyStats, 'state' | 'nextRetryAt'> = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
   const fetcher = createKeyFetcher(config, log, stats, observe)
-  // every key of a set, under each algorithm it verifies; get-jwks keeps an entry for at least as long as a fetched set may verify
-  const keyring = new Keyring(MAX_KEYS * config.algorithms.length, Math.ceil(cacheTtlMs + staleIfErrorMs + timeoutMs))
+  // made with the first set held: every key of a set, under each algorithm it verifies; get-jwks keeps an entry
+  // for at least as long as a fetched set may verify
+  let keyring: Keyring | undefined
 
   let keys = new Map<string, CachedKey>()
   let setAt = Number.NEGATIVE_INFINITY // monotonic time of the last good fetch
@@ -276,6 +280,7 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   /** Holds the usable keys of `entries` as the key set, trusted for `cacheTtl` from now, and files them in get-jwks: a fetch's, or the one given inline (`source`: its URL, or the option). */
   function hold (entries: readonly KeyEntry[], source: string): Map<string, CachedKey> {
     keys = usableKeys(entries, log)
+    keyring ??= new Keyring(MAX_KEYS * config.algorithms.length, Math.ceil(cacheTtlMs + staleIfErrorMs + timeoutMs))
     keyring.seed(entries, source)
     setAt = clock()
     stats.keys = keys.size
@@ -362,15 +367,18 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
     return key
   }
 
-  /** The key get-jwks answers for `alg` and `key`'s kid; a key that does not verify `alg` (nothing filed for it) as it is, for the caller to refuse. */
+  /**
+   * The key get-jwks answers for `alg` and `key`'s kid (a key is held only once a set was, so the keyring is
+   * there); a key that does not verify `alg` (nothing filed for it) as it is, for the caller to refuse.
+   */
   function answer (key: CachedKey, alg: string): CachedKey | Promise<CachedKey> {
-    return key.checks.has(alg) ? keyring.answered(key.kid, alg) ?? keyring.ask(key.kid, alg) : key
+    return key.checks.has(alg) ? keyring!.answered(key.kid, alg) ?? keyring!.ask(key.kid, alg) : key
   }
 
   function held (kid: string, alg: string): CachedKey | undefined {
     const key = heldKey(kid)
     if (key === undefined || !key.checks.has(alg)) return key
-    return keyring.answered(kid, alg)
+    return keyring!.answered(kid, alg)
   }
 
   function state (now: number): KeyState {
