@@ -430,7 +430,9 @@ async function keySteps (token: string, header: Record<string, unknown>, payload
   try {
     // the key get-jwks answers for the token's kid and alg, from the set the report lists
     if (problem === undefined) key = keys.held(kid as string, alg) ?? await keys.resolve(kid as string, alg)
-  } catch {}
+  } catch {
+    // not in the listed set, or no set: the verdict above says what the plugin answers
+  }
   if (key === undefined) {
     const detail = problem ?? `no key ${clean(kid)} in the key set`
     return [...steps, { check: 'kid', result: 'fail', detail }, { check: 'signature', result: 'skip', detail: 'not checked: no key' }]
@@ -497,6 +499,8 @@ async function checkToken (input: string, config: Config, keys: KeyResolver): Pr
  * find another set than the one listed, and the verdict would judge the token against keys the report
  * never showed. A kid the set lacks gets what the plugin answers once its own fetch finds this same set
  * (UNKNOWN_KID); no set (the fetch failed, or the set is empty) what it answers with no key (KEYS_UNAVAILABLE).
+ * A kid of the listed set is the resolver's own (get-jwks answers it), fresh for `cacheTtl` after the
+ * one fetch, which the CLI leaves at its default (10 minutes): far longer than one check takes.
  */
 function oneSet (keys: KeyResolver, entries: readonly KeyEntry[] | undefined): KeyResolver {
   const kids = new Set(entries?.flatMap(({ key }) => key === undefined ? [] : [key.kid]))

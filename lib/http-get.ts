@@ -1,5 +1,6 @@
+import { setMaxListeners } from 'node:events'
 import http from 'node:http'
-import type { Agent, IncomingHttpHeaders, RequestOptions } from 'node:http'
+import type { Agent, ClientRequest, IncomingHttpHeaders, RequestOptions } from 'node:http'
 import { performance } from 'node:perf_hooks'
 
 /*
@@ -12,8 +13,8 @@ import { performance } from 'node:perf_hooks'
  *   - no compression: `identity` is asked for and any other `content-encoding` refused (a
  *     compressed body could inflate past the cap), and nothing is ever inflated;
  *   - no redirects: a 3xx is an answer like any other status, its `location` never followed.
- * A connection closed under the request before any answer (a kept-alive one the server or a load
- * balancer closed while idle) is tried once more at once, on a new connection, by the same deadline.
+ * A connection closed under the request before the answer ended (a kept-alive one the server or a
+ * load balancer closed while idle) is tried once more at once, on a new connection, by the same deadline.
  * https is loaded at the first https URL only: a start with keys given inline loads no TLS.
  */
 
@@ -40,13 +41,23 @@ export interface GetOptions {
 export const TRANSIENT: ReadonlySet<unknown> = new Set<unknown>(['ECONNRESET', 'EPIPE'])
 
 type Transport = Pick<typeof http, 'request' | 'Agent'>
-let https: Promise<Transport> | undefined
+let https: Transport | undefined
 
-/** `http`, or `https` (loaded the first time it is needed). */
-export function transportFor (url: URL): Transport | Promise<Transport> {
+/** `http`, or `https` (loaded the first time it is needed, by require: a dynamic import fails in some test runners' sandboxes). */
+export function transportFor (url: URL): Transport {
   if (url.protocol !== 'https:') return http
-  https ??= import('node:https')
+  https ??= require('node:https') as Transport
   return https
+}
+
+/**
+ * An AbortSignal that closes every GET of its owner: each GET in flight listens to it, so Node's
+ * warning at 11 listeners would be a false alarm under `maxConcurrentCalls`.
+ */
+export function closingSignal (): AbortController {
+  const controller = new AbortController()
+  setMaxListeners(0, controller.signal)
+  return controller
 }
 
 function codeError (message: string, code: string): GetError {
@@ -59,51 +70,57 @@ function encodingOf (headers: IncomingHttpHeaders): string | undefined {
   return encoding === undefined || encoding === 'identity' ? undefined : encoding.slice(0, 40)
 }
 
-/** One try, within `ms`. */
-async function once (url: URL, options: GetOptions, ms: number): Promise<Answer> {
-  const transport = await transportFor(url)
+/** One try, within `ms`; `agent`: the options' (the first try), or `false` (a new connection, for the retry). */
+function once (url: URL, options: GetOptions, ms: number, agent: Agent | false | undefined): Promise<Answer> {
   const { maxResponseSize } = options
   const request: RequestOptions = {
     method: 'GET',
     headers: { accept: 'application/json', ...options.headers, 'accept-encoding': 'identity' },
-    agent: options.agent ?? false
+    agent: agent ?? false
   }
   return new Promise((resolve, reject) => {
     let settled = false
+    let req: ClientRequest | undefined
     const timer = setTimeout(() => fail(new Error(options.timeoutMessage)), ms)
+    timer.unref()
     const abort = () => fail(new Error('aborted: closed'))
     function fail (error: GetError): void {
       if (settled) return
       settled = true
       clearTimeout(timer)
       options.signal?.removeEventListener('abort', abort)
-      req.destroy()
+      req?.destroy()
       reject(error)
     }
-    const req = transport.request(url, request, (response) => {
-      const encoding = encodingOf(response.headers)
-      if (encoding !== undefined) return fail(codeError(`a compressed answer is refused (content-encoding ${encoding})`, 'COMPRESSED'))
-      const tooLarge = () => codeError(`the answer is larger than maxResponseSize (${maxResponseSize} bytes)`, 'RESPONSE_TOO_LARGE')
-      if (Number(response.headers['content-length']) > maxResponseSize) return fail(tooLarge())
-      const chunks: Buffer[] = []
-      let size = 0
-      response.on('data', (chunk: Buffer) => {
-        size += chunk.length
-        if (size > maxResponseSize) return fail(tooLarge())
-        chunks.push(chunk)
+    try {
+      req = transportFor(url).request(url, request, (response) => {
+        const encoding = encodingOf(response.headers)
+        if (encoding !== undefined) return fail(codeError(`a compressed answer is refused (content-encoding ${encoding})`, 'COMPRESSED'))
+        const tooLarge = () => codeError(`the answer is larger than maxResponseSize (${maxResponseSize} bytes)`, 'RESPONSE_TOO_LARGE')
+        if (Number(response.headers['content-length']) > maxResponseSize) return fail(tooLarge())
+        const chunks: Buffer[] = []
+        let size = 0
+        response.on('data', (chunk: Buffer) => {
+          size += chunk.length
+          if (size > maxResponseSize) return fail(tooLarge())
+          chunks.push(chunk)
+        })
+        response.on('end', () => {
+          if (settled) return
+          settled = true
+          clearTimeout(timer)
+          options.signal?.removeEventListener('abort', abort)
+          resolve({ status: response.statusCode!, body: Buffer.concat(chunks) })
+        })
+        response.on('error', fail)
+        // closed before its end: the body was cut (no 'error' is promised for that on every Node.js)
+        response.on('close', () => fail(codeError('the connection closed before the answer ended', 'ECONNRESET')))
       })
-      response.on('end', () => {
-        if (settled) return
-        settled = true
-        clearTimeout(timer)
-        options.signal?.removeEventListener('abort', abort)
-        resolve({ status: response.statusCode!, body: Buffer.concat(chunks) })
-      })
-      response.on('error', fail)
-      // closed before its end: the body was cut (no 'error' is promised for that on every Node.js)
-      response.on('close', () => fail(codeError('the connection closed before the answer ended', 'ECONNRESET')))
-    })
-    req.on('error', fail)
+      req.on('error', fail)
+    } catch (error) {
+      // Node refuses some requests before sending anything (a header value with a line break): an answer like any failure
+      return fail(error as GetError)
+    }
     if (options.signal?.aborted === true) abort()
     else options.signal?.addEventListener('abort', abort)
     req.end()
@@ -114,10 +131,10 @@ async function once (url: URL, options: GetOptions, ms: number): Promise<Answer>
 export async function boundedGet (url: URL, options: GetOptions): Promise<Answer> {
   const deadline = performance.now() + options.timeoutMs
   try {
-    return await once(url, options, options.timeoutMs)
+    return await once(url, options, options.timeoutMs, options.agent)
   } catch (error) {
     const left = Math.floor(deadline - performance.now())
     if (!TRANSIENT.has((error as GetError).code) || left < 1) throw error
-    return once(url, options, left)
+    return once(url, options, left, false)
   }
 }

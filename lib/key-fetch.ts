@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
-import { boundedGet, type Answer, type GetError } from './http-get'
+import { boundedGet, closingSignal, type Answer, type GetError } from './http-get'
 import { EMPTY_SET, readKeySet, type KeyEntry } from './key-set'
 import { isLoopback, type DiscoveryConfig, type IssuerConfig } from './options'
 import type { SignatureCounts } from './signature'
@@ -52,7 +52,7 @@ export function createKeyFetcher (config: IssuerConfig, log: FastifyBaseLogger, 
   let jwksUrl = config.jwksUrl
   let discoveredAt = Number.NEGATIVE_INFINITY
   let warnedInsecure: string | undefined
-  const closed = new AbortController()
+  const closed = closingSignal()
 
   /** One GET within what is left of the fetch's `timeout`: the answer, or why none. */
   async function get (url: URL, deadline: number): Promise<Answer | { failure: string, where: Record<string, unknown> }> {

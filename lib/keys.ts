@@ -151,7 +151,7 @@ export class Keyring {
   constructor (max: number, ttlMs: number) {
     // loaded with the first key set, not with the plugin: get-jwks loads jwk-to-pem at once (25-40 ms here),
     // which neither a require of the plugin nor a registration that never holds a key should pay
-    const build = require('get-jwks') as typeof buildGetJwks
+    const build: typeof buildGetJwks = require('get-jwks')
     this.getJwks = build({
       max,
       ttl: ttlMs,
@@ -167,14 +167,14 @@ export class Keyring {
       staleCache.delete(cacheKey)
     }
     this.#filed.clear()
-    // getJwk files under the domain with a trailing slash: the same here, so that both name the same entry
-    const domain = source.endsWith('/') ? source : `${source}/`
+    // getJwk files under its domain with a trailing slash added when it has none: one here, so that both name the same entry
+    const domain = `${source}/`
     for (const { jwk, key } of entries) {
       // a kid that is not well-formed Unicode is never looked up (verify.ts refuses it first), and the
       // cache key cannot hold it (encodeURIComponent throws on a lone surrogate): such a key is held, never filed
       if (key === undefined || !key.kid.isWellFormed()) continue
       for (const alg of key.checks.keys()) {
-        const filed: buildGetJwks.JWK = { ...(jwk as Record<string, unknown>), domain, alg, kid: key.kid }
+        const filed: buildGetJwks.JWK = Object.assign({}, jwk, { domain, alg, kid: key.kid })
         const cacheKey = generateCacheKey(alg, key.kid, domain)
         this.#converted.set(filed, key)
         this.#filed.set(cacheKey, filed)

@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks'
 import type { Agent } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import { AuthUnavailableError, TokenInvalidError } from './errors'
-import { boundedGet, transportFor, type Answer, type GetError } from './http-get'
+import { boundedGet, closingSignal, transportFor, type Answer, type GetError } from './http-get'
 import type { IssuerConfig, LegacyConfig } from './options'
 
 /*
@@ -71,8 +71,8 @@ function apiKeyRefused (body: string): boolean {
 export function createLegacyChecker (config: IssuerConfig, tokenCache: number, legacy: LegacyConfig, log: FastifyBaseLogger): LegacyChecker {
   const { timeoutMs } = config
   // kept-alive connections to Auth, made at the first call (https loaded then, if the URL is https)
-  let agent: Promise<Agent> | undefined
-  const closed = new AbortController()
+  let agent: Agent | undefined
+  const closed = closingSignal()
   const inflight = new Map<string, Promise<void>>()
   const stats: LegacyStats = { legacyCalls: 0, legacyAccepted: 0, legacyRefused: 0, legacyUnavailable: 0 }
   // the rate cap: a bucket of `maxCallsPerSecond` calls, refilled continuously (monotonic clock:
@@ -134,7 +134,7 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
 
   async function call (token: string, sub: string): Promise<void> {
     stats.legacyCalls++
-    agent ??= Promise.resolve(transportFor(legacy.userUrl)).then((transport) => new transport.Agent({ keepAlive: true }))
+    agent ??= new (transportFor(legacy.userUrl).Agent)({ keepAlive: true })
     let answer: Answer
     try {
       // a kept-alive connection that Auth (or a load balancer) closed while idle is tried once more at once, within the timeout
@@ -143,7 +143,7 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
         maxResponseSize: config.maxResponseSize,
         timeoutMessage: `Supabase Auth did not answer within the timeout (${timeoutMs} ms)`,
         headers: { authorization: `Bearer ${token}`, apikey: legacy.apiKey },
-        agent: await agent,
+        agent,
         signal: closed.signal
       })
     } catch (error) {
@@ -196,8 +196,7 @@ export function createLegacyChecker (config: IssuerConfig, tokenCache: number, l
       clearTimeout(timer)
       accepted.clear()
       closed.abort()
-      const connections = await agent
-      connections?.destroy()
+      agent?.destroy()
     }
   }
 }

@@ -738,6 +738,8 @@ function legacyWindow (value: unknown, authBase: string | undefined, allowInsecu
     fail('legacyTokens.apiKey is required: the project\'s publishable or anon key (public), sent as apikey')
   }
   if (legacy.apiKey.startsWith('sb_secret_')) fail('legacyTokens.apiKey is a secret key: use the publishable (or anon) key')
+  // sent as a header: a line break (a key read from a file with its newline) or a space is no key
+  if (/[^\x21-\x7E]/.test(legacy.apiKey)) fail('legacyTokens.apiKey holds a space, a line break or a character a header cannot carry: give the key alone')
   let userUrl: URL
   if (legacy.userUrl !== undefined) {
     userUrl = parseUrl('legacyTokens.userUrl', legacy.userUrl)

@@ -202,6 +202,7 @@ t.test('the window: until is required, at most 7 days ahead, refused once passed
     ['until too far', { until: inMinutes(8 * 24 * 60), apiKey: issuer.apiKey }, /more than 7 days ahead/],
     ['no apiKey', { until: inMinutes(60) }, /legacyTokens.apiKey is required/],
     ['a secret key', { until: inMinutes(60), apiKey: 'sb_secret_abc' }, /is a secret key: use the publishable/],
+    ['a key read with its newline', { until: inMinutes(60), apiKey: `${issuer.apiKey}\n` }, /a character a header cannot carry: give the key alone/],
     ['the secret', { until: inMinutes(60), apiKey: issuer.apiKey, secret: 'x' }, /never takes the secret/],
     ['an unknown member', { until: inMinutes(60), apiKey: issuer.apiKey, jwtSecret: 'x' }, /unknown option legacyTokens.jwtSecret/],
     ['a bad rate', { until: inMinutes(60), apiKey: issuer.apiKey, maxCallsPerSecond: 0 }, /maxCallsPerSecond must be an integer/],
