@@ -277,11 +277,16 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
       `supabase-jwks: the JWKS holds ${why.reason}${why.offered.length === 0 ? ': every token will be refused' : ''}`)
   }
 
+  /** The keyring, made (and get-jwks loaded) the first time it is needed. */
+  function filing (): Keyring {
+    keyring ??= new Keyring(MAX_KEYS * config.algorithms.length, Math.ceil(cacheTtlMs + staleIfErrorMs + timeoutMs))
+    return keyring
+  }
+
   /** Holds the usable keys of `entries` as the key set, trusted for `cacheTtl` from now, and files them in get-jwks: a fetch's, or the one given inline (`source`: its URL, or the option). */
   function hold (entries: readonly KeyEntry[], source: string): Map<string, CachedKey> {
     keys = usableKeys(entries, log)
-    keyring ??= new Keyring(MAX_KEYS * config.algorithms.length, Math.ceil(cacheTtlMs + staleIfErrorMs + timeoutMs))
-    keyring.seed(entries, source)
+    filing().seed(entries, source)
     setAt = clock()
     stats.keys = keys.size
     return keys
@@ -296,7 +301,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   async function fetchSet (kid: string, mode: FetchMode): Promise<string | undefined> {
     stats.fetches++
     // the kid only for a lookup: a refresh, a refresh ahead or the warm start is for no kid
-    const fetched = await fetcher.fetch(mode === 'forced' || lastFetchFailed, { reason: REASONS[mode], ...(mode === 'lookup' ? { kid } : {}) })
+    const fetching = fetcher.fetch(mode === 'forced' || lastFetchFailed, { reason: REASONS[mode], ...(mode === 'lookup' ? { kid } : {}) })
+    // the request is on its way: a cold start loads get-jwks while it waits for the answer, not after
+    filing()
+    const fetched = await fetching
     if (fetched.failure !== undefined) return failed(fetched.failure, fetched.where)
     const set = hold(fetched.entries, fetched.url.href)
     lastFetchFailed = false
