@@ -223,8 +223,8 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   const clock = () => performance.now()
   const stats: Omit<KeyStats, 'state' | 'nextRetryAt'> = { fetches: 0, failures: 0, keys: 0, lastSuccessAt: null, lastFailureAt: null, signaturesOffLoop: 0, signaturesOnLoop: 0 }
   const fetcher = createKeyFetcher(config, log, stats, observe)
-  // made with the first set held: every key of a set, under each algorithm it verifies; get-jwks keeps an entry
-  // for at least as long as a fetched set may verify
+  // made at the first fetch (or the set given inline): every key of a set, under each algorithm it verifies;
+  // get-jwks keeps an entry for at least as long as a fetched set may verify
   let keyring: Keyring | undefined
 
   let keys = new Map<string, CachedKey>()
@@ -301,10 +301,10 @@ export function createKeyResolver (config: IssuerConfig, log: FastifyBaseLogger,
   async function fetchSet (kid: string, mode: FetchMode): Promise<string | undefined> {
     stats.fetches++
     // the kid only for a lookup: a refresh, a refresh ahead or the warm start is for no kid
-    const fetching = fetcher.fetch(mode === 'forced' || lastFetchFailed, { reason: REASONS[mode], ...(mode === 'lookup' ? { kid } : {}) })
+    const pending = fetcher.fetch(mode === 'forced' || lastFetchFailed, { reason: REASONS[mode], ...(mode === 'lookup' ? { kid } : {}) })
     // the request is on its way: a cold start loads get-jwks while it waits for the answer, not after
     filing()
-    const fetched = await fetching
+    const fetched = await pending
     if (fetched.failure !== undefined) return failed(fetched.failure, fetched.where)
     const set = hold(fetched.entries, fetched.url.href)
     lastFetchFailed = false
