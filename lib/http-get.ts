@@ -38,7 +38,7 @@ export interface GetOptions {
 }
 
 /** Network codes of a connection closed under a request: worth one immediate new try. */
-export const TRANSIENT: ReadonlySet<unknown> = new Set<unknown>(['ECONNRESET', 'EPIPE'])
+const TRANSIENT: ReadonlySet<unknown> = new Set<unknown>(['ECONNRESET', 'EPIPE'])
 
 type Transport = Pick<typeof http, 'request' | 'Agent'>
 let https: Transport | undefined
@@ -84,11 +84,16 @@ function once (url: URL, options: GetOptions, ms: number, agent: Agent | false |
     const timer = setTimeout(() => fail(new Error(options.timeoutMessage)), ms)
     timer.unref()
     const abort = () => fail(new Error('aborted: closed'))
-    function fail (error: GetError): void {
-      if (settled) return
+    /** Whether this is the first outcome: then the timer and the close listener are done with. */
+    function settle (): boolean {
+      if (settled) return false
       settled = true
       clearTimeout(timer)
       options.signal?.removeEventListener('abort', abort)
+      return true
+    }
+    function fail (error: GetError): void {
+      if (!settle()) return
       req?.destroy()
       reject(error)
     }
@@ -106,11 +111,7 @@ function once (url: URL, options: GetOptions, ms: number, agent: Agent | false |
           chunks.push(chunk)
         })
         response.on('end', () => {
-          if (settled) return
-          settled = true
-          clearTimeout(timer)
-          options.signal?.removeEventListener('abort', abort)
-          resolve({ status: response.statusCode!, body: Buffer.concat(chunks) })
+          if (settle()) resolve({ status: response.statusCode!, body: Buffer.concat(chunks) })
         })
         response.on('error', fail)
         // closed before its end: the body was cut (no 'error' is promised for that on every Node.js)

@@ -19,10 +19,11 @@ import type { SignatureCounts } from './signature'
  * the network code, or the plugin's own words.
  */
 
+/** Why a step gave nothing, and where (for the log): the plugin's own words, never what the server sent. */
+interface Failure { failure: string, where: Record<string, unknown> }
+
 /** A fetch's outcome: the set's entries and where they came from, or why there is none (counted as one failure). */
-export type Fetched =
-  | { entries: KeyEntry[], url: URL, failure?: undefined }
-  | { failure: string, where: Record<string, unknown> }
+export type Fetched = { entries: KeyEntry[], url: URL, failure?: undefined } | Failure
 
 export interface KeyFetcher {
   /**
@@ -37,9 +38,9 @@ export interface KeyFetcher {
 }
 
 /** Why a GET gave no answer, for the log: its message and, when it has one, its network code. */
-function noAnswer (error: unknown, where: Record<string, unknown>): { failure: string, where: Record<string, unknown> } {
+function noAnswer (error: unknown): Failure {
   const { message, code } = error as GetError
-  return { failure: String(message), where: code === undefined ? where : { ...where, code } }
+  return { failure: String(message), where: code === undefined ? {} : { code } }
 }
 
 /**
@@ -55,7 +56,7 @@ export function createKeyFetcher (config: IssuerConfig, log: FastifyBaseLogger, 
   const closed = closingSignal()
 
   /** One GET within what is left of the fetch's `timeout`: the answer, or why none. */
-  async function get (url: URL, deadline: number): Promise<Answer | { failure: string, where: Record<string, unknown> }> {
+  async function get (url: URL, deadline: number): Promise<Answer | Failure> {
     try {
       return await boundedGet(url, {
         timeoutMs: Math.max(1, deadline - clock()),
@@ -64,14 +65,14 @@ export function createKeyFetcher (config: IssuerConfig, log: FastifyBaseLogger, 
         signal: closed.signal
       })
     } catch (error) {
-      return noAnswer(error, {})
+      return noAnswer(error)
     }
   }
 
   /** The `jwks_uri` of a discovery document, or why the document is not acceptable. */
-  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | { failure: string, where: Record<string, unknown> } {
+  function jwksUriOf (body: Buffer, discovery: DiscoveryConfig, source: URL): URL | Failure {
     const where = { discoveryUrl: source.href }
-    const refuse = (failure: string, extra: Record<string, unknown> = {}) => ({ failure, where: { ...where, ...extra } })
+    const refuse = (failure: string, extra: Record<string, unknown> = {}): Failure => ({ failure, where: { ...where, ...extra } })
     let document: { issuer?: unknown, jwks_uri?: unknown } | null
     try {
       document = JSON.parse(body.toString('utf8')) as typeof document
@@ -107,7 +108,7 @@ export function createKeyFetcher (config: IssuerConfig, log: FastifyBaseLogger, 
   }
 
   /** Reads the JWKS URL from the discovery document: the next URL only after a 404. */
-  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | { failure: string, where: Record<string, unknown> }> {
+  async function discover (discovery: DiscoveryConfig, deadline: number): Promise<URL | Failure> {
     for (const source of discovery.urls) {
       const answer = await get(source, deadline)
       if ('failure' in answer) return { failure: answer.failure, where: { discoveryUrl: source.href, ...answer.where } }
